@@ -1,0 +1,140 @@
+"""The Python API: load a model, predict, explain, render. The CLI and web app call only this.
+
+>>> from biasscope import load_model, load_image, explain, render_overlay
+>>> model = load_model("mobilenet_v2")
+>>> img = load_image("photo.jpg")
+>>> exps = explain(model, img, methods=["gradcam", "ig"])
+>>> render_overlay(img, exps["gradcam"]).save("gradcam.png")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import BiasscopeError, CancelledError
+from .explainers import Explanation, get_explainer
+from .models.adapter import ModelAdapter, Prediction, resize_map
+
+__all__ = ["explain", "explain_batch", "predict", "resolve_targets"]
+
+#: progress(method_name, fraction in [0, 1]); may raise CancelledError
+MethodProgress = Callable[[str, float], None]
+
+
+def predict(
+    adapter: ModelAdapter, images: Image.Image | Sequence[Image.Image], *, top: int = 5
+) -> list[list[Prediction]]:
+    """Top-``top`` predictions per image (batched)."""
+    return adapter.predict(images, top=top)
+
+
+def resolve_targets(
+    adapter: ModelAdapter, probs: torch.Tensor, target: int | str | Sequence[int | str] | None
+) -> torch.Tensor:
+    """Target class per image: ``None`` -> top-1; an index or class name for all; or one each."""
+    n = probs.shape[0]
+    if target is None:
+        return probs.argmax(1)
+    if isinstance(target, int | str):
+        return torch.full((n,), adapter.class_index(target), dtype=torch.long)
+    if len(target) != n:
+        raise BiasscopeError(f"got {len(target)} targets for {n} images")
+    return torch.tensor([adapter.class_index(t) for t in target], dtype=torch.long)
+
+
+def explain(
+    adapter: ModelAdapter,
+    image: Image.Image,
+    methods: str | Sequence[str] = ("gradcam",),
+    *,
+    target: int | str | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    faithfulness: bool = True,
+    progress: MethodProgress | None = None,
+) -> dict[str, Explanation]:
+    """Explain one image with several methods; returns ``{method: Explanation}``."""
+    return explain_batch(
+        adapter, [image], methods, target=target, params=params, faithfulness=faithfulness, progress=progress
+    )[0]
+
+
+def explain_batch(
+    adapter: ModelAdapter,
+    images: Sequence[Image.Image],
+    methods: str | Sequence[str] = ("gradcam",),
+    *,
+    target: int | str | Sequence[int | str] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    faithfulness: bool = True,
+    progress: MethodProgress | None = None,
+) -> list[dict[str, Explanation]]:
+    """Explain several images with several methods, each method batched over all images.
+
+    Heatmaps are resized to each image's own size. With ``faithfulness``, every explanation gets
+    deletion/insertion AUCs (batched) in ``checks``.
+    """
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",") if m.strip()]
+    if not methods:
+        raise BiasscopeError("no explanation method given")
+    params = dict(params or {})
+    classes = [get_explainer(m) for m in methods]
+    # validate everything before spending time
+    explainers = [cls(adapter, **dict(params.get(m, params.get(cls.name, {})))) for m, cls in zip(methods, classes)]
+    x = adapter.preprocess(list(images))
+    probs = adapter.probabilities(x, fast=False)
+    targets = resolve_targets(adapter, probs, target)
+    results: list[dict[str, Explanation]] = [{} for _ in images]
+    for exp in explainers:
+        cb = (lambda f, _n=exp.name: progress(_n, f)) if progress else None
+        t0 = time.perf_counter()
+        attr = exp.run(x, targets, progress=cb)
+        seconds = time.perf_counter() - t0
+        s = adapter.input_size
+        superpixels = attr.segments is not None and attr.weights is not None
+        if superpixels:  # piecewise-constant maps: index weights by superpixel, never interpolate
+            model_maps = np.stack([w[seg] for w, seg in zip(attr.weights, attr.segments)]).astype(np.float32)
+        else:
+            model_maps = resize_map(attr.maps, (s, s))
+        faith = [{} for _ in images]
+        if faithfulness:
+            from .evaluation import deletion_insertion
+
+            faith = deletion_insertion(adapter, x, targets, model_maps)
+        for i, img in enumerate(images):
+            size = (img.height, img.width)
+            seg_full = None
+            if superpixels:
+                seg_full = resize_map(attr.segments[i].astype(np.float32), size, nearest=True).astype(np.int32)
+                heat = attr.weights[i][seg_full].astype(np.float32)
+            else:
+                heat = resize_map(model_maps[i], size)
+            checks = dict(attr.checks[i]) if attr.checks else {}
+            checks.update(faith[i])
+            t = int(targets[i])
+            results[i][exp.name] = Explanation(
+                heatmap=heat,
+                method=exp.name,
+                label=exp.label,
+                signed=exp.signed,
+                target=t,
+                target_name=adapter.class_names[t],
+                target_probability=float(probs[i, t]),
+                params=dict(exp.config),
+                seconds=seconds / len(images),
+                checks=checks,
+                model_heatmap=model_maps[i],
+                segments=seg_full,
+            )
+        if progress:
+            progress(exp.name, 1.0)
+    return results
+
+
+__all__ += ["CancelledError"]

@@ -1,0 +1,314 @@
+"""Reading runs back: list runs, per-image tables, metrics, heatmaps; and writing the exports.
+
+These are the functions the CLI and the web dashboard call; nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import BiasscopeError
+from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
+from .metrics import MetricsOptions, compute_model_metrics
+from .store import DB_NAME, RunStore, json_safe
+
+__all__ = [
+    "METRICS_JSON",
+    "PER_IMAGE_CSV",
+    "REPORT_HTML",
+    "finalize_run",
+    "findings",
+    "image_detail",
+    "list_runs",
+    "load_heatmap",
+    "load_metrics",
+    "per_image_frame",
+    "run_info",
+]
+
+METRICS_JSON = "metrics.json"
+PER_IMAGE_CSV = "per_image.csv"
+REPORT_HTML = "report.html"
+
+
+def _store(run_dir: str | Path) -> RunStore:
+    store = RunStore(run_dir)
+    if not store.exists:
+        raise BiasscopeError(f"{run_dir} is not an audit run folder (no {DB_NAME})")
+    return store
+
+
+def run_info(run_dir: str | Path) -> dict:
+    """Status, config, manifest summary, models and per-model counts of one run."""
+    store = _store(run_dir)
+    meta = store.all_meta()
+    n = len(store.images())
+    counts = store.counts()
+    requested = meta.get("models_requested") or [m["key"] for m in store.models()]
+    done = sum(c.get("ok", 0) + c.get("error", 0) for c in counts.values())
+    return {
+        "run_dir": str(Path(run_dir)),
+        "name": Path(run_dir).name,
+        "status": meta.get("status", "unknown"),
+        "created": meta.get("created"),
+        "finished": meta.get("finished"),
+        "config": meta.get("config", {}),
+        "metrics_options": meta.get("metrics_options"),
+        "manifest": meta.get("manifest", {}),
+        "n_images": n,
+        "models": requested,
+        "model_info": {m["key"]: m["info"] for m in store.models()},
+        "counts": counts,
+        "progress": done / (n * len(requested)) if n and requested else 0.0,
+        "has_metrics": (Path(run_dir) / METRICS_JSON).is_file(),
+        "has_report": (Path(run_dir) / REPORT_HTML).is_file(),
+    }
+
+
+def list_runs(root: str | Path) -> list[dict]:
+    """Every run folder directly under ``root`` (and ``root`` itself), newest first."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    dirs = [base] if (base / DB_NAME).is_file() else []
+    dirs += sorted(p for p in base.iterdir() if p.is_dir() and (p / DB_NAME).is_file())
+    out = []
+    for d in dirs:
+        try:
+            out.append(run_info(d))
+        except Exception as exc:  # a broken run must not hide the others
+            out.append({"run_dir": str(d), "name": d.name, "status": "unreadable", "error": str(exc)})
+    return sorted(out, key=lambda r: r.get("created") or "", reverse=True)
+
+
+def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFrame:
+    """One row per model x image: manifest columns, prediction, correctness, regions, error."""
+    store = _store(run_dir)
+    images = {r["image_id"]: r for r in store.images()}
+    meta = store.get_meta("manifest", {}) or {}
+    attr_cols = list(meta.get("attribute_columns", []))
+    rows = []
+    for rec in store.results(model):
+        img = images.get(rec["image_id"], {})
+        row: dict[str, Any] = {"model": rec["model"], "image_id": rec["image_id"], "path": img.get("path"),
+                               "label": img.get("label")}
+        for c in attr_cols:
+            row[c] = img.get("attributes", {}).get(c)
+        row["status"] = rec["status"]
+        row["error"] = rec.get("error")
+        if rec["status"] == "ok":
+            for k in ("pred_class", "pred_prob", "pred_label", "correct", "correct_top1", "correct_topk", "p_true",
+                      "target_class", "width", "height"):
+                row[k] = rec.get(k)
+            for lab, v in rec.get("scores", {}).items():
+                row[f"score:{lab}"] = v
+            for lab, v in rec.get("predicted", {}).items():
+                row[f"predicted:{lab}"] = v
+            for method, regs in rec.get("shares", {}).items():
+                for r, d in regs.items():
+                    row[f"area:{r}"] = d.get("area_share")
+                    row[f"share:{method}:{r}"] = d.get("share")
+                    row[f"ratio:{method}:{r}"] = d.get("ratio")
+            for r, d in rec.get("removal", {}).items():
+                row[f"removal:{r}"] = d.get("effect")
+            row.update(face_columns(rec.get("face")))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in df.columns:  # JSON null -> NaN for numeric columns
+        if c.startswith(("share:", "ratio:", "area:", "removal:", "score:")) or c in ("p_true", "pred_prob"):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def load_heatmap(run_dir: str | Path, model: str, image_id: int, method: str) -> np.ndarray | None:
+    """The stored heatmap (model resolution, downsampled to the run's ``heatmap_size``)."""
+    return _store(run_dir).heatmap(model, image_id, method)
+
+
+def image_detail(run_dir: str | Path, image_id: int) -> dict:
+    """Everything about one image: manifest row and each model's record (for drill-down)."""
+    store = _store(run_dir)
+    img = next((r for r in store.images() if r["image_id"] == int(image_id)), None)
+    if img is None:
+        raise BiasscopeError(f"image {image_id} is not in run {run_dir}")
+    recs = {r["model"]: r for r in store.results() if r["image_id"] == int(image_id)}
+    return {"image": img, "results": recs, "methods": (store.get_meta("config", {}) or {}).get("methods", [])}
+
+
+def load_metrics(run_dir: str | Path) -> dict:
+    """metrics.json of a run (computed and written first if missing)."""
+    p = Path(run_dir) / METRICS_JSON
+    if not p.is_file():
+        return finalize_run(run_dir, report=False)
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+_METRIC_WORDS = {
+    "accuracy": "accuracy",
+    "accuracy_top1": "top-1 accuracy",
+    "accuracy_topk": "top-k accuracy",
+    "mean_p_true": "mean probability of the true label",
+    "selection_rate": "selection rate",
+    "fpr": "false positive rate",
+    "fnr": "false negative rate",
+    "mean_score": "mean score",
+}
+
+
+def _metric_words(metric: str) -> str:
+    if metric.startswith("share:"):
+        _, method, region = metric.split(":", 2)
+        return f"{method} attribution share on region '{region}'"
+    if metric.startswith("removal:"):
+        return f"effect of removing region '{metric.split(':', 1)[1]}' on the true label's probability"
+    return _METRIC_WORDS.get(metric, metric)
+
+
+def findings(model_metrics: dict, *, alpha: float = 0.05) -> list[str]:
+    """The findings of one model in plain sentences with their numbers."""
+    out: list[str] = []
+    ov = model_metrics.get("overall")
+    if not ov:
+        return ["No image could be evaluated."]
+    out.append(f"Over {ov['n']} images: accuracy {_fmt(ov['accuracy'], True)} "
+               f"(top-k {_fmt(ov['accuracy_topk'], True)}), "
+               f"mean probability of the true label {_fmt(ov['mean_p_true'])}.")
+    flagged = model_metrics.get("flagged", [])
+    for g in sorted(flagged, key=lambda g: g["p_adjusted"]):
+        pct = not g["metric"].startswith(("share:", "removal:", "mean_"))
+        lo, hi = g["difference_ci"]
+        scope = "" if g["scope"] == "all" else f" ({g['scope'].replace('=', ' ')})"
+        out.append(
+            f"The {_metric_words(g['metric'])}{scope} differs between {g['grouping']} groups: "
+            f"{g['high_group']} {_fmt(g['high'], pct)} vs {g['low_group']} {_fmt(g['low'], pct)} "
+            f"(difference {_fmt(g['difference'])}, 95% CI [{_fmt(lo)}, {_fmt(hi)}], ratio {_fmt(g['ratio'])}, "
+            f"permutation p = {g['p_value']:.3g}, Holm-adjusted {g['p_adjusted']:.3g})."
+        )
+    if not flagged and model_metrics.get("n_tests"):
+        out.append(f"No gap between groups is significant: none of the {model_metrics['n_tests']} gaps tested has "
+                   f"a 95% interval excluding zero and a Holm-adjusted permutation p-value below {alpha}.")
+    bs = model_metrics.get("bias_score")
+    if bs:
+        verdict = "significant" if bs["significant"] else "not significant"
+        out.append(
+            f"Bias score ({bs['group']}): stereotypical images get mean true-label probability "
+            f"{_fmt(bs['stereotypical_mean'])}, atypical ones {_fmt(bs['atypical_mean'])}: difference "
+            f"{_fmt(bs['score'])}, 95% CI [{_fmt(bs['ci'][0])}, {_fmt(bs['ci'][1])}], "
+            f"p = {bs['p_value']:.3g} ({verdict})."
+        )
+    for gname, entry in model_metrics.get("groupings", {}).items():
+        regs = entry.get("regions", {}).get("by_group", {})
+        for gval, vals in regs.items():
+            ratios = {k: v for k, v in vals.items() if k.startswith("ratio:") and v is not None}
+            if not ratios:
+                continue
+            top = max(ratios, key=lambda k: ratios[k])
+            _, method, region = top.split(":", 2)
+            share = vals.get(f"share:{method}:{region}")
+            if ratios[top] > 1.5:
+                out.append(f"For {gname} = {gval}, {method} attribution concentrates on region '{region}': "
+                           f"{_fmt(share, True)} of the positive attribution, {ratios[top]:.2f}x its area share.")
+            rem = vals.get(f"removal:{region}")
+            if rem is not None and abs(rem) >= 0.05:
+                direction = "lowers" if rem < 0 else "raises"
+                out.append(f"For {gname} = {gval}, removing region '{region}' {direction} the true label's "
+                           f"probability by {abs(rem):.3f} on average.")
+    for w in model_metrics.get("warnings", []):
+        out.append(f"Warning: {w}.")
+    return out
+
+
+def finalize_run(
+    run_dir: str | Path,
+    options: MetricsOptions | dict | None = None,
+    *,
+    report: bool = True,
+) -> dict:
+    """Compute metrics for every model of a run and write metrics.json, per_image.csv, report.html."""
+    store = _store(run_dir)
+    if options is None:
+        options = MetricsOptions(**(store.get_meta("metrics_options") or {}))
+    elif isinstance(options, dict):
+        options = MetricsOptions(**options)
+    store.set_meta("metrics_options", options.to_dict())
+    cfg = store.get_meta("config", {}) or {}
+    mmeta = store.get_meta("manifest", {}) or {}
+    groups = list(cfg.get("groups", []))
+    labels = list(mmeta.get("labels", []))
+    methods = list(cfg.get("methods", []))
+    regions = list(mmeta.get("region_names", []))
+    with_faces = bool(cfg.get("face_parts"))
+    if with_faces:
+        regions += [r for r in face_part_names() if r not in regions]
+    df = mark_excluded(per_image_frame(run_dir), options.exclude_flags)
+    models = [m["key"] for m in store.models()]
+    result: dict = {
+        "run": {"run_dir": str(Path(run_dir)), "status": store.get_meta("status"), "config": cfg,
+                "manifest": mmeta, "metrics_options": options.to_dict(), "models": models},
+        "models": {},
+    }
+    for key in models:
+        sub = df[df["model"] == key] if not df.empty else df
+        ok = sub[sub["status"] == "ok"] if not sub.empty else sub
+        if "excluded" in ok:
+            ok = ok[~ok["excluded"].astype(bool)]
+        mm = compute_model_metrics(ok, groups=groups, labels=labels, methods=methods, regions=regions,
+                                   options=options) if not ok.empty else {"n_images": 0, "groupings": {},
+                                                                          "warnings": []}
+        mm["n_errors"] = int((sub["status"] == "error").sum()) if not sub.empty else 0
+        mm["errors"] = ([{"path": p, "error": e} for p, e in zip(sub.loc[sub["status"] == "error", "path"],
+                                                                   sub.loc[sub["status"] == "error", "error"])]
+                        if not sub.empty else [])
+        mm["findings"] = findings(mm, alpha=options.alpha)
+        if with_faces:
+            mm["faces"] = face_summary(run_dir, key, sub, groups=groups, methods=methods,
+                                       model_index=models.index(key))
+            mm["findings"] += mm["faces"]["findings"]
+        result["models"][key] = mm
+    result["comparison"] = _comparison(result["models"], groups)
+    result = json_safe(result)
+    out = Path(run_dir)
+    (out / METRICS_JSON).write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
+    df.to_csv(out / PER_IMAGE_CSV, index=False)
+    if report:
+        from .report import write_report
+
+        write_report(run_dir, result, df)
+    return result
+
+
+def _comparison(models: dict, groups: list[str]) -> dict:
+    """Side-by-side headline numbers per model."""
+    rows = {}
+    for key, mm in models.items():
+        ov = mm.get("overall") or {}
+        gaps = []
+        for gname in groups:
+            g = mm.get("groupings", {}).get(gname, {}).get("gaps", {}).get("accuracy")
+            if g:
+                gaps.append({"grouping": gname, "difference": g["difference"], "ci": g["difference_ci"],
+                             "p_adjusted": g.get("p_adjusted"), "flagged": g.get("flagged")})
+        rows[key] = {
+            "n": ov.get("n", 0),
+            "accuracy": ov.get("accuracy"),
+            "accuracy_topk": ov.get("accuracy_topk"),
+            "mean_p_true": ov.get("mean_p_true"),
+            "accuracy_gaps": gaps,
+            "n_flagged": len(mm.get("flagged", [])),
+            "bias_score": (mm.get("bias_score") or {}).get("score"),
+            "bias_score_ci": (mm.get("bias_score") or {}).get("ci"),
+            "n_errors": mm.get("n_errors", 0),
+        }
+    return rows

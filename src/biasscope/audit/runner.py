@@ -1,0 +1,420 @@
+"""Run an audit: every image of a manifest through one or more models, batched and resumable.
+
+Per image and model the runner records the top-k classes, the score of every task label (a model
+class or a concept), whether the prediction is correct, the positive attribution share of every
+region under each explanation method, and the effect of removing each region on the true label's
+score. Results go to SQLite batch by batch (:mod:`.store`); a restarted run skips what is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engines import Engine, get_engine
+from ..errors import BiasscopeError, CancelledError, ImageError
+from ..models.adapter import ModelAdapter
+from ..regions.masks import region_mask
+from ..regions.removal import RemovalConfig, region_removal_effects
+from ..regions.shares import attribution_share
+from .concepts import LabelSpace, Match
+from .manifest import Manifest
+from .store import RunStore
+
+__all__ = [
+    "AuditConfig",
+    "AuditProgress",
+    "CancelFlag",
+    "ModelSource",
+    "RunResult",
+    "run_audit",
+]
+
+MSG_OTHER_AUDIT = (
+    "{run_dir} already holds a different audit ({what} differs); choose a new output folder "
+    "or pass overwrite=True / --overwrite"
+)
+
+CancelFlag = threading.Event | Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to load when its turn comes: a zoo name, a file, or ``ARCH=STATE_DICT.pth``.
+
+    ``key`` names the model in the run (default: ``spec``); ``options`` go to ``load_model``.
+    """
+
+    spec: str
+    key: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.key or self.spec
+
+    def load(self) -> ModelAdapter:
+        from ..models import load_model
+
+        arch, sep, weights = self.spec.partition("=")
+        if sep:
+            return load_model(arch, weights=weights, **self.options)
+        return load_model(self.spec, **self.options)
+
+
+@dataclass
+class AuditConfig:
+    """What to compute for each image (the parts that define a run's results)."""
+
+    groups: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    concepts: dict[str, list[str]] = field(default_factory=dict)
+    top_k: int = 5
+    match: Match = "top1"
+    #: explain the true label's class (the concept class with the highest probability) or the top-1
+    explain_target: Literal["label", "predicted"] = "label"
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removal: RemovalConfig | None = field(default_factory=RemovalConfig)
+    #: stored heatmaps are downsampled to at most this side (for reports and drill-down thumbnails)
+    heatmap_size: int = 64
+    #: detect faces: face-part regions and quality flags per image (see :mod:`.face_audit`)
+    face_parts: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["removal"] = self.removal.to_dict() if self.removal else None
+        if not self.face_parts:
+            d.pop("face_parts")  # runs stored before the option existed resume unchanged
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AuditConfig:
+        d = dict(d)
+        rem = d.get("removal")
+        if rem is not None:
+            fill = rem.get("fill", "mean")
+            d["removal"] = RemovalConfig(mode=rem["mode"], fill=fill if isinstance(fill, str) else tuple(fill),
+                                         blur_radius=rem.get("blur_radius"))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class AuditProgress:
+    """A progress report, sent after every committed batch."""
+
+    model: str
+    model_index: int
+    n_models: int
+    done: int  # images of this model stored (including earlier sessions)
+    total: int  # images in the manifest
+    errors: int  # images of this model recorded as errors
+    done_all: int  # over all models
+    total_all: int
+    elapsed_s: float  # this session
+    eta_s: float | None  # remaining, from this session's rate
+    stage: str = "running"  # 'loading', 'running', 'model-done'
+
+    @property
+    def fraction(self) -> float:
+        return self.done_all / self.total_all if self.total_all else 1.0
+
+
+@dataclass
+class RunResult:
+    """Where a finished run is and what it found."""
+
+    run_dir: Path
+    models: list[str]
+    counts: dict[str, dict[str, int]]
+    metrics: dict | None = None
+
+
+def _cancelled(flag: CancelFlag | None) -> bool:
+    if flag is None:
+        return False
+    if isinstance(flag, threading.Event):
+        return flag.is_set()
+    return bool(flag())
+
+
+def weights_fingerprint(adapter: ModelAdapter) -> str:
+    """SHA-1 over the model's parameters and buffers (detects a changed model on resume)."""
+    h = hashlib.sha1()
+    for k, v in adapter.model.state_dict().items():
+        h.update(k.encode())
+        if torch.is_tensor(v):
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _downsample(m: np.ndarray, size: int) -> np.ndarray:
+    h, w = m.shape
+    if max(h, w) <= size:
+        return m.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    oh, ow = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
+    return F.adaptive_avg_pool2d(t, (oh, ow))[0, 0].numpy()
+
+
+def _prepare(store: RunStore, manifest: Manifest, config: AuditConfig, overwrite: bool) -> None:
+    if overwrite and store.exists:
+        for suffix in ("", "-wal", "-shm"):
+            p = store.path.with_name(store.path.name + suffix)
+            if p.exists():
+                p.unlink()
+    if store.exists:
+        old_fp = store.get_meta("manifest_fingerprint")
+        if old_fp is not None and old_fp != manifest.fingerprint:
+            raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what="the manifest"))
+        old_cfg = store.get_meta("config")
+        if old_cfg is not None and old_cfg != _normal(config.to_dict()):
+            diff = sorted(k for k in old_cfg if old_cfg.get(k) != _normal(config.to_dict()).get(k))
+            raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what=", ".join(diff) or "config"))
+        if old_cfg is not None:
+            return
+    store.init()
+    store.write_images([
+        {"image_id": r.image_id, "line": r.line, "path": r.path, "file": str(r.file), "label": r.label,
+         "attributes": r.attributes, "regions": {n: s.to_text(manifest.root) for n, s in r.regions.items()}}
+        for r in manifest.rows
+    ])
+    store.set_meta("manifest_fingerprint", manifest.fingerprint)
+    store.set_meta("manifest", {"path": str(manifest.path) if manifest.path else None, "root": str(manifest.root),
+                                "attribute_columns": manifest.attribute_columns,
+                                "region_names": manifest.region_names, "labels": manifest.labels})
+    store.set_meta("config", _normal(config.to_dict()))
+    store.set_meta("created", datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def _normal(d: Any) -> Any:
+    """Round-trip through JSON so tuples and lists compare equal."""
+    import json
+
+    from .store import json_safe
+
+    return json.loads(json.dumps(json_safe(d)))
+
+
+def run_audit(
+    manifest: Manifest,
+    models: Sequence[ModelAdapter | ModelSource | str],
+    out_dir: str | Path,
+    config: AuditConfig | None = None,
+    *,
+    batch_size: int = 16,
+    progress: Callable[[AuditProgress], None] | None = None,
+    cancel: CancelFlag | None = None,
+    overwrite: bool = False,
+    finalize: bool = True,
+    metrics_options: Mapping[str, Any] | None = None,
+    engine: Engine | str | None = None,
+) -> RunResult:
+    """Run (or resume) an audit of ``manifest`` on ``models``, writing results to ``out_dir``.
+
+    ``progress`` is called after each committed batch (it may raise to stop the run: what is
+    committed stays). ``cancel`` (an Event or a callable) is checked before each batch; a cancelled
+    run raises :class:`CancelledError` and can be resumed by calling this again. With ``finalize``,
+    metrics.json, per_image.csv and report.html are written at the end (see :func:`finalize_run`).
+    ``engine`` computes the batches: ``"local"`` (default, this process) or a
+    :class:`~biasscope.engines.RayEngine` (``"ray"``: a Ray cluster); the results are the same.
+    """
+    cfg = config or AuditConfig(groups=list(manifest.groups))
+    if not cfg.groups:
+        cfg.groups = list(manifest.groups)
+    if cfg.face_parts:
+        from .face_audit import check_face_parts
+
+        check_face_parts(manifest.region_names)
+    missing = [g for g in cfg.groups if g not in manifest.attribute_columns]
+    if missing:
+        raise BiasscopeError(f"group column(s) {', '.join(missing)} are not in the manifest")
+    if cfg.heatmap_size < 4:
+        raise BiasscopeError("heatmap_size must be at least 4")
+    if batch_size < 1:
+        raise BiasscopeError("batch_size must be at least 1")
+    sources: list[ModelAdapter | ModelSource] = [ModelSource(m) if isinstance(m, str) else m for m in models]
+    if not sources:
+        raise BiasscopeError("no model given")
+    keys: list[str] = []
+    for s in sources:
+        base = s.name
+        key, n = base, 2
+        while key in keys:
+            key, n = f"{base}#{n}", n + 1
+        keys.append(key)
+    eng = get_engine(engine)
+    store = RunStore(out_dir)
+    _prepare(store, manifest, cfg, overwrite)
+    store.set_meta("engine", eng.describe())
+    store.set_meta("models_requested", keys)
+    store.set_meta("status", "running")
+    if metrics_options is not None:
+        store.set_meta("metrics_options", _normal(dict(metrics_options)))
+    t_start = time.perf_counter()
+    total = len(manifest.rows)
+    done = {k: len(store.done_ids(k)) for k in keys}
+    remaining_all = sum(total - d for d in done.values())
+    processed_now = 0
+
+    def report(mi: int, n_err: int, stage: str) -> None:
+        if progress is None:
+            return
+        el = time.perf_counter() - t_start
+        eta = el / processed_now * (remaining_all - processed_now) if processed_now else None
+        progress(AuditProgress(model=keys[mi], model_index=mi, n_models=len(keys), done=done[keys[mi]], total=total,
+                               errors=n_err, done_all=sum(done.values()), total_all=total * len(keys), elapsed_s=el,
+                               eta_s=eta, stage=stage))
+
+    try:
+        for mi, (key, src) in enumerate(zip(keys, sources)):
+            done_ids = store.done_ids(key)
+            todo = [r for r in manifest.rows if r.image_id not in done_ids]
+            n_err = store.counts().get(key, {}).get("error", 0)
+            if not todo:
+                report(mi, n_err, "model-done")
+                continue
+            if _cancelled(cancel):
+                raise CancelledError("the audit was cancelled; run it again to resume")
+            report(mi, n_err, "loading")
+            adapter = src.load() if isinstance(src, ModelSource) else src
+            store.add_model(key, adapter.to_dict(), weights_fingerprint(adapter))
+            space = LabelSpace.build(adapter, manifest.labels, cfg.concepts, top_k=cfg.top_k, match=cfg.match)
+            _check_methods(adapter, cfg)
+            batches = _batches(todo, batch_size, cancel)
+            with contextlib.closing(eng.map_batches(src, adapter, space, cfg, batches)) as results:
+                for batch, records, heats in results:
+                    store.write_batch(key, records, heats)
+                    processed_now += len(batch)
+                    done[key] += len(batch)
+                    n_err += sum(r["status"] == "error" for r in records)
+                    report(mi, n_err, "running")
+            report(mi, n_err, "model-done")
+            del adapter  # free the weights before loading the next model
+    except CancelledError:
+        store.set_meta("status", "cancelled")
+        raise
+    except BaseException:
+        store.set_meta("status", "interrupted")
+        raise
+    store.set_meta("status", "complete")
+    store.set_meta("finished", datetime.now(UTC).isoformat(timespec="seconds"))
+    result = RunResult(run_dir=Path(out_dir), models=keys, counts=store.counts())
+    if finalize:
+        from .results import finalize_run
+
+        result.metrics = finalize_run(out_dir)
+    return result
+
+
+def _batches(todo: Sequence, batch_size: int, cancel: CancelFlag | None) -> Iterator[Sequence]:
+    """The rows still to do, ``batch_size`` at a time; checks for cancellation before each batch."""
+    for b in range(0, len(todo), batch_size):
+        if _cancelled(cancel):
+            raise CancelledError("the audit was cancelled; run it again to resume")
+        yield todo[b : b + batch_size]
+
+
+def _check_methods(adapter: ModelAdapter, cfg: AuditConfig) -> None:
+    """Fail before the first batch if a method cannot run on this model or its params are wrong."""
+    from ..explainers import get_explainer
+
+    for m in cfg.methods:
+        cls = get_explainer(m)
+        cls(adapter, **dict(cfg.method_params.get(m, cfg.method_params.get(cls.name, {}))))
+
+
+def _process_batch(
+    adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
+) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
+    from ..api import explain_batch
+    from ..images import load_image
+
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    images, rows, masks, face_info = [], [], [], []
+    for row in batch:
+        try:
+            img = load_image(row.file)
+            size = (img.height, img.width)
+            named = {name: region_mask(spec, size) for name, spec in row.regions.items()}
+            face = None
+            if cfg.face_parts:
+                from .face_audit import face_parts_for_image
+
+                named, face = face_parts_for_image(img, named)
+        except (ImageError, BiasscopeError, OSError) as exc:
+            records.append({"image_id": row.image_id, "path": row.path, "status": "error", "error": str(exc)})
+            continue
+        images.append(img)
+        rows.append(row)
+        masks.append(named)
+        face_info.append(face)
+    heats: list[tuple[int, str, np.ndarray]] = []
+    if not images:
+        return records, heats
+    probs = adapter.probabilities(adapter.preprocess(images)).double().numpy()
+    evals = space.evaluate(probs)
+    targets = []
+    for row, ev, p in zip(rows, evals, probs):
+        if cfg.explain_target == "predicted":
+            targets.append(int(ev["top"][0]))
+        else:
+            cls = list(space.classes[row.label])
+            targets.append(int(cls[int(np.argmax(p[cls]))]))
+    shares: list[dict] = [{} for _ in images]
+    if cfg.methods:
+        exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
+                             faithfulness=False)
+        for i, (row, e) in enumerate(zip(rows, exps)):
+            for method, ex in e.items():
+                shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
+                src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
+                heats.append((row.image_id, method, _downsample(np.asarray(src), cfg.heatmap_size)))
+    removal: list[dict] = [{} for _ in images]
+    if cfg.removal is not None and any(masks):
+        removal = region_removal_effects(
+            adapter, images, masks, [space.classes[r.label] for r in rows], config=cfg.removal,
+            base_scores=[ev["scores"][r.label] for r, ev in zip(rows, evals)],
+        )
+    per_image = (time.perf_counter() - t0) / len(images)
+    names = adapter.class_names
+    for i, (row, ev, img) in enumerate(zip(rows, evals, images)):
+        counted = ev["predicted"]
+        records.append({
+            "image_id": row.image_id,
+            "path": row.path,
+            "status": "ok",
+            "error": None,
+            "width": img.width,
+            "height": img.height,
+            "top": [{"index": c, "class": names[c], "probability": q} for c, q in zip(ev["top"], ev["top_probs"])],
+            "pred_index": ev["top"][0],
+            "pred_class": names[ev["top"][0]],
+            "pred_prob": ev["top_probs"][0],
+            "pred_label": ev["pred_label"],
+            "p_true": ev["scores"][row.label],
+            "correct": bool(counted[row.label]),
+            "correct_top1": bool(ev["hit_top1"][row.label]),
+            "correct_topk": bool(ev["hit_topk"][row.label]),
+            "scores": ev["scores"],
+            "predicted": {k: bool(v) for k, v in counted.items()},
+            "target_index": targets[i],
+            "target_class": names[targets[i]],
+            "shares": shares[i],
+            "removal": removal[i],
+            "seconds": per_image,
+            **({"face": face_info[i]} if cfg.face_parts else {}),
+        })
+    records.sort(key=lambda r: r["image_id"])
+    return records, heats

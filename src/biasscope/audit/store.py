@@ -1,0 +1,200 @@
+"""The embedded run store: one SQLite file in RUN_DIR, written batch by batch.
+
+Each batch of results (one row per model x image, plus its small heatmaps) is committed in one
+transaction, so a run killed at any moment leaves only whole batches behind; restarting it skips
+the committed images. ``(model, image_id)`` is the primary key: a row can never be written twice.
+WAL mode lets readers (the web dashboard) follow a run while it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BiasscopeError
+
+__all__ = ["DB_NAME", "RunStore", "json_safe"]
+
+DB_NAME = "audit.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    image_id INTEGER PRIMARY KEY, line INTEGER, path TEXT NOT NULL, file TEXT NOT NULL,
+    label TEXT NOT NULL, attributes TEXT NOT NULL, regions TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    key TEXT PRIMARY KEY, position INTEGER NOT NULL, info TEXT NOT NULL, fingerprint TEXT);
+CREATE TABLE IF NOT EXISTS results (
+    model TEXT NOT NULL, image_id INTEGER NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (model, image_id));
+CREATE TABLE IF NOT EXISTS heatmaps (
+    model TEXT NOT NULL, image_id INTEGER NOT NULL, method TEXT NOT NULL,
+    h INTEGER NOT NULL, w INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (model, image_id, method));
+"""
+
+
+def json_safe(obj: Any) -> Any:
+    """Replace NaN/inf by ``None`` and numpy scalars by Python ones, recursively (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(json_safe(obj), allow_nan=False)
+
+
+class RunStore:
+    """Access to one run's SQLite file. Every method opens its own short-lived connection."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in WAL mode; commits on success, rolls back on error, always closes."""
+        if not self.path.parent.is_dir():
+            raise BiasscopeError(f"run folder {self.run_dir} not found")
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with conn:
+                yield conn
+        finally:
+            conn.close()
+
+    def init(self) -> None:
+        """Create the tables (idempotent)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.connect() as conn:
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        if not self.exists:
+            return default
+        with self.connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.connect() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _dumps(value)))
+
+    def all_meta(self) -> dict[str, Any]:
+        with self.connect() as conn:
+            return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+    # ------------------------------------------------------------------ images and models
+    def write_images(self, rows: Sequence[dict]) -> None:
+        with self.connect() as conn:
+            conn.executemany(
+                "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r["image_id"], r["line"], r["path"], r["file"], r["label"], _dumps(r["attributes"]),
+                  _dumps(r["regions"])) for r in rows],
+            )
+
+    def images(self) -> list[dict]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT image_id, line, path, file, label, attributes, regions FROM images "
+                                "ORDER BY image_id").fetchall()
+        return [{"image_id": r[0], "line": r[1], "path": r[2], "file": r[3], "label": r[4],
+                 "attributes": json.loads(r[5]), "regions": json.loads(r[6])} for r in rows]
+
+    def add_model(self, key: str, info: dict, fingerprint: str | None) -> None:
+        """Register a model, or check that an already registered one has the same weights."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT fingerprint FROM models WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                pos = conn.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+                conn.execute("INSERT INTO models VALUES (?, ?, ?, ?)", (key, pos, _dumps(info), fingerprint))
+            elif row[0] and fingerprint and row[0] != fingerprint:
+                raise BiasscopeError(
+                    f"model {key!r} in {self.run_dir} was run with different weights; "
+                    "use a new run folder to audit the changed model"
+                )
+
+    def models(self) -> list[dict]:
+        if not self.exists:
+            return []
+        with self.connect() as conn:
+            rows = conn.execute("SELECT key, info, fingerprint FROM models ORDER BY position").fetchall()
+        return [{"key": k, "info": json.loads(i), "fingerprint": f} for k, i, f in rows]
+
+    # ------------------------------------------------------------------ results
+    def done_ids(self, model: str) -> set[int]:
+        with self.connect() as conn:
+            return {r[0] for r in conn.execute("SELECT image_id FROM results WHERE model = ?", (model,))}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{model: {"ok": n, "error": m}}``."""
+        out: dict[str, dict[str, int]] = {}
+        if not self.exists:
+            return out
+        with self.connect() as conn:
+            for model, status, n in conn.execute("SELECT model, status, COUNT(*) FROM results GROUP BY 1, 2"):
+                out.setdefault(model, {"ok": 0, "error": 0})[status] = n
+        return out
+
+    def write_batch(
+        self,
+        model: str,
+        records: Sequence[dict],
+        heatmaps: Sequence[tuple[int, str, np.ndarray]] = (),
+    ) -> None:
+        """Commit one batch of per-image records and heatmaps atomically."""
+        with self.connect() as conn:
+            conn.executemany(
+                "INSERT INTO results VALUES (?, ?, ?, ?)",
+                [(model, int(r["image_id"]), r["status"], _dumps(r)) for r in records],
+            )
+            conn.executemany(
+                "INSERT INTO heatmaps VALUES (?, ?, ?, ?, ?, ?)",
+                [(model, int(i), m, int(h.shape[0]), int(h.shape[1]), np.asarray(h, dtype="<f2").tobytes())
+                 for i, m, h in heatmaps],
+            )
+
+    def results(self, model: str | None = None) -> list[dict]:
+        """Stored records (all models, or one), ordered by model position then image id."""
+        q = ("SELECT r.model, r.record FROM results r JOIN models m ON m.key = r.model "
+             + ("WHERE r.model = ? " if model else "") + "ORDER BY m.position, r.image_id")
+        with self.connect() as conn:
+            rows = conn.execute(q, (model,) if model else ()).fetchall()
+        out = []
+        for key, rec in rows:
+            d = json.loads(rec)
+            d["model"] = key
+            out.append(d)
+        return out
+
+    def heatmap(self, model: str, image_id: int, method: str) -> np.ndarray | None:
+        """The stored (downsampled, model-resolution) heatmap, or ``None``."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT h, w, data FROM heatmaps WHERE model = ? AND image_id = ? AND method = ?",
+                               (model, int(image_id), method)).fetchone()
+        if row is None:
+            return None
+        h, w, data = row
+        return np.frombuffer(data, dtype="<f2").reshape(h, w).astype(np.float32)

@@ -1,0 +1,93 @@
+"""``biasscope serve``: the web app on a production WSGI server (waitress)."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+import click
+
+from ._common import handle_errors
+
+__all__ = ["make_server", "serve_cmd"]
+
+
+def make_server(app, host: str, port: int, threads: int = 8):
+    """A waitress server for ``app`` (not yet running); ``port=0`` picks a free port."""
+    from waitress.server import create_server
+
+    return create_server(
+        app, host=host, port=port, threads=threads, ident="biasscope", clear_untrusted_proxy_headers=True
+    )
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind; anything but loopback requires an access token")
+@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True)
+@click.option("--token", default=None, envvar="BIASSCOPE_TOKEN",
+              help="access token (default: none on loopback, generated and printed otherwise)")
+@click.option("--model", "model", default="resnet18", show_default=True,
+              help="default model; falls back to mobilenet_v2 when its weights are missing")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="request threads")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="background explanation jobs run at once")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=20.0, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(1, 500_000_000), default=40_000_000, show_default=True)
+@click.option("--preload/--no-preload", default=True, show_default=True,
+              help="load the default model before accepting requests")
+@click.option("--data-root", type=click.Path(file_okay=False, exists=True), default=None,
+              help="enable audits: manifests and images are read only under this folder")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
+              help="where audit runs are written (default: DATA_ROOT/.biasscope-runs)")
+@handle_errors
+def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, threads: int, workers: int,
+              max_upload_mb: float, max_pixels: int, preload: bool, data_root: str | None,
+              runs_dir: str | None) -> None:
+    """Serve the web app (and its JSON API) with waitress."""
+    from ..web import create_app, is_loopback
+
+    if not token and not is_loopback(host):
+        token = secrets.token_urlsafe(24)
+    app = create_app(
+        {
+            "HOST": host,
+            "TOKEN": token,
+            "DEFAULT_MODEL": model,
+            "DEVICE": device,
+            "JOB_WORKERS": workers,
+            "MAX_UPLOAD_BYTES": int(max_upload_mb * 1024 * 1024),
+            "MAX_PIXELS": max_pixels,
+            "DATA_ROOT": data_root,
+            "RUNS_DIR": runs_dir,
+        }
+    )
+    st = app.extensions["biasscope"]
+    choice = st.models.default_choice()
+    if choice.note:
+        click.echo(("note: " if choice.ready else "warning: ") + choice.note, err=True)
+    if preload and choice.ready:
+        adapter = st.models.get(choice.name)
+        for kind in ("forward", "backward"):  # measured once, now rather than during a user's request
+            adapter.batch_size(kind)
+        click.echo(f"model {choice.name} loaded ({adapter.source})", err=True)
+    server = make_server(app, host, port, threads)
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    url = f"http://{shown}:{server.effective_port}/"
+    if token:
+        url += f"?token={token}"
+        click.echo(f"access token: {token}", err=True)
+    if st.audits.enabled:
+        click.echo(f"audits: manifests under {st.audits.data_root}, runs in {st.audits.runs_dir}", err=True)
+    else:
+        click.echo("audits disabled (start with --data-root DIR to enable them)", err=True)
+    click.echo(f"biasscope serving on {url}  (Ctrl+C to stop)", err=False)
+    sys.stdout.flush()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        st.close()

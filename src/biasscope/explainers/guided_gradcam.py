@@ -1,0 +1,70 @@
+"""Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
+
+Guided backpropagation passes only positive gradients through ReLUs where the forward input was
+positive. We rewrite every ``nn.ReLU``'s backward with forward hooks (removed afterwards), so
+it applies to ReLU networks only (ResNet, VGG, MobileNetV2's ReLU6 is not an ``nn.ReLU``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._cam import this_thread_only
+from .base import Attribution, Explainer, hooked
+from .gradcam import GradCAM
+from .registry import register
+
+__all__ = ["GuidedGradCAM", "guided_backprop"]
+
+
+class _GuidedReLUGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out: torch.Tensor) -> torch.Tensor:  # out = relu(input) already
+        ctx.save_for_backward(out)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+
+
+def guided_backprop(explainer: Explainer, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Guided-backprop gradients ``(N, 3, S, S)`` of the target logits with respect to ``x``."""
+    adapter = explainer.adapter
+    relus = [m for m in adapter.model.modules() if isinstance(m, nn.ReLU)]
+
+    def hook(_m, _i, out):
+        return _GuidedReLUGrad.apply(out)
+
+    x = x.detach().to(adapter.device).requires_grad_(True)
+    with adapter.hooks(), hooked([]) as handles:
+        for m in relus:  # registered one by one inside the context: removed even if one fails
+            handles.append(m.register_forward_hook(this_thread_only(hook)))
+        logits = adapter.logits(x)
+        score = Explainer.target_logits(logits, targets).sum()
+        (grad,) = torch.autograd.grad(score, x)
+    return grad.detach()
+
+
+@register(aliases=("guided_grad_cam",))
+class GuidedGradCAM(Explainer):
+    name = "guided_gradcam"
+    label = "Guided Grad-CAM"
+    signed = True
+    requires = frozenset({"gradients", "hooks", "relu"})
+    description = "Pixel-level guided backpropagation masked by Grad-CAM."
+
+    def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
+        cam = GradCAM(self.adapter).attribute(x, targets).maps
+        self.report(0.5)
+        cam_up = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = []
+        bs = self.adapter.batch_size("backward", work=x.shape[0])
+        for i in range(0, x.shape[0], bs):
+            gb = guided_backprop(self, x[i : i + bs], targets[i : i + bs]).cpu()
+            maps.append((gb * cam_up[i : i + bs]).sum(1))
+        self.report(1.0)
+        return Attribution(maps=torch.cat(maps).float())

@@ -1,0 +1,222 @@
+"""ModelAdapter: one loaded classifier with its preprocessing, class names and CAM layer.
+
+Geometry: an image of any size is resized (not cropped) to ``input_size x input_size`` so that
+every model pixel maps back onto the whole original image; heatmaps computed at model resolution
+are resized back to the original ``H x W``. This keeps explanations and region masks aligned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..errors import BiasscopeError
+
+__all__ = ["ModelAdapter", "Prediction"]
+
+#: jobs this small run as one batch without measuring the best batch size first
+SMALL_WORK = 8
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One ranked class for one image."""
+
+    index: int
+    label: str
+    probability: float
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "label": self.label, "probability": self.probability}
+
+
+@dataclass
+class ModelAdapter:
+    """A classifier ready for prediction and explanation.
+
+    ``model`` maps a normalised ``(N, 3, S, S)`` float tensor to logits ``(N, C)``.
+    ``target_layer`` is the default layer for CAM methods (``None`` where hooks are unavailable).
+    """
+
+    name: str
+    model: nn.Module
+    class_names: list[str]
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    target_layer: nn.Module | None = None
+    target_layer_name: str | None = None
+    supports_hooks: bool = True
+    source: str = ""  # where the weights came from, for display
+    note: str = ""  # e.g. why a fallback model is in use
+    #: autocast dtype used for gradient-free forwards (probabilities only), or None for fp32
+    fast_dtype: torch.dtype | None = None
+    _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _batch_sizes: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def __getstate__(self) -> dict:
+        """Picklable (Ray actors, process pools): the lock and the measured batch sizes stay here."""
+        state = self.__dict__.copy()
+        state.pop("_hook_lock", None)
+        state["_batch_sizes"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._hook_lock = threading.RLock()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
+        """Resize RGB images to the model's square input and normalise: ``(N, 3, S, S)``."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        s = self.input_size
+        arrs = [
+            np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR, reducing_gap=None))
+            for im in images
+        ]
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+        return self.normalize(x).to(self.device)
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Normalise a ``[0, 1]`` tensor with this model's mean and std."""
+        mean = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+        return (x01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
+    # ------------------------------------------------------------------ forward
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable forward pass (fp32) on a normalised batch."""
+        out = self.model(x.to(self.device))
+        if isinstance(out, tuple):  # GoogLeNet/Inception aux outputs in train mode
+            out = out[0]
+        if hasattr(out, "logits"):
+            out = out.logits
+        return out
+
+    @torch.no_grad()
+    def probabilities(
+        self, x: torch.Tensor, *, batch_size: int | None = None, fast: bool | None = None
+    ) -> torch.Tensor:
+        """Softmax probabilities for a (possibly large) batch, computed in chunks, on CPU.
+
+        ``fast`` uses the adapter's reduced-precision autocast dtype when one is configured.
+        """
+        bs = batch_size or self.batch_size(work=x.shape[0])
+        use_fast = self.fast_dtype is not None if fast is None else (fast and self.fast_dtype is not None)
+        outs = []
+        for i in range(0, x.shape[0], bs):
+            chunk = x[i : i + bs].to(self.device)
+            with self._autocast(use_fast):
+                logits = self.logits(chunk)
+            outs.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
+
+    def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
+        if not enabled or self.fast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.fast_dtype)
+
+    def predict(
+        self, images: Sequence[Image.Image] | Image.Image, *, top: int = 5
+    ) -> list[list[Prediction]]:
+        """Top-``top`` predictions for each image."""
+        probs = self.probabilities(self.preprocess(images))
+        return [self.top_predictions(p, top) for p in probs]
+
+    def top_predictions(self, probs: torch.Tensor, top: int = 5) -> list[Prediction]:
+        k = max(1, min(top, probs.shape[-1]))
+        vals, idx = probs.topk(k)
+        return [
+            Prediction(int(i), self.class_names[int(i)], float(v))
+            for v, i in zip(vals.tolist(), idx.tolist())
+        ]
+
+    # ------------------------------------------------------------------ helpers
+    def class_index(self, target: int | str) -> int:
+        """Resolve a class index or (case-insensitive) class name."""
+        if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+            idx = int(target)
+            if not 0 <= idx < self.num_classes:
+                raise BiasscopeError(f"class index {idx} out of range 0..{self.num_classes - 1}")
+            return idx
+        want = str(target).strip().lower()
+        lowered = [c.lower() for c in self.class_names]
+        if want in lowered:
+            return lowered.index(want)
+        close = [c for c in self.class_names if want in c.lower()][:5]
+        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        raise BiasscopeError(f"unknown class {target!r} for model {self.name}{hint}")
+
+    def batch_size(self, kind: str = "forward", work: int | None = None) -> int:
+        """Batch size for ``kind`` ('forward' or 'backward'), measured once per adapter.
+
+        ``work``: how many inputs are about to run. A job of at most ``SMALL_WORK`` inputs runs as
+        one batch without paying for the measurement (seconds) if none was made yet.
+        """
+        if kind not in self._batch_sizes:
+            if work is not None and work <= SMALL_WORK:
+                return max(1, int(work))
+            from .batching import measure_batch_size
+
+            self._batch_sizes[kind] = measure_batch_size(self, backward=(kind == "backward"))
+        return self._batch_sizes[kind]
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator[None]:
+        """Serialise work that registers hooks on the shared model (thread safety)."""
+        with self._hook_lock:
+            yield
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "device": str(self.device),
+            "target_layer": self.target_layer_name,
+            "supports_hooks": self.supports_hooks,
+            "source": self.source,
+            "note": self.note,
+        }
+
+
+def resize_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+    """Resize a 2-D map (or ``(N, h, w)`` stack) to ``size=(H, W)`` as float32 numpy."""
+    t = torch.as_tensor(np.asarray(m, dtype=np.float32) if not torch.is_tensor(m) else m).float()
+    squeeze = t.ndim == 2
+    if squeeze:
+        t = t[None]
+    if tuple(t.shape[-2:]) != tuple(size):
+        mode = "nearest" if nearest else "bilinear"
+        kw = {} if nearest else {"align_corners": False}
+        t = F.interpolate(t[:, None], size=size, mode=mode, **kw)[:, 0]
+    out = t.cpu().numpy().astype(np.float32)
+    return out[0] if squeeze else out

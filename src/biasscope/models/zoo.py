@@ -1,0 +1,189 @@
+"""torchvision classifiers by name, through torchvision's weights API, offline-first.
+
+Weights are looked up in torch hub's cache (``$TORCH_HOME/hub/checkpoints``). Any variant of a
+model's weights that is already cached is used (the default variant first); downloading happens
+only when the caller asks for it. Otherwise :class:`WeightsMissingError` names the exact file and
+folder, and the command that installs it where we know one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+from ..errors import ModelError, WeightsMissingError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "SUPPORTED_MODELS",
+    "ZooModelInfo",
+    "default_target_layer",
+    "hub_checkpoint_dir",
+    "list_zoo_models",
+    "resolve_weights",
+    "zoo_status",
+]
+
+DEFAULT_MODEL = "resnet18"
+
+#: Models we document and test, with the dotted path of their default CAM target layer
+#: (the last convolutional block, as pytorch-grad-cam recommends).
+SUPPORTED_MODELS: dict[str, str] = {
+    "resnet18": "layer4",
+    "resnet34": "layer4",
+    "resnet50": "layer4",
+    "resnet101": "layer4",
+    "vgg11": "features.19",
+    "vgg16": "features.29",
+    "vgg19": "features.35",
+    "mobilenet_v2": "features.18",
+    "mobilenet_v3_small": "features.12",
+    "mobilenet_v3_large": "features.16",
+    "efficientnet_b0": "features.8",
+    "efficientnet_b1": "features.8",
+    "googlenet": "inception5b",
+    "inception_v3": "Mixed_7c",
+    "densenet121": "features.norm5",
+    "convnext_tiny": "features.7",
+    "regnet_y_400mf": "trunk_output",
+    "shufflenet_v2_x1_0": "conv5",
+    "squeezenet1_1": "features.12",
+}
+
+#: Known offline sources: model -> (weights enum member, shell command that installs the file).
+OFFLINE_FETCH: dict[str, tuple[str, str]] = {
+    "mobilenet_v2": ("IMAGENET1K_V1", "biasscope weights fetch mobilenet_v2"),
+}
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where torchvision looks for (and caches) weight files."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def list_zoo_models() -> list[str]:
+    """All torchvision classification models, documented ones first."""
+    others = sorted(set(list_models(module=torchvision.models)) - set(SUPPORTED_MODELS))
+    return list(SUPPORTED_MODELS) + others
+
+
+@dataclass(frozen=True)
+class ZooModelInfo:
+    name: str
+    ready: bool
+    weights: str | None  # enum member name in use (if ready)
+    file: str  # expected file name of the default weights
+    reason: str  # empty if ready
+    fix: str  # what to do when not ready
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _weights_enum(name: str):
+    try:
+        return get_model_weights(name)
+    except (ValueError, KeyError):
+        raise ModelError(
+            f"unknown model {name!r}; choose a torchvision classifier "
+            f"(e.g. {', '.join(list(SUPPORTED_MODELS)[:6])}) or a .onnx/.pt/.pth file"
+        ) from None
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    name, _, variant = spec.partition(":")
+    return name.strip().lower(), (variant.strip() or None)
+
+
+def resolve_weights(spec: str, *, download: bool = False):
+    """Return the torchvision weights entry to load for ``spec`` (``name`` or ``name:VARIANT``).
+
+    Prefers the requested/default variant; falls back to any cached variant. Raises
+    :class:`WeightsMissingError` when nothing is cached and ``download`` is false.
+    """
+    name, variant = _split_spec(spec)
+    enum = _weights_enum(name)
+    if variant:
+        try:
+            wanted = [enum[variant]]
+        except KeyError:
+            raise ModelError(
+                f"{name} has no weights {variant!r}; available: {', '.join(enum.__members__)}"
+            ) from None
+    else:
+        wanted = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
+    ckpt = hub_checkpoint_dir()
+    for w in wanted:
+        if (ckpt / os.path.basename(w.url)).is_file():
+            return w
+    if download:
+        return wanted[0]
+    raise WeightsMissingError(missing_message(name, wanted[0]))
+
+
+def missing_message(name: str, weights) -> str:
+    fname = os.path.basename(weights.url)
+    msg = (
+        f"weights for {name} are not on this machine: expected {fname} in "
+        f"{hub_checkpoint_dir()}. Copy the file there (it is torchvision's {weights}), "
+        f"pass --download to fetch it from {weights.url}, or use --weights FILE"
+    )
+    if name in OFFLINE_FETCH:
+        msg += f"; offline, run: {OFFLINE_FETCH[name][1]}"
+    return msg
+
+
+def zoo_status(name: str) -> ZooModelInfo:
+    """Whether ``name`` can be loaded offline right now, and if not, why and how to fix it."""
+    enum = _weights_enum(name)
+    file = os.path.basename(enum.DEFAULT.url)
+    try:
+        w = resolve_weights(name)
+        return ZooModelInfo(name, True, w._name_, file, "", "")
+    except WeightsMissingError as exc:
+        fix = OFFLINE_FETCH[name][1] if name in OFFLINE_FETCH else f"biasscope weights fetch {name} --download"
+        return ZooModelInfo(name, False, None, file, str(exc), fix)
+
+
+def build_zoo_model(spec: str, *, download: bool = False) -> tuple[nn.Module, object]:
+    """Build ``spec`` with its real weights; returns ``(module, weights_entry)``."""
+    name, _ = _split_spec(spec)
+    weights = resolve_weights(spec, download=download)
+    try:
+        model = get_model(name, weights=weights)
+    except Exception as exc:  # corrupt cache file, hash mismatch, no network
+        raise ModelError(
+            f"could not load {weights} for {name}: {exc}. "
+            f"Delete {hub_checkpoint_dir() / os.path.basename(weights.url)} and fetch it again."
+        ) from exc
+    return model, weights
+
+
+def build_architecture(name: str, num_classes: int) -> nn.Module:
+    """An untrained torchvision architecture with ``num_classes`` outputs (for --weights FILE)."""
+    _weights_enum(name)
+    kw: dict = {"num_classes": num_classes}
+    if name in ("googlenet", "inception_v3"):
+        kw.update(aux_logits=False, init_weights=False)
+    return get_model(name, weights=None, **kw)
+
+
+def default_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.Module | None, str | None]:
+    """The default CAM layer: the documented one, else the last module holding a Conv2d."""
+    modules = dict(model.named_modules())
+    if name and name in SUPPORTED_MODELS and SUPPORTED_MODELS[name] in modules:
+        path = SUPPORTED_MODELS[name]
+        return modules[path], path
+    last = None
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            last = path
+    if last is None:
+        return None, None
+    return modules[last], last

@@ -1,0 +1,230 @@
+"""Shared server state: a cache of loaded models and a private, bounded store of uploaded images.
+
+Both are shared by all request threads and job workers. Models are loaded once per name and kept;
+images live as PNG files in a private temporary folder (mode 0700), expire after a while and are
+evicted oldest-first beyond a count limit, so memory and disk stay bounded however many uploads come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ..errors import BiasscopeError, ModelError, WeightsMissingError
+from ..models import SUPPORTED_MODELS, ModelAdapter, load_model, zoo_status
+
+__all__ = ["ImageRecord", "ImageStore", "ModelRegistry", "NotFoundError"]
+
+
+class NotFoundError(BiasscopeError):
+    """A referenced image, job or method result does not exist (any more)."""
+
+    status = 404
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    """Which model the app uses by default, and why (when it is not the configured one)."""
+
+    name: str
+    ready: bool
+    note: str  # why a fallback is used, or why nothing is ready; empty in the normal case
+    fix: str
+
+
+class ModelRegistry:
+    """Loaded models, one per name, shared across requests and threads.
+
+    ``extra`` maps additional names to factories (a user's own model given to ``biasscope serve``,
+    tiny models in tests); the documented torchvision models are loaded with :func:`load_model`.
+    """
+
+    def __init__(
+        self,
+        *,
+        default: str = "resnet18",
+        fallbacks: tuple[str, ...] = ("mobilenet_v2",),
+        extra: dict[str, Callable[[], ModelAdapter]] | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self._extra = dict(extra or {})
+        self._device = device
+        self._default = default
+        self._fallbacks = tuple(fallbacks)
+        self._models: dict[str, ModelAdapter] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        """Every model name the app accepts: extra models first, then the documented zoo."""
+        return list(self._extra) + [n for n in SUPPORTED_MODELS if n not in self._extra]
+
+    def status(self, name: str) -> dict:
+        """``{name, ready, loaded, reason, fix, source}`` for one model (no loading)."""
+        loaded = name in self._models
+        if name in self._extra:
+            return {"name": name, "ready": True, "loaded": loaded, "reason": "", "fix": "", "source": "configured"}
+        info = zoo_status(name)
+        return {
+            "name": name,
+            "ready": info.ready,
+            "loaded": loaded,
+            "reason": info.reason,
+            "fix": info.fix,
+            "source": f"torchvision {name}.{info.weights}" if info.ready else "",
+        }
+
+    def default_choice(self) -> DefaultChoice:
+        """The configured default if it is ready, else the first ready fallback, with the reason."""
+        first = self.status(self._default)
+        if first["ready"]:
+            return DefaultChoice(self._default, True, "", "")
+        for name in self._fallbacks:
+            if name in self.names and self.status(name)["ready"]:
+                note = (
+                    f"{self._default} weights are not on this machine, so {name} (real ImageNet weights) "
+                    f"is used instead. To use {self._default}: {first['fix']}"
+                )
+                return DefaultChoice(name, True, note, first["fix"])
+        return DefaultChoice(self._default, False, first["reason"], first["fix"])
+
+    def check_name(self, name: str) -> str:
+        key = str(name).strip().lower() if name not in self._extra else name
+        if key not in self.names:
+            raise BiasscopeError(f"unknown model {name!r}; choose from {', '.join(self.names)}")
+        return key
+
+    def get(self, name: str) -> ModelAdapter:
+        """The loaded model ``name`` (loaded on first use; concurrent first uses load once)."""
+        key = self.check_name(name)
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._models:
+                if key in self._extra:
+                    adapter = self._extra[key]()
+                else:
+                    try:
+                        adapter = load_model(key, device=self._device)
+                    except WeightsMissingError as exc:
+                        st = self.status(key)
+                        raise WeightsMissingError(f"{exc}. Fix: {st['fix']}") from None
+                    except ModelError:
+                        raise
+                self._models[key] = adapter
+            return self._models[key]
+
+    def loaded(self) -> list[str]:
+        return list(self._models)
+
+
+@dataclass
+class ImageRecord:
+    """An image kept for later requests: the working copy (downscaled) on disk."""
+
+    id: str
+    path: str
+    width: int
+    height: int
+    name: str
+    original_width: int
+    original_height: int
+    created: float
+    last_used: float
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "width": self.width,
+            "height": self.height,
+            "original_width": self.original_width,
+            "original_height": self.original_height,
+            "url": f"/api/images/{self.id}.png",
+        }
+
+
+class ImageStore:
+    """Uploaded images in a private temporary folder, bounded in count and age, removed at exit."""
+
+    def __init__(self, *, max_items: int = 64, ttl_s: float = 3600.0, max_side: int = 1024) -> None:
+        self.root = tempfile.mkdtemp(prefix="biasscope-uploads-")  # mkdtemp creates it with mode 0700
+        os.chmod(self.root, 0o700)
+        self.max_items = max_items
+        self.ttl_s = ttl_s
+        self.max_side = max_side
+        self._items: OrderedDict[str, ImageRecord] = OrderedDict()
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, True)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, img: Image.Image, name: str) -> tuple[ImageRecord, Image.Image]:
+        """Keep ``img`` downscaled so its longer side is at most ``max_side``; returns the record and
+        the working copy (the image every later request on this id sees)."""
+        ow, oh = img.size
+        work = img
+        if max(ow, oh) > self.max_side:
+            work = img.copy()
+            work.thumbnail((self.max_side, self.max_side), Image.Resampling.LANCZOS)
+        image_id = secrets.token_hex(12)
+        path = os.path.join(self.root, f"{image_id}.png")
+        work.save(path, format="PNG", compress_level=1)
+        now = time.time()
+        rec = ImageRecord(image_id, path, work.width, work.height, name[:200], ow, oh, now, now)
+        with self._lock:
+            self._items[image_id] = rec
+            self._purge_locked(now)
+        return rec, work
+
+    def record(self, image_id: str) -> ImageRecord:
+        with self._lock:
+            self._purge_locked(time.time())
+            rec = self._items.get(str(image_id))
+            if rec is None:
+                raise NotFoundError(f"image {image_id!r} not found (it may have expired); upload it again")
+            rec.last_used = time.time()
+            self._items.move_to_end(rec.id)
+            return rec
+
+    def load(self, image_id: str) -> tuple[ImageRecord, Image.Image]:
+        rec = self.record(image_id)
+        try:
+            with Image.open(rec.path) as im:
+                return rec, im.convert("RGB")
+        except FileNotFoundError:
+            raise NotFoundError(f"image {image_id!r} expired; upload it again") from None
+
+    def _purge_locked(self, now: float) -> None:
+        expired = [k for k, r in self._items.items() if now - r.last_used > self.ttl_s]
+        for k in expired:
+            self._drop_locked(k)
+        while len(self._items) > self.max_items:
+            self._drop_locked(next(iter(self._items)))
+
+    def _drop_locked(self, key: str) -> None:
+        rec = self._items.pop(key)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(rec.path)
+
+    def close(self) -> None:
+        """Delete every stored image and the folder."""
+        with self._lock:
+            self._items.clear()
+        self._finalizer()

@@ -1,0 +1,278 @@
+"""End-to-end audits on synthetic data with a planted bias of known ground truth.
+
+Ground truth (see synth.py): the biased model takes the female group's red hair as evidence for
+"nurse", so female doctors lose accuracy and confidence, the hair region draws attribution for
+female images, and removing it helps female doctors. The unbiased model ignores the hair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from biasscope.audit import (
+    AuditConfig,
+    finalize_run,
+    list_runs,
+    load_heatmap,
+    load_manifest,
+    per_image_frame,
+    run_audit,
+    run_info,
+    start_audit,
+)
+from biasscope.errors import BiasscopeError, CancelledError
+from tests.audit.synth import CONCEPTS, make_adapter, write_dataset
+
+STATS = {"n_boot": 500, "n_perm": 500, "min_group_size": 10, "stereotypical": ["doctor:male", "nurse:female"]}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    os.environ.setdefault("BIASSCOPE_BATCH_SIZE", "64")
+    base = tmp_path_factory.mktemp("planted")
+    csv = write_dataset(base / "data", n_per_cell=20, seed=0, broken=1)
+    m = load_manifest(csv, groups=["gender"])
+    cfg = AuditConfig(groups=["gender"], methods=["gradcam"], concepts=CONCEPTS)
+    res = run_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], base / "run", cfg, batch_size=16,
+                    metrics_options=STATS)
+    return base / "run", res.metrics
+
+
+def test_planted_bias_is_detected(planted) -> None:
+    _, metrics = planted
+    mm = metrics["models"]["biased"]
+    g = mm["groupings"]["gender"]
+    doc = g["by_label"]["doctor"]["gaps"]["accuracy"]
+    assert doc["flagged"] and (doc["high_group"], doc["low_group"]) == ("male", "female")
+    assert doc["difference_ci"][0] > 0 and doc["p_adjusted"] < 0.05
+    assert g["by_label"]["doctor"]["by_group"]["male"]["accuracy"] == 1.0
+    bs = mm["bias_score"]
+    assert bs["significant"] and bs["score"] > 0.1 and bs["ci"][0] > 0
+    # the planted region stands out for the female group, and only there
+    regs = g["regions"]["by_group"]
+    assert regs["female"]["ratio:gradcam:hair"] > 3.0
+    assert regs["male"]["ratio:gradcam:hair"] < 0.2
+    hair_gap = g["regions"]["gaps"]["share:gradcam:hair"]
+    assert hair_gap["flagged"] and hair_gap["high_group"] == "female"
+    # removing the hair helps female doctors (true label "doctor"), does nothing for male doctors
+    cells = g["regions"]["by_label"]["doctor"]
+    assert cells["female"]["removal:hair"] > 0.1
+    assert abs(cells["male"]["removal:hair"]) < 0.01
+    assert any("hair" in f and "female" in f for f in mm["findings"])
+
+
+def test_no_planted_bias_is_not_flagged(planted) -> None:
+    _, metrics = planted
+    mm = metrics["models"]["fair"]
+    assert mm["flagged"] == [] and mm["n_tests"] > 10
+    assert not mm["bias_score"]["significant"]
+    assert mm["bias_score"]["ci"][0] <= 0 <= mm["bias_score"]["ci"][1]
+    regs = mm["groupings"]["gender"]["regions"]["by_group"]
+    assert regs["female"]["ratio:gradcam:hair"] < 0.2 and regs["female"]["ratio:gradcam:tool"] > 3.0
+    assert any("No gap between groups is significant" in f for f in mm["findings"])
+
+
+def test_errors_exports_and_report(planted) -> None:
+    run, metrics = planted
+    for key in ("biased", "fair"):
+        assert metrics["models"][key]["n_errors"] == 1
+        assert "truncated or corrupt" in metrics["models"][key]["errors"][0]["error"]
+        assert metrics["models"][key]["n_images"] == 80
+    on_disk = json.loads((run / "metrics.json").read_text())  # strict JSON: no NaN
+    assert on_disk["comparison"]["biased"]["n_flagged"] > 0 and on_disk["comparison"]["fair"]["n_flagged"] == 0
+    df = pd.read_csv(run / "per_image.csv")
+    assert len(df) == 2 * 81 and set(df["status"]) == {"ok", "error"}
+    ok = df[df["status"] == "ok"]
+    assert ok["correct"].isin([True, False]).all() and ok["p_true"].between(0, 1).all()
+    for c in ("path", "label", "gender", "pred_class", "pred_label", "share:gradcam:hair", "removal:tool", "error"):
+        assert c in df.columns
+    # p_true is the summed probability of the concept's classes: recompute for a few images
+    adapter = make_adapter(2.0)
+    from biasscope.images import load_image
+
+    man = load_manifest(run.parent / "data" / "manifest.csv")
+    sub = ok[ok["model"] == "biased"].head(5)
+    probs = adapter.probabilities(adapter.preprocess([load_image(man.root / p) for p in sub["path"]])).numpy()
+    idx = {"doctor": [0, 1], "nurse": [2]}
+    want = [probs[i, idx[lab]].sum() for i, lab in enumerate(sub["label"])]
+    np.testing.assert_allclose(sub["p_true"].to_numpy(), want, atol=1e-5)
+    html = (run / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html and "<link" not in html
+    assert html.count("data:image/png;base64,") >= 4 and "<svg" in html
+    assert "Model comparison" in html and "biased" in html and "fair" in html and "Bias score" in html
+
+
+def test_run_listing_detail_and_heatmaps(planted) -> None:
+    run, _ = planted
+    runs = list_runs(run.parent)
+    assert [r["name"] for r in runs] == ["run"] and runs[0]["status"] == "complete"
+    info = run_info(run)
+    assert info["models"] == ["biased", "fair"] and info["progress"] == 1.0 and info["n_images"] == 81
+    assert info["counts"]["biased"] == {"ok": 80, "error": 1}
+    h = load_heatmap(run, "biased", 0, "gradcam")
+    assert h is not None and h.shape == (32, 32)
+    # the stored Grad-CAM of a doctor (target stethoscope) lies on the tool box
+    assert h[18:28, 2:12].sum() > 0.8 * h.sum()
+    assert load_heatmap(run, "biased", 80, "gradcam") is None  # the broken image has none
+    df = per_image_frame(run, "fair")
+    assert len(df) == 81 and set(df["model"]) == {"fair"}
+
+
+# ------------------------------------------------------------------ resume after interruption
+def _frames_equal(a: Path, b: Path) -> None:
+    fa = per_image_frame(a).sort_values(["model", "image_id"]).reset_index(drop=True)
+    fb = per_image_frame(b).sort_values(["model", "image_id"]).reset_index(drop=True)
+    assert list(fa.columns) == list(fb.columns) and len(fa) == len(fb)
+    for c in fa.columns:
+        if pd.api.types.is_float_dtype(fa[c]):
+            np.testing.assert_allclose(fa[c].to_numpy(), fb[c].to_numpy(), atol=1e-6, equal_nan=True, err_msg=c)
+        else:
+            assert fa[c].astype(str).tolist() == fb[c].astype(str).tolist(), c
+    for run in (a, b):  # no row lost or duplicated
+        con = sqlite3.connect(run / "audit.sqlite")
+        n = con.execute("SELECT COUNT(*), COUNT(DISTINCT model || ':' || image_id) FROM results").fetchone()
+        h = con.execute("SELECT COUNT(*) FROM heatmaps").fetchone()[0]
+        con.close()
+        assert n[0] == n[1] == len(fa) and h == len(fa) - 2
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    os.environ.setdefault("BIASSCOPE_BATCH_SIZE", "64")
+    base = tmp_path_factory.mktemp("small")
+    csv = write_dataset(base / "data", n_per_cell=6, seed=1, broken=1)
+    m = load_manifest(csv, groups=["gender"])
+    run_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], base / "ref", _cfg(), batch_size=4,
+              finalize=False)
+    return csv, base / "ref"
+
+
+def _cfg() -> AuditConfig:
+    return AuditConfig(groups=["gender"], methods=["gradcam"], concepts=CONCEPTS)
+
+
+class StopRunError(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(small, tmp_path: Path) -> None:
+    csv, ref = small
+    m = load_manifest(csv, groups=["gender"])
+    models = [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")]
+    seen: list[int] = []
+
+    def stop_at(k: int):
+        def cb(p) -> None:
+            seen.append(p.done_all)
+            if p.done_all >= k:
+                raise StopRunError
+
+        return cb
+
+    out = tmp_path / "run"
+    opts = {"n_boot": 200, "n_perm": 200}
+    with pytest.raises(StopRunError):  # stops inside the first model
+        run_audit(m, models, out, _cfg(), batch_size=4, progress=stop_at(9), finalize=False)
+    assert run_info(out)["status"] == "interrupted" and run_info(out)["counts"]["biased"]["ok"] == 12
+    with pytest.raises(StopRunError):  # resumes, then stops inside the second model
+        run_audit(m, models, out, _cfg(), batch_size=4, progress=stop_at(34), finalize=False)
+    assert run_info(out)["counts"]["fair"] == {"ok": 12, "error": 0}  # batches of 4: stopped at 25 + 12
+    res = run_audit(m, models, out, _cfg(), batch_size=4, finalize=False)
+    assert res.counts == {"biased": {"ok": 24, "error": 1}, "fair": {"ok": 24, "error": 1}}
+    _frames_equal(ref, out)
+    # and so are the findings computed from them (seeded resampling)
+    assert finalize_run(ref, opts, report=False)["models"] == finalize_run(out, opts, report=False)["models"]
+
+
+def test_cancel_flag_then_resume(small, tmp_path: Path) -> None:
+    csv, ref = small
+    m = load_manifest(csv, groups=["gender"])
+    models = [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")]
+    cancel = threading.Event()
+    out = tmp_path / "run"
+
+    def cb(p) -> None:
+        if p.done_all >= 8:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        run_audit(m, models, out, _cfg(), batch_size=4, progress=cb, cancel=cancel)
+    assert run_info(out)["status"] == "cancelled" and run_info(out)["counts"]["biased"]["ok"] == 8
+    # resuming with other settings is refused, naming what differs
+    with pytest.raises(BiasscopeError, match="methods"):
+        run_audit(m, models, out, AuditConfig(groups=["gender"], methods=["ig"], concepts=CONCEPTS))
+    # the same key with other weights is refused
+    other = make_adapter(1.0, "biased")
+    with pytest.raises(BiasscopeError, match="different weights"):
+        run_audit(m, [other], out, _cfg(), batch_size=4)
+    run_audit(m, models, out, _cfg(), batch_size=4, finalize=False)
+    _frames_equal(ref, out)
+
+
+def test_background_job_reports_progress(small, tmp_path: Path) -> None:
+    csv, ref = small
+    m = load_manifest(csv, groups=["gender"])
+    job = start_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], tmp_path / "job", _cfg(),
+                      batch_size=4, finalize=False)
+    assert job.join(120)
+    d = job.to_dict()
+    assert job.state == "complete" and d["fraction"] == 1.0 and d["done"] == d["total"] == 50 and d["errors"] == 1
+    _frames_equal(ref, tmp_path / "job")
+
+
+_KILL_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+os.environ["BIASSCOPE_BATCH_SIZE"] = "64"
+from biasscope.audit import AuditConfig, load_manifest, run_audit
+from tests.audit.synth import CONCEPTS, make_adapter
+m = load_manifest({csv!r}, groups=["gender"])
+cfg = AuditConfig(groups=["gender"], methods=["gradcam"], concepts=CONCEPTS)
+def slow(p):
+    print("done", p.done_all, flush=True)
+    time.sleep(0.4)
+run_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], {out!r}, cfg, batch_size=4, progress=slow,
+          finalize=False)
+"""
+
+
+def test_killed_process_resumes_without_loss_or_duplicates(small, tmp_path: Path) -> None:
+    csv, ref = small
+    out = tmp_path / "run"
+    script = _KILL_SCRIPT.format(root=str(ROOT), csv=str(csv), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        deadline = time.time() + 120
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("done") and int(line.split()[1]) >= 12:
+                break
+            assert time.time() < deadline
+        time.sleep(0.1)  # let it get into the next batch
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    counts = run_info(out)["counts"]
+    assert 12 <= sum(c.get("ok", 0) + c.get("error", 0) for c in counts.values()) < 50
+    m = load_manifest(csv, groups=["gender"])
+    run_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], out, _cfg(), batch_size=4, finalize=False)
+    _frames_equal(ref, out)

@@ -1,0 +1,80 @@
+"""``biasscope serve``: the real command, on waitress, with token auth off loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+
+from biasscope.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serve_help_lists_options():
+    out = CliRunner().invoke(main, ["serve", "--help"]).output
+    for opt in ("--host", "--port", "--token", "--model", "--workers", "--max-upload-mb", "--preload"):
+        assert opt in out
+    assert "127.0.0.1" in out and "5000" in out
+
+
+@pytest.mark.slow
+def test_serve_off_loopback_prints_token_and_requires_it():
+    port = _free_port()
+    cmd = [sys.executable, "-c", "from biasscope.cli import main; main()", "serve", "--host", "0.0.0.0",
+           "--port", str(port), "--no-preload"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the socket is bound
+        m = re.search(r"serving on http://0\.0\.0\.0:(\d+)/\?token=([\w-]+)", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+        assert int(m.group(1)) == port
+        token = m.group(2)
+        base = f"http://127.0.0.1:{port}"
+        status, body = _get(base + "/api/health")
+        assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+        assert _get(base + "/")[0] == 401
+        assert _get(base + "/static/app.js")[0] == 401
+        status, body = _get(base + "/api/health", token)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        status, body = _get(base + "/api/models", token)
+        assert status == 200 and json.loads(body)["configured_default"] == "resnet18"
+        status, body = _get(base + "/", token)
+        assert status == 200 and b"biasscope" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode is not None
+
+
+def test_serve_refuses_bad_port_value():
+    res = CliRunner().invoke(main, ["serve", "--port", "70000"])
+    assert res.exit_code == 2 and "70000" in res.output
+
