@@ -15,9 +15,9 @@ from .conftest import colour_adapter, png, two_colour, wait_job
 RED_BLUE = two_colour((255, 0, 0), (0, 0, 255))
 
 
-def slow_app(make_app, **config):
-    """The colour model with 20 ms per forward pass: IG with many steps takes seconds."""
-    return make_app(EXTRA_MODELS={"slow": lambda: colour_adapter(0.02, name="slow")}, DEFAULT_MODEL="slow", **config)
+def slow_app(make_app, delay: float = 0.02, **config):
+    """The colour model with ``delay`` seconds per forward pass: IG with many steps takes seconds."""
+    return make_app(EXTRA_MODELS={"slow": lambda: colour_adapter(delay, name="slow")}, DEFAULT_MODEL="slow", **config)
 
 
 def image_id(client) -> str:
@@ -51,7 +51,7 @@ def test_results_appear_per_method_and_progress_grows(make_app):
 
 
 def test_cancel_running_and_queued_jobs(make_app):
-    app = slow_app(make_app, JOB_WORKERS=1)
+    app = slow_app(make_app, delay=0.08, JOB_WORKERS=1)
     c = app.test_client()
     iid = image_id(c)
     body = {"image_id": iid, "methods": ["integrated_gradients", "gradcam"], "faithfulness": False,
@@ -63,11 +63,11 @@ def test_cancel_running_and_queued_jobs(make_app):
     # a queued job is cancelled at once
     q = c.post(f"/api/jobs/{queued['id']}/cancel").get_json()
     assert q["status"] == "cancelled" and all(m["status"] == "cancelled" for m in q["methods"].values())
-    # a running one stops at its next progress report, well before its ~2.5 s of work
+    # a running one stops at its next progress report, well before its ~10 s of work (margin for a loaded CI)
     t0 = time.monotonic()
     c.post(f"/api/jobs/{running['id']}/cancel")
-    done = wait_job(c, running["id"], timeout=10)
-    assert time.monotonic() - t0 < 1.5
+    done = wait_job(c, running["id"], timeout=20)
+    assert time.monotonic() - t0 < 3.0
     assert done["status"] == "cancelled" and done["progress"] < 1
     assert done["methods"]["integrated_gradients"]["status"] == "cancelled"
     assert done["methods"]["gradcam"]["status"] == "cancelled"
