@@ -64,9 +64,10 @@ class TinyNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def build_adapter(name: str, device: str, precision: str, *, seed: int = 0):
+def build_adapter(name: str, device: str, precision: str, *, seed: int = 0, backend: str = "auto"):
     """A ``ModelAdapter`` for ``name``: 'tiny', 'resnet18' (random init, seeded: its ImageNet
-    weights are not available offline here) or any model ``load_model`` accepts (real weights)."""
+    weights are not available offline here) or any model ``load_model`` accepts (real weights).
+    ``backend``: engine of our gradient-free fp32 forwards (references always run eager PyTorch)."""
     from biasscope.models import ModelAdapter, load_model, resolve_device, resolve_precision
     from biasscope.models.zoo import default_target_layer
 
@@ -77,7 +78,7 @@ def build_adapter(name: str, device: str, precision: str, *, seed: int = 0):
         layer, lname = default_target_layer(module)
         return ModelAdapter(name="tiny", model=module, class_names=[f"c{i}" for i in range(10)], input_size=32,
                             device=dev, target_layer=layer, target_layer_name=lname, source="random (seeded)",
-                            fast_dtype=fast)
+                            fast_dtype=fast, backend=backend)
     if name == "resnet18":
         import torchvision
 
@@ -86,8 +87,9 @@ def build_adapter(name: str, device: str, precision: str, *, seed: int = 0):
         layer, lname = default_target_layer(module, "resnet18")
         return ModelAdapter(name="resnet18", model=module, class_names=[f"class_{i}" for i in range(1000)],
                             input_size=224, device=dev, target_layer=layer, target_layer_name=lname,
-                            source=f"torchvision resnet18(weights=None), torch.manual_seed({seed})", fast_dtype=fast)
-    return load_model(name, device=device, precision=precision)
+                            source=f"torchvision resnet18(weights=None), torch.manual_seed({seed})", fast_dtype=fast,
+                            backend=backend)
+    return load_model(name, device=device, precision=precision, backend=backend)
 
 
 def _layout(module: nn.Module, device: torch.device) -> nn.Module:
@@ -105,7 +107,22 @@ def contiguous_copy(module: nn.Module) -> nn.Module:
 
 def with_fast_dtype(adapter, dtype: torch.dtype | None):
     """The same model (shared weights) with another autocast dtype for gradient-free forwards."""
-    return dataclasses.replace(adapter, fast_dtype=dtype, _batch_sizes={})
+    return ready(dataclasses.replace(adapter, fast_dtype=dtype, _batch_sizes={}))
+
+
+def torch_fp32(adapter):
+    """The same model (shared weights), fp32 forwards in eager PyTorch: what the reference libraries
+    get, as a user would hand them the model."""
+    return dataclasses.replace(adapter, fast_dtype=None, backend="torch", _batch_sizes={})
+
+
+def ready(adapter):
+    """Build the adapter's forward backend now (ONNX Runtime export and check), outside the timings."""
+    from biasscope.models.ort import MIN_WORK
+
+    s = adapter.input_size
+    adapter.probabilities(torch.rand(MIN_WORK, 3, s, s, device=adapter.device), batch_size=MIN_WORK)
+    return adapter
 
 
 def bench_images(adapter, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,10 +184,13 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.adapter = build_adapter(args.model, args.device, args.precision, seed=args.seed)
+        self.adapter = ready(build_adapter(args.model, args.device, args.precision, seed=args.seed,
+                                           backend=args.backend))
         self.device = self.adapter.device
         self.fast_dtype = self.adapter.fast_dtype
         self.fp32 = with_fast_dtype(self.adapter, None)
+        self.torch32 = torch_fp32(self.adapter)  # the references' classifier
+        self.backend = self.fp32.active_backend
         self.x, self.targets = bench_images(self.fp32, args.images)
         self.x1, self.t1 = self.x[:1], self.targets[:1]
         # references get the same weights in the default layout, as a user would hand them the model
@@ -208,6 +228,8 @@ class Bench:
             self.ref_model(p)[:, 0].sum().backward()
 
         fns = {"forward_fp32": fwd(self.fp32), "forward_backward_fp32": fwd_bwd}
+        if self.backend != "torch":
+            fns["forward_fp32_torch"] = fwd(self.torch32)
         if self.layout != "contiguous":
             fns["forward_fp32_contiguous"] = ref_fwd
             fns["forward_backward_fp32_contiguous"] = ref_fwd_bwd
@@ -216,7 +238,9 @@ class Bench:
         times = interleave(fns, self.args.repeats, self.device)
         per_image = {k: statistics.median(v) / (bb if "backward" in k else bf) for k, v in times.items()}
         out: dict[str, Any] = {"batch_size": {"forward": bf, "backward": bb}, "layout": self.layout,
-                               "times_s": times, "per_image_s": per_image}
+                               "backend": self.fp32.to_dict()["backend"], "times_s": times, "per_image_s": per_image}
+        if self.backend != "torch":
+            out["backend_speedup"] = per_image["forward_fp32_torch"] / per_image["forward_fp32"]
         if self.layout != "contiguous":
             out["layout_speedup"] = {
                 "forward": per_image["forward_fp32_contiguous"] / per_image["forward_fp32"],
@@ -365,12 +389,17 @@ class Bench:
 
         fns = {"ours": lambda: exp.attribute(self.x1, self.t1), "captum": captum(1),
                "captum_batched": captum(ppe)}
-        labels = {"ours": f"biasscope occlusion (fast dtype {_dt(self.fast_dtype)})",
+        labels = {"ours": f"biasscope occlusion (fast dtype {_dt(self.fast_dtype)}, forwards {self.backend})",
                   "captum": "captum Occlusion (default perturbations_per_eval=1)",
                   "captum_batched": f"captum Occlusion (perturbations_per_eval={ppe})"}
         if self.fast_dtype is not None:
             fns["ours_fp32"] = lambda: exp32.attribute(self.x1, self.t1)
             labels["ours_fp32"] = "biasscope occlusion (fp32)"
+        if self.backend != "torch":
+            exp_t = get_explainer("occlusion")(self.torch32, window=win, stride=stride, fill="black",
+                                               output="probability")
+            fns["ours_torch"] = lambda: exp_t.attribute(self.x1, self.t1)
+            labels["ours_torch"] = "biasscope occlusion (fp32, eager PyTorch forwards)"
         times = interleave(fns, self.args.repeats, self.device)
         rec = summarise(times, labels, "ours", "captum")
         rec["ratio_vs_batched_reference"] = rec["variants"]["ours"]["median_s"] / rec["variants"]["captum_batched"][
@@ -397,7 +426,7 @@ class Bench:
         exp32 = get_explainer("lime")(self.fp32, num_samples=n)
         warm = get_explainer("lime")(a, num_samples=10)
         warm32 = get_explainer("lime")(self.fp32, num_samples=10)
-        classifier = uint8_classifier(self.fp32, batch_size=None)
+        classifier = uint8_classifier(self.torch32, batch_size=None)
         t = int(self.t1[0])
 
         def lime_ref(samples: int) -> Callable[[], Any]:
@@ -411,13 +440,17 @@ class Bench:
         fns = {"ours": lambda: exp.attribute(self.x1, self.t1), "lime": lime_ref(n)}
         warmups = {"ours": lambda: warm.attribute(self.x1, self.t1), "lime": lime_ref(10)}
         labels = {"ours": f"biasscope lime ({n} samples, fast dtype {_dt(self.fast_dtype)}, "
-                          f"batch {max(a.batch_size(), 32)})",
+                          f"forwards {self.backend}, batch {a.batch_size()})",
                   "lime": f"lime {_version('lime')} LimeImageExplainer ({n} samples, batch_size=10, fp32, "
                           "same slic superpixels)"}
         if self.fast_dtype is not None:
             fns["ours_fp32"] = lambda: exp32.attribute(self.x1, self.t1)
             warmups["ours_fp32"] = lambda: warm32.attribute(self.x1, self.t1)
             labels["ours_fp32"] = f"biasscope lime ({n} samples, fp32)"
+        if self.backend != "torch":
+            exp_t = get_explainer("lime")(self.torch32, num_samples=n)
+            fns["ours_torch"] = lambda: exp_t.attribute(self.x1, self.t1)
+            labels["ours_torch"] = f"biasscope lime ({n} samples, fp32, eager PyTorch forwards)"
         times = interleave(fns, self.args.repeats, self.device, warmups)
         rec = summarise(times, labels, "ours", "lime")
         rec["params"] = {"num_samples": n, "segmentation": "slic", "n_segments": 50, "hide": "mean"}
@@ -436,16 +469,21 @@ class Bench:
         exp = get_explainer("kernel_shap")(a, num_samples=n)
         exp32 = get_explainer("kernel_shap")(self.fp32, num_samples=n)
         warm = get_explainer("kernel_shap")(a, num_samples=10)
-        ref = kernel_shap_reference(self.fp32, self.x1, int(self.t1[0]))
+        ref = kernel_shap_reference(self.torch32, self.x1, int(self.t1[0]))
 
         fns = {"ours": lambda: exp.attribute(self.x1, self.t1), "shap": lambda: ref(n)}
         warmups = {"ours": lambda: warm.attribute(self.x1, self.t1), "shap": lambda: ref(10)}
-        labels = {"ours": f"biasscope kernel_shap ({n} samples, fast dtype {_dt(self.fast_dtype)})",
+        labels = {"ours": f"biasscope kernel_shap ({n} samples, fast dtype {_dt(self.fast_dtype)}, "
+                          f"forwards {self.backend})",
                   "shap": f"shap {_version('shap')} KernelExplainer ({n} samples, l1_reg=False, fp32, "
                           "same superpixels and fill)"}
         if self.fast_dtype is not None:
             fns["ours_fp32"] = lambda: exp32.attribute(self.x1, self.t1)
             labels["ours_fp32"] = f"biasscope kernel_shap ({n} samples, fp32)"
+        if self.backend != "torch":
+            exp_t = get_explainer("kernel_shap")(self.torch32, num_samples=n)
+            fns["ours_torch"] = lambda: exp_t.attribute(self.x1, self.t1)
+            labels["ours_torch"] = f"biasscope kernel_shap ({n} samples, fp32, eager PyTorch forwards)"
         times = interleave(fns, self.args.repeats, self.device, warmups)
         rec = summarise(times, labels, "ours", "shap")
         rec["params"] = {"num_samples": n, "segmentation": "slic", "n_segments": 50, "hide": "mean"}
@@ -567,12 +605,14 @@ def quality(args: argparse.Namespace) -> dict:
     from biasscope.explainers._superpixels import segment, to_uint8
 
     name = args.quality_model or args.model
-    adapter = build_adapter(name, args.device, args.precision, seed=args.seed)
+    adapter = ready(build_adapter(name, args.device, args.precision, seed=args.seed, backend=args.backend))
     fp32 = with_fast_dtype(adapter, None)
+    ref32 = torch_fp32(adapter)
     x, targets = bench_images(fp32, 1)
     t = int(targets[0])
     out: dict[str, Any] = {"model": name, "target": t, "ref_samples": args.ref_samples,
-                           "fast_dtype": _dt(adapter.fast_dtype), "loadavg_start": list(os.getloadavg())}
+                           "fast_dtype": _dt(adapter.fast_dtype), "backend": adapter.to_dict()["backend"],
+                           "loadavg_start": list(os.getloadavg())}
 
     def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
         _sync(adapter.device)
@@ -594,7 +634,7 @@ def quality(args: argparse.Namespace) -> dict:
         rec: dict[str, Any] = {"standard_samples": std_n, "reference_seconds": ref_s, "runs": []}
         if method == "lime":
             img = to_uint8(fp32, x)[0]
-            clf = uint8_classifier(fp32, batch_size=None)
+            clf = uint8_classifier(ref32, batch_size=None)
             k_sp = len(ref_w)
 
             def lib(n=std_n, img=img, clf=clf, k=k_sp):
@@ -609,7 +649,7 @@ def quality(args: argparse.Namespace) -> dict:
 
             lib_name = f"lime {_version('lime')}"
         else:
-            runner = kernel_shap_reference(fp32, x, t)
+            runner = kernel_shap_reference(ref32, x, t)
 
             def lib(n=std_n, runner=runner):
                 return runner(n)
@@ -673,6 +713,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="our autocast dtype for gradient-free forwards (references always run fp32)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                   help="engine of our gradient-free fp32 forwards (references always run eager PyTorch)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per method (medians are compared)")
     p.add_argument("--images", type=int, default=4, help="images in the batched Grad-CAM run")
     p.add_argument("--lime-samples", type=int, default=1000)
@@ -746,6 +788,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {"model": args.model, "source": bench.adapter.source, "input_size": bench.adapter.input_size,
                    "layout_ours": bench.layout, "layout_reference": "contiguous",
                    "device": str(bench.device), "precision": args.precision, "fast_dtype": _dt(bench.fast_dtype),
+                   "backend": bench.fp32.to_dict()["backend"],
                    "repeats": args.repeats, "images": args.images, "quick": args.quick,
                    "lime_samples": args.lime_samples, "kshap_samples": args.kshap_samples,
                    "ref_samples": args.ref_samples, "ig_steps": args.ig_steps, "gshap_samples": args.gshap_samples},

@@ -127,6 +127,34 @@ def test_api_heatmap_is_upsampled_hand_map(hand_adapter):
     assert exp.heatmap.shape == (4, 4) and exp.target == 1 and not exp.signed
 
 
+
+
+def test_explain_batch_reuses_a_callers_inputs_and_probabilities(hand_adapter):
+    # the audit runner passes its own model batch and probabilities: same explanations, no second forward
+    from PIL import Image
+
+    from biasscope.api import explain_batch
+    from biasscope.errors import BiasscopeError
+
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)) for _ in range(3)]
+    x = hand_adapter.preprocess(imgs)
+    probs = hand_adapter.probabilities(x)
+    plain = explain_batch(hand_adapter, imgs, ["gradcam"], faithfulness=False)
+    calls = []
+    forward = hand_adapter.probabilities
+    hand_adapter.probabilities = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    try:
+        reused = explain_batch(hand_adapter, imgs, ["gradcam"], faithfulness=False, inputs=x, probabilities=probs)
+    finally:
+        del hand_adapter.probabilities
+    assert calls == []
+    for a, b in zip(plain, reused):
+        np.testing.assert_array_equal(a["gradcam"].heatmap, b["gradcam"].heatmap)
+        assert a["gradcam"].target == b["gradcam"].target
+        assert a["gradcam"].target_probability == b["gradcam"].target_probability
+    with pytest.raises(BiasscopeError, match="do not match"):
+        explain_batch(hand_adapter, imgs, ["gradcam"], inputs=x[:2], probabilities=probs[:2])
 # ---------------------------------------------------------------- real MobileNetV2 vs pytorch-grad-cam
 
 

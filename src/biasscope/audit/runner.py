@@ -363,7 +363,9 @@ def _process_batch(
     heats: list[tuple[int, str, np.ndarray]] = []
     if not images:
         return records, heats
-    probs = adapter.probabilities(adapter.preprocess(images)).double().numpy()
+    x = adapter.preprocess(images)
+    probs_t = adapter.probabilities(x)
+    probs = probs_t.double().numpy()
     evals = space.evaluate(probs)
     targets = []
     for row, ev, p in zip(rows, evals, probs):
@@ -374,8 +376,9 @@ def _process_batch(
             targets.append(int(cls[int(np.argmax(p[cls]))]))
     shares: list[dict] = [{} for _ in images]
     if cfg.methods:
+        fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
         exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
-                             faithfulness=False)
+                             faithfulness=False, inputs=x, probabilities=fp32_probs)
         for i, (row, e) in enumerate(zip(rows, exps)):
             for method, ex in e.items():
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}

@@ -16,7 +16,7 @@ __all__ = ["adapter_from_options", "handle_errors", "model_options", "parse_meth
 
 
 def model_options(fn: Callable) -> Callable:
-    """``--model --weights --labels --input-size --mean --std --device --precision --download``."""
+    """``--model --weights --labels --input-size --mean --std --device --precision --backend --download``."""
     opts = [
         click.option("--model", "model", default="resnet18", show_default=True,
                      help="torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1) "
@@ -32,6 +32,9 @@ def model_options(fn: Callable) -> Callable:
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
                      show_default=True, help="reduced precision for gradient-free forwards"),
+        click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+                     show_default=True,
+                     help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)"),
         click.option("--download", is_flag=True, help="allow downloading torchvision weights"),
         click.option("--target-layer", default=None, help="layer for CAM methods (dotted module path)"),
     ]
@@ -53,6 +56,7 @@ def adapter_from_options(kw: dict[str, Any]):
         std=kw.pop("std"),
         device=kw.pop("device"),
         precision=kw.pop("precision"),
+        backend=kw.pop("backend"),
         download=kw.pop("download"),
         target_layer=kw.pop("target_layer"),
     )

@@ -73,6 +73,8 @@ def _stats_options(fn):
 @click.option("--input-size", type=click.IntRange(16, 2048), default=None)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+              help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)")
 @click.option("--download", is_flag=True, help="allow downloading torchvision weights")
 @click.option("--overwrite", is_flag=True, help="replace a different audit already in --out")
 @click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
@@ -90,7 +92,7 @@ def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], c
               face_parts: bool, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int,
               seed: int, min_group_size: int, alpha: float, exclude_flags: str, labels: str | None,
               input_size: int | None, device: str,
-              precision: str, download: bool, overwrite: bool, as_json: bool, engine: str = "local",
+              precision: str, backend: str, download: bool, overwrite: bool, as_json: bool, engine: str = "local",
               address: str | None = None, workers: int | None = None, cpus_per_worker: float | None = None) -> None:
     """Audit MANIFEST (CSV: path,label,attributes,region:NAME) on one or more models.
 
@@ -128,7 +130,7 @@ def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], c
     mopts = _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size, alpha, exclude_flags)
     man = load_manifest(manifest, groups=list(groups))
     load_opts = {"labels": labels, "input_size": input_size, "device": device, "precision": precision,
-                 "download": download}
+                 "backend": backend, "download": download}
     sources = [ModelSource(m, options=load_opts) for m in models]
     bar = tqdm(total=len(man) * len(sources), desc="audit", unit="img", disable=as_json, dynamic_ncols=True)
     started = False

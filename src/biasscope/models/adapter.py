@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..errors import BiasscopeError
+from ..errors import BiasscopeError, ModelError
+from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
 
 __all__ = ["ModelAdapter", "Prediction"]
 
@@ -62,6 +63,10 @@ class ModelAdapter:
     note: str = ""  # e.g. why a fallback model is in use
     #: autocast dtype used for gradient-free forwards (probabilities only), or None for fp32
     fast_dtype: torch.dtype | None = None
+    #: engine for gradient-free fp32 forwards: 'torch', 'onnxruntime' or 'auto' (ONNX Runtime where it
+    #: exports and matches PyTorch, see :mod:`biasscope.models.ort`); gradients always use PyTorch
+    backend: str = "torch"
+    _ort: OrtState = field(init=False, repr=False)
     _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _batch_sizes: dict = field(default_factory=dict, repr=False)
 
@@ -69,17 +74,22 @@ class ModelAdapter:
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if self.backend not in BACKENDS:
+            raise ModelError(f"unknown backend {self.backend!r}; use {', '.join(BACKENDS)}")
+        self._ort = OrtState(requested=self.backend)
 
     def __getstate__(self) -> dict:
         """Picklable (Ray actors, process pools): the lock and the measured batch sizes stay here."""
         state = self.__dict__.copy()
         state.pop("_hook_lock", None)
+        state.pop("_ort", None)  # an ONNX Runtime session is rebuilt where the adapter lands
         state["_batch_sizes"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._hook_lock = threading.RLock()
+        self._ort = OrtState(requested=self.backend)
 
     @property
     def num_classes(self) -> int:
@@ -129,13 +139,52 @@ class ModelAdapter:
         """
         bs = batch_size or self.batch_size(work=x.shape[0])
         use_fast = self.fast_dtype is not None if fast is None else (fast and self.fast_dtype is not None)
+        runner = None if use_fast else self._ort_runner(x)
         outs = []
         for i in range(0, x.shape[0], bs):
-            chunk = x[i : i + bs].to(self.device)
-            with self._autocast(use_fast):
-                logits = self.logits(chunk)
+            if runner is not None:
+                logits = runner.logits(x[i : i + bs])
+            else:
+                with self._autocast(use_fast):
+                    logits = self.logits(x[i : i + bs].to(self.device))
             outs.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
+
+    @property
+    def active_backend(self) -> str:
+        """The engine gradient-free fp32 forwards use now ('torch' until ONNX Runtime is ready)."""
+        return self._ort.active
+
+    def _ort_runner(self, x: torch.Tensor) -> OrtRunner | None:
+        """The checked ONNX Runtime runner, built on first use with enough work; None for PyTorch."""
+        st = self._ort
+        if st.runner is not None or st.tried or st.requested == "torch" or self.device.type != "cpu":
+            return st.runner
+        if st.requested == "auto" and x.shape[0] < MIN_WORK:
+            return None
+        with st.lock:
+            if not st.tried:
+                st.tried = True
+                st.runner, st.reason = self._build_ort(x[: min(8, x.shape[0])])
+                if st.runner is None and st.requested == "onnxruntime":
+                    raise ModelError(f"backend onnxruntime is not usable for {self.name}: {st.reason}")
+        return st.runner
+
+    def _build_ort(self, probe: torch.Tensor) -> tuple[OrtRunner | None, str]:
+        if not ort_available():
+            return None, "onnxruntime is not installed (pip install 'biasscope[onnx]')"
+        try:
+            runner = OrtRunner(export_onnx(self.model, self.input_size))
+            got = torch.softmax(runner.logits(probe), dim=1)
+        except Exception as exc:  # any exporter or runtime failure means: stay on PyTorch
+            first = (str(exc).splitlines() or [""])[0][:200]
+            return None, f"export to ONNX failed ({type(exc).__name__}: {first}); using PyTorch"
+        with torch.no_grad():
+            want = torch.softmax(self.logits(probe.to(self.device)).float(), dim=1).cpu()
+        diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+        if not diff <= PROB_TOL or not torch.equal(got.argmax(1), want.argmax(1)):
+            return None, f"ONNX Runtime disagrees with PyTorch (max |dp| {diff:.1e} > {PROB_TOL:.0e}); using PyTorch"
+        return runner, f"matches PyTorch on {probe.shape[0]} images (max |dp| {diff:.1e})"
 
     def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
         if not enabled or self.fast_dtype is None:
@@ -205,6 +254,7 @@ class ModelAdapter:
             "supports_hooks": self.supports_hooks,
             "source": self.source,
             "note": self.note,
+            "backend": self._ort.describe(),
         }
 
 

@@ -88,6 +88,7 @@ def load_model(
     precision: str = "fp32",
     target_layer: str | None = None,
     channels_last: bool | None = None,
+    backend: str = "auto",
 ) -> ModelAdapter:
     """Load a classifier: a torchvision name (``resnet18``, ``mobilenet_v2:IMAGENET1K_V1``), an
     architecture plus a state dict (``weights=``), a biasscope checkpoint, ONNX or TorchScript file.
@@ -96,7 +97,9 @@ def load_model(
     the keyword arguments override them. ``channels_last`` stores conv weights in NHWC layout
     (``None``: on for CPU models with 2-D convolutions: fp32 forwards at batch 8 measured 1.25x
     (ResNet-18) and 1.3x (MobileNetV2) faster on a 2-core AVX-512 CPU, backward passes unchanged;
-    results equal up to float rounding).
+    results equal up to float rounding). ``backend`` runs gradient-free fp32 forwards through ONNX
+    Runtime where the model exports and matches PyTorch ('auto'), never ('torch') or always
+    ('onnxruntime', an error if it cannot); see :mod:`biasscope.models.ort`.
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -196,6 +199,7 @@ def load_model(
         source=source,
         note=note,
         fast_dtype=resolve_precision(precision, dev),
+        backend=backend,
     )
     n_out = _count_outputs(adapter.model, adapter.input_size, dev)
     if n_out != len(adapter.class_names):
