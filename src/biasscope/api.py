@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .errors import BiasscopeError, CancelledError
-from .explainers import Explanation, get_explainer
+from .explainers import Attribution, Explanation, get_explainer
 from .models.adapter import ModelAdapter, Prediction, resize_map
 
 __all__ = ["explain", "explain_batch", "predict", "resolve_targets"]
@@ -75,13 +75,16 @@ def explain_batch(
     progress: MethodProgress | None = None,
     inputs: torch.Tensor | None = None,
     probabilities: torch.Tensor | None = None,
+    precomputed: Mapping[str, tuple[Attribution, float]] | None = None,
 ) -> list[dict[str, Explanation]]:
     """Explain several images with several methods, each method batched over all images.
 
     Heatmaps are resized to each image's own size. With ``faithfulness``, every explanation gets
     deletion/insertion AUCs (batched) in ``checks``. A caller that already has the model batch
     (``inputs = adapter.preprocess(images)``) and its fp32 ``probabilities`` passes them in, which
-    saves a preprocessing and a forward pass per batch (the audit runner does).
+    saves a preprocessing and a forward pass per batch (the audit runner does). ``precomputed``
+    maps a method name to an ``(Attribution, seconds)`` the caller already computed for these
+    inputs and targets (the runner's one-pass prediction + CAM).
     """
     if isinstance(methods, str):
         methods = [m for m in methods.split(",") if m.strip()]
@@ -100,9 +103,12 @@ def explain_batch(
     results: list[dict[str, Explanation]] = [{} for _ in images]
     for exp in explainers:
         cb = (lambda f, _n=exp.name: progress(_n, f)) if progress else None
-        t0 = time.perf_counter()
-        attr = exp.run(x, targets, progress=cb)
-        seconds = time.perf_counter() - t0
+        if precomputed and exp.name in precomputed:
+            attr, seconds = precomputed[exp.name]
+        else:
+            t0 = time.perf_counter()
+            attr = exp.run(x, targets, progress=cb)
+            seconds = time.perf_counter() - t0
         s = adapter.input_size
         superpixels = attr.segments is not None and attr.weights is not None
         if superpixels:  # piecewise-constant maps: index weights by superpixel, never interpolate

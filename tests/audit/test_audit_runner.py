@@ -276,3 +276,35 @@ def test_killed_process_resumes_without_loss_or_duplicates(small, tmp_path: Path
     m = load_manifest(csv, groups=["gender"])
     run_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], out, _cfg(), batch_size=4, finalize=False)
     _frames_equal(ref, out)
+
+
+def test_prediction_and_gradcam_share_one_forward_pass(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the runner predicts from Grad-CAM's own forward pass: same rows as predicting separately, one
+    # forward pass per image instead of two (explained classes are chosen before the backward pass)
+    csv, _ref = small
+    m = load_manifest(csv, groups=["gender"])
+    for explain_target in ("predicted", "label"):
+        cfg = AuditConfig(groups=["gender"], methods=["gradcam"], concepts=CONCEPTS, explain_target=explain_target,
+                          removal=None)  # region removal has forward passes of its own
+        counted = {}
+        adapters = []
+        for name, bias in (("biased", 2.0), ("fair", 0.0)):
+            ad = make_adapter(bias, name)
+            forward = ad.model.forward
+
+            def counting(x, _forward=forward, _name=name, _counted=counted):
+                _counted[_name] = _counted.get(_name, 0) + x.shape[0]
+                return _forward(x)
+
+            ad.model.forward = counting
+            adapters.append(ad)
+        run_audit(m, adapters, tmp_path / f"one-{explain_target}", cfg, batch_size=4, finalize=False)
+        one = dict(counted)
+        with monkeypatch.context() as mp:
+            mp.setattr("biasscope.explainers._cam.CamExplainer", type("NotACam", (), {}))
+            counted.clear()
+            run_audit(m, adapters, tmp_path / f"two-{explain_target}", cfg, batch_size=4, finalize=False)
+        _frames_equal(tmp_path / f"one-{explain_target}", tmp_path / f"two-{explain_target}")
+        n_ok = len(m.rows) - 1  # one broken image
+        assert one == {"biased": n_ok, "fair": n_ok}
+        assert counted == {"biased": 2 * n_ok, "fair": 2 * n_ok}

@@ -338,6 +338,8 @@ def _process_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
     from ..api import explain_batch
+    from ..explainers import get_explainer
+    from ..explainers._cam import CamExplainer
     from ..images import load_image
 
     t0 = time.perf_counter()
@@ -364,21 +366,42 @@ def _process_batch(
     if not images:
         return records, heats
     x = adapter.preprocess(images)
-    probs_t = adapter.probabilities(x)
+    label_classes = [list(space.classes[r.label]) for r in rows]
+
+    def choose(p: np.ndarray, i: int) -> int:
+        """The class explained for image ``i`` with probabilities ``p``."""
+        if cfg.explain_target == "predicted":
+            return int(np.argsort(-p, kind="stable")[0])  # the top-1 of space.evaluate
+        cls = label_classes[i]
+        return int(cls[int(np.argmax(p[cls]))])
+
+    precomputed: dict = {}
+    first = get_explainer(cfg.methods[0]) if cfg.methods else None
+    if first is not None and issubclass(first, CamExplainer) and adapter.fast_dtype is None:
+        # prediction and the first CAM share one forward pass (the floor is one forward+backward):
+        # targets are chosen from the CAM's own fp32 logits before its backward pass
+        cam = first(adapter, **dict(cfg.method_params.get(cfg.methods[0], cfg.method_params.get(first.name, {}))))
+
+        def select(logits: torch.Tensor, start: int) -> torch.Tensor:
+            p = torch.softmax(logits, dim=1).double().numpy()
+            return torch.tensor([choose(p[j], start + j) for j in range(p.shape[0])], dtype=torch.long)
+
+        t0_cam = time.perf_counter()
+        attr = cam.run(x, select)
+        precomputed[cam.name] = (attr, time.perf_counter() - t0_cam)
+        probs_t = torch.softmax(attr.logits, dim=1)
+    else:
+        probs_t = adapter.probabilities(x)
     probs = probs_t.double().numpy()
     evals = space.evaluate(probs)
-    targets = []
-    for row, ev, p in zip(rows, evals, probs):
-        if cfg.explain_target == "predicted":
-            targets.append(int(ev["top"][0]))
-        else:
-            cls = list(space.classes[row.label])
-            targets.append(int(cls[int(np.argmax(p[cls]))]))
+    targets = [choose(p, i) for i, p in enumerate(probs)]
+    if precomputed and not torch.equal(precomputed[cam.name][0].targets, torch.tensor(targets, dtype=torch.long)):
+        precomputed = {}  # never explain another class than the one recorded (cannot happen: same logits)
     shares: list[dict] = [{} for _ in images]
     if cfg.methods:
         fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
         exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
-                             faithfulness=False, inputs=x, probabilities=fp32_probs)
+                             faithfulness=False, inputs=x, probabilities=fp32_probs, precomputed=precomputed)
         for i, (row, e) in enumerate(zip(rows, exps)):
             for method, ex in e.items():
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}

@@ -15,7 +15,12 @@ import torch
 
 from .base import Attribution, Explainer, hooked
 
-__all__ = ["CamExplainer", "layer_activations_and_grads", "this_thread_only"]
+__all__ = ["CamExplainer", "TargetSelector", "layer_activations_and_grads", "this_thread_only"]
+
+#: ``(logits of a chunk (n, C), index of the chunk's first image) -> targets (n,)``: lets a caller
+#: pick each image's target from the CAM's own forward pass (e.g. its predicted class), so that a
+#: prediction and its explanation need one forward pass, not two
+TargetSelector = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,13 +41,14 @@ def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def layer_activations_and_grads(
-    explainer: Explainer, x: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Activations ``A`` of the adapter's target layer, ``d score / d A`` and the logits.
+    explainer: Explainer, x: torch.Tensor, targets: torch.Tensor | TargetSelector, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activations ``A`` of the adapter's target layer, ``d score / d A``, the logits and the targets.
 
-    The forward hook keeps the layer's original output and hands a clone downstream, so in-place
-    operations after the layer cannot corrupt ``A``. The hook is removed even after errors and
-    ignores forwards of other threads.
+    ``targets`` is a tensor, or a :data:`TargetSelector` called with the logits (and ``start``,
+    the batch's offset) before the backward pass. The forward hook keeps the layer's original
+    output and hands a clone downstream, so in-place operations after the layer cannot corrupt
+    ``A``. The hook is removed even after errors and ignores forwards of other threads.
     """
     adapter = explainer.adapter
     store: dict[str, torch.Tensor] = {}
@@ -55,9 +61,11 @@ def layer_activations_and_grads(
     with adapter.hooks(), hooked([adapter.target_layer.register_forward_hook(this_thread_only(fwd_hook))]):
         logits = adapter.logits(x)
     acts = store["a"]
+    if callable(targets):
+        targets = torch.as_tensor(targets(logits.detach().float().cpu(), start), dtype=torch.long)
     score = Explainer.target_logits(logits, targets).sum()
     (grads,) = torch.autograd.grad(score, acts)
-    return acts.detach(), grads.detach(), logits.detach()
+    return acts.detach(), grads.detach(), logits.detach(), targets
 
 
 class CamExplainer(Explainer):
@@ -70,12 +78,19 @@ class CamExplainer(Explainer):
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """Channel weights ``(N, K)`` from activations and gradients ``(N, K, h, w)``."""
 
-    def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
-        maps = []
+    def attribute(self, x: torch.Tensor, targets: torch.Tensor | TargetSelector) -> Attribution:
+        """CAMs of the batch; ``targets`` may be a :data:`TargetSelector` (then the returned
+        attribution holds the logits and the chosen targets)."""
+        maps, logits, chosen = [], [], []
         bs = self.adapter.batch_size("backward", work=x.shape[0])
         for i in range(0, x.shape[0], bs):
-            acts, grads, _ = layer_activations_and_grads(self, x[i : i + bs], targets[i : i + bs])
+            t = targets if callable(targets) else targets[i : i + bs]
+            acts, grads, lg, t = layer_activations_and_grads(self, x[i : i + bs], t, start=i)
             w = self.cam_weights(acts, grads)
             maps.append(torch.relu((w[:, :, None, None] * acts).sum(1)).float().cpu())
+            logits.append(lg.float().cpu())
+            chosen.append(t.cpu())
             self.report((i + bs) / x.shape[0])
-        return Attribution(maps=torch.cat(maps))
+        if not callable(targets):
+            return Attribution(maps=torch.cat(maps))
+        return Attribution(maps=torch.cat(maps), logits=torch.cat(logits), targets=torch.cat(chosen))

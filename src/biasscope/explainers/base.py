@@ -91,6 +91,11 @@ class Attribution:
     checks: list[dict] = field(default_factory=list)
     segments: np.ndarray | None = None
     weights: list[np.ndarray] | None = None
+    #: the fp32 logits ``(N, C)`` of the explainer's own forward pass and the targets it used, where
+    #: the method can choose targets from them (CAMs with a target selector: prediction and
+    #: explanation in one forward pass)
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
 
 @dataclass
