@@ -32,14 +32,18 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent
 
 
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux /proc; falls back to ru_maxrss)."""
+def rss_mb(pid: int | None = None, field: str = "VmRSS") -> float:
+    """Resident set size (or another ``field`` of /proc/PID/status, e.g. VmHWM) in MiB of this process
+    or of ``pid`` (Linux /proc; for this process falls back to ru_maxrss)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
-        pass
+        if pid is not None:
+            raise
+    if pid is not None:
+        raise ProcessLookupError(f"no {field} for process {pid} (has it exited?)")
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -78,3 +78,13 @@ def test_serve_refuses_bad_port_value():
     res = CliRunner().invoke(main, ["serve", "--port", "70000"])
     assert res.exit_code == 2 and "70000" in res.output
 
+
+
+def test_malloc_arena_cap_applies_on_glibc_and_can_be_left_alone() -> None:
+    import platform
+
+    from biasscope.cli.serve import limit_malloc_arenas
+
+    assert limit_malloc_arenas(0) is False  # 0 leaves glibc's default
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas(2) is True

@@ -9,7 +9,29 @@ import click
 
 from ._common import handle_errors
 
-__all__ = ["make_server", "serve_cmd"]
+__all__ = ["limit_malloc_arenas", "make_server", "serve_cmd"]
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """Cap glibc's malloc arenas for this process (``mallopt(M_ARENA_MAX, n)``; ``n=0``: leave it).
+
+    glibc gives each request thread its own arena, and image buffers freed by one thread are kept
+    by that arena. With 8 request threads the server's resident memory grew 330 MB over its first
+    1,000 requests (+116 MB per 1,000 in the second half); with 2 arenas it stayed flat: +0.5 MB
+    after warm-up over 2,000 requests (``bench/bench_web_memory.py``). Returns whether it applied
+    (False off glibc).
+    """
+    if n <= 0 or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, int(n)))
+    except (OSError, AttributeError):
+        return False
 
 
 def make_server(app, host: str, port: int, threads: int = 8):
@@ -41,12 +63,16 @@ def make_server(app, host: str, port: int, threads: int = 8):
               help="enable audits: manifests and images are read only under this folder")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
               help="where audit runs are written (default: DATA_ROOT/.biasscope-runs)")
+@click.option("--malloc-arenas", type=click.IntRange(0, 64), default=2, show_default=True,
+              help="cap glibc malloc arenas (flat memory with many request threads); 0 = glibc default")
 @handle_errors
 def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, threads: int, workers: int,
               max_upload_mb: float, max_pixels: int, preload: bool, data_root: str | None,
-              runs_dir: str | None) -> None:
+              runs_dir: str | None, malloc_arenas: int = 2) -> None:
     """Serve the web app (and its JSON API) with waitress."""
     from ..web import create_app, is_loopback
+
+    limit_malloc_arenas(malloc_arenas)  # before any request thread exists
 
     if not token and not is_loopback(host):
         token = secrets.token_urlsafe(24)
