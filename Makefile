@@ -40,7 +40,7 @@ browser:
 	  else echo "chromium missing: install Debian's chromium to run the browser test"; fi; }
 
 run: setup
-	$(BIN)/biasscope serve --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(BIN)/biasscope serve --host $(HOST) --port $(PORT)
 
 test: setup-dev browser
 	$(BIN)/ruff check src tests bench

@@ -18,10 +18,10 @@ def limit_malloc_arenas(n: int) -> bool:
     """Cap glibc's malloc arenas for this process (``mallopt(M_ARENA_MAX, n)``; ``n=0``: leave it).
 
     glibc gives each request thread its own arena, and image buffers freed by one thread are kept
-    by that arena. With 8 request threads the server's resident memory grew 330 MB over its first
-    1,000 requests (+116 MB per 1,000 in the second half); with 2 arenas it stayed flat: +0.5 MB
-    after warm-up over 2,000 requests (``bench/bench_web_memory.py``). Returns whether it applied
-    (False off glibc).
+    by that arena. Uncapped, with 8 request threads, the server's resident memory grew 330 MB over
+    its first 1,000 requests and was still rising at 6.7 MB per 1,000 after 3,000 (about 3.4 GB);
+    capped at 2 it settled near 2.2 GB: +8.8 MB after warm-up over 2,000 requests, slope +0.1 MB per
+    1,000 (``bench/bench_web_memory.py``). Returns whether it applied (False off glibc).
     """
     if n <= 0 or not sys.platform.startswith("linux"):
         return False
