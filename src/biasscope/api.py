@@ -21,7 +21,7 @@ from .errors import BiasscopeError, CancelledError
 from .explainers import Attribution, Explanation, get_explainer
 from .models.adapter import ModelAdapter, Prediction, resize_map
 
-__all__ = ["explain", "explain_batch", "predict", "resolve_targets"]
+__all__ = ["explain", "explain_batch", "method_params", "predict", "resolve_targets"]
 
 #: progress(method_name, fraction in [0, 1]); may raise CancelledError
 MethodProgress = Callable[[str, float], None]
@@ -32,6 +32,11 @@ def predict(
 ) -> list[list[Prediction]]:
     """Top-``top`` predictions per image (batched)."""
     return adapter.predict(images, top=top)
+
+
+def method_params(params: Mapping[str, Mapping[str, Any]], method: str, cls: type) -> dict[str, Any]:
+    """A method's parameters from ``params``, keyed by the name asked for or the registry name."""
+    return dict(params.get(method, params.get(cls.name, {})))
 
 
 def resolve_targets(
@@ -93,7 +98,7 @@ def explain_batch(
     params = dict(params or {})
     classes = [get_explainer(m) for m in methods]
     # validate everything before spending time
-    explainers = [cls(adapter, **dict(params.get(m, params.get(cls.name, {})))) for m, cls in zip(methods, classes)]
+    explainers = [cls(adapter, **method_params(params, m, cls)) for m, cls in zip(methods, classes)]
     x = adapter.preprocess(list(images)) if inputs is None else inputs
     probs = adapter.probabilities(x, fast=False) if probabilities is None else probabilities
     if x.shape[0] != len(images) or probs.shape != (len(images), adapter.num_classes):

@@ -337,7 +337,7 @@ def _check_methods(adapter: ModelAdapter, cfg: AuditConfig) -> None:
 def _process_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
-    from ..api import explain_batch
+    from ..api import explain_batch, method_params
     from ..explainers import get_explainer
     from ..explainers._cam import CamExplainer
     from ..images import load_image
@@ -380,7 +380,7 @@ def _process_batch(
     if first is not None and issubclass(first, CamExplainer) and adapter.fast_dtype is None:
         # prediction and the first CAM share one forward pass (the floor is one forward+backward):
         # targets are chosen from the CAM's own fp32 logits before its backward pass
-        cam = first(adapter, **dict(cfg.method_params.get(cfg.methods[0], cfg.method_params.get(first.name, {}))))
+        cam = first(adapter, **method_params(cfg.method_params, cfg.methods[0], first))
 
         def select(logits: torch.Tensor, start: int) -> torch.Tensor:
             p = torch.softmax(logits, dim=1).double().numpy()
@@ -394,9 +394,10 @@ def _process_batch(
         probs_t = adapter.probabilities(x)
     probs = probs_t.double().numpy()
     evals = space.evaluate(probs)
-    targets = [choose(p, i) for i, p in enumerate(probs)]
-    if precomputed and not torch.equal(precomputed[cam.name][0].targets, torch.tensor(targets, dtype=torch.long)):
-        precomputed = {}  # never explain another class than the one recorded (cannot happen: same logits)
+    if precomputed:  # chosen by select() from these same probabilities
+        targets = precomputed[cam.name][0].targets.tolist()
+    else:
+        targets = [choose(p, i) for i, p in enumerate(probs)]
     shares: list[dict] = [{} for _ in images]
     if cfg.methods:
         fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
