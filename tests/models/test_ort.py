@@ -19,13 +19,20 @@ from biasscope.models.ort import MIN_WORK
 
 def _net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
 
 
 def _adapter(model: nn.Module, backend: str) -> ModelAdapter:
-    return ModelAdapter(name="net", model=model, class_names=[f"c{i}" for i in range(5)], input_size=16,
-                        backend=backend)
+    return ModelAdapter(
+        name="net", model=model, class_names=[f"c{i}" for i in range(5)], input_size=16, backend=backend
+    )
 
 
 class Untraceable(nn.Module):

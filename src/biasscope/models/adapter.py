@@ -102,8 +102,7 @@ class ModelAdapter:
             images = [images]
         s = self.input_size
         arrs = [
-            np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR, reducing_gap=None))
-            for im in images
+            np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR, reducing_gap=None)) for im in images
         ]
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
         return self.normalize(x).to(self.device)
@@ -191,9 +190,7 @@ class ModelAdapter:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.fast_dtype)
 
-    def predict(
-        self, images: Sequence[Image.Image] | Image.Image, *, top: int = 5
-    ) -> list[list[Prediction]]:
+    def predict(self, images: Sequence[Image.Image] | Image.Image, *, top: int = 5) -> list[list[Prediction]]:
         """Top-``top`` predictions for each image."""
         probs = self.probabilities(self.preprocess(images))
         return [self.top_predictions(p, top) for p in probs]
@@ -201,10 +198,7 @@ class ModelAdapter:
     def top_predictions(self, probs: torch.Tensor, top: int = 5) -> list[Prediction]:
         k = max(1, min(top, probs.shape[-1]))
         vals, idx = probs.topk(k)
-        return [
-            Prediction(int(i), self.class_names[int(i)], float(v))
-            for v, i in zip(vals.tolist(), idx.tolist())
-        ]
+        return [Prediction(int(i), self.class_names[int(i)], float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
 
     # ------------------------------------------------------------------ helpers
     def class_index(self, target: int | str) -> int:

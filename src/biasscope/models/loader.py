@@ -203,9 +203,7 @@ def load_model(
     )
     n_out = _count_outputs(adapter.model, adapter.input_size, dev)
     if n_out != len(adapter.class_names):
-        raise ModelError(
-            f"model {name} has {n_out} outputs but {len(adapter.class_names)} class names were given"
-        )
+        raise ModelError(f"model {name} has {n_out} outputs but {len(adapter.class_names)} class names were given")
     return adapter
 
 

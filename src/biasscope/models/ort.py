@@ -48,8 +48,14 @@ def export_onnx(model: torch.nn.Module, input_size: int) -> bytes:
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         torch.onnx.export(
-            model, (x,), buf, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-            dynamo=False, opset_version=17,
+            model,
+            (x,),
+            buf,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            dynamo=False,
+            opset_version=17,
         )
     # A tracer warning means the graph froze something that depends on the input (a Python branch on
     # a tensor's value, a shape read as a number): the export would be right for the probe image and
