@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from skimage import data
@@ -17,7 +22,7 @@ from biasscope.models import ort as ort_mod
 from biasscope.models.ort import MIN_WORK
 
 
-def _net(seed: int = 0) -> nn.Module:
+def _net(seed: int = 0, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -25,7 +30,7 @@ def _net(seed: int = 0) -> nn.Module:
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(8, 5),
+        nn.Linear(8, classes),
     )
 
 
@@ -57,7 +62,7 @@ def test_auto_switches_to_onnxruntime_after_a_large_job_and_equals_torch() -> No
     torch.testing.assert_close(small, ref.probabilities(x[: MIN_WORK - 1]))
     big = ours.probabilities(x)
     assert ours.active_backend == "onnxruntime" and ref.active_backend == "torch"
-    assert "matches PyTorch" in ours.to_dict()["backend"]["reason"]
+    assert ours.to_dict()["backend"]["reason"].startswith("exported graph matches PyTorch")
     torch.testing.assert_close(big, ref.probabilities(x), atol=1e-5, rtol=1e-4)
     # once ready, small jobs use it too; values do not depend on the batch size
     torch.testing.assert_close(ours.probabilities(x[:3]), big[:3], atol=1e-6, rtol=1e-5)
@@ -136,3 +141,150 @@ def test_real_mobilenet_same_predictions_on_both_backends() -> None:
     assert float((p_ort - p_torch).abs().max()) < 1e-4
     assert torch.equal(p_ort.argmax(1), p_torch.argmax(1))
     assert np.isclose(float(p_ort[0].sum()), 1.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the user's own .onnx file
+
+
+class LabelFirst(nn.Module):
+    """A graph whose first output is the predicted label, not the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits.argmax(1), logits
+
+
+def _onnx_file(path: Path, model: nn.Module, batch: int | None) -> Path:
+    """Export ``model`` to ``path``: a symbolic batch axis (``batch=None``) or a fixed batch size."""
+    n_out = 2 if isinstance(model, LabelFirst) else 1
+    outputs = [f"y{i}" for i in range(n_out)]
+    axes = {"x": {0: "n"}, **{o: {0: "n"} for o in outputs}} if batch is None else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(batch or 2, 3, 16, 16),),
+            str(path),
+            input_names=["x"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=17,
+        )
+    return path
+
+
+def _declared_batch(path: Path) -> int | str:
+    dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else dim.dim_param
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_original_onnx_file_runs_and_equals_torch(tmp_path: Path, batch: int | None, backend: str) -> None:
+    path = _onnx_file(tmp_path / "net.onnx", _net(), batch)
+    assert _declared_batch(path) == (batch or "n")  # the file really has the batch axis asked for
+    ours = load_model(path, backend=backend)
+    ref = load_model(path, backend="torch")
+    assert ours.onnx_source == path.read_bytes() and ref.onnx_source is None
+    x = torch.randn(20, 3, 16, 16)
+    # chunks of 7 through a graph with a fixed batch of 3: 3 + 3 + 1 padded, and so on
+    got, want = ours.probabilities(x, batch_size=7), ref.probabilities(x, batch_size=7)
+    d = ours.to_dict()["backend"]
+    assert d["active"] == "onnxruntime" and d["reason"].startswith("original ONNX file matches PyTorch"), d
+    assert ours._ort.runner.fixed_batch == batch
+    assert got.shape == (20, 5) and float((got - want).abs().max()) < 1e-4
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    # and the PyTorch path of the same adapter (the onnx2torch module) agrees too
+    torch.testing.assert_close(torch.softmax(ours.logits(x), dim=1), got, atol=1e-4, rtol=0)
+
+
+def test_fixed_batch_runner_pads_the_last_chunk(tmp_path: Path) -> None:
+    model = _net()
+    fixed = ort_mod.OrtRunner(_onnx_file(tmp_path / "b3.onnx", model, 3).read_bytes())
+    dynamic = ort_mod.OrtRunner(_onnx_file(tmp_path / "bn.onnx", model, None).read_bytes())
+    assert fixed.fixed_batch == 3 and dynamic.fixed_batch is None
+    x = torch.randn(7, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+    for runner in (fixed, dynamic):
+        torch.testing.assert_close(runner.logits(x), want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(runner.logits(x[:1]), want[:1], atol=1e-5, rtol=1e-4)
+    assert fixed.logits(x[:0]).shape == (0, 5)
+    with pytest.raises(ValueError, match="input shape"):
+        fixed.logits(torch.randn(3, 3, 20, 20))  # the file's fixed 16x16 is checked, not left to fail later
+
+
+@pytest.mark.parametrize(
+    ("other", "why"),
+    [
+        (lambda: _net(seed=1), "original ONNX file not used: ONNX Runtime disagrees with PyTorch"),
+        (lambda: _net(classes=6), r"original ONNX file not used: its output has shape \[8, 6\], PyTorch's \[8, 5\]"),
+        (
+            LabelFirst,
+            r"original ONNX file not used: ONNX Runtime cannot run it \(ValueError: the graph's first output",
+        ),
+    ],
+    ids=["other-weights", "other-classes", "label-first"],
+)
+def test_original_file_that_disagrees_falls_back_to_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: Callable[[], nn.Module], why: str
+) -> None:
+    path = _onnx_file(tmp_path / "net.onnx", _net(), None)
+    wrong = _onnx_file(tmp_path / "other.onnx", other(), None).read_bytes()
+    # the loader hands the adapter a file that is not the one converted to PyTorch
+    monkeypatch.setattr("biasscope.models.loader.onnx_file_bytes", lambda _p: wrong)
+    ours, ref = load_model(path, backend="auto"), load_model(path, backend="torch")
+    assert ours.onnx_source == wrong
+    x = torch.randn(MIN_WORK, 3, 16, 16)
+    got = ours.probabilities(x, batch_size=8)
+    d = ours.to_dict()["backend"]
+    assert d["active"] == "onnxruntime"
+    assert re.match(why + r".*; exported graph matches PyTorch on 8 images", d["reason"]), d["reason"]
+    assert float((got - ref.probabilities(x, batch_size=8)).abs().max()) < 1e-4
+
+    # with the export failing too, PyTorch it is, and both reasons are kept
+    def no_export(*_a: object) -> bytes:
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr("biasscope.models.adapter.export_onnx", no_export)
+    auto = load_model(path, backend="auto")
+    torch.testing.assert_close(auto.probabilities(x, batch_size=8), ref.probabilities(x, batch_size=8))
+    d = auto.to_dict()["backend"]
+    assert d["active"] == "torch"
+    assert re.match(
+        why + r".*; exported graph not used: export to ONNX failed .*no exporter here.*; using PyTorch$", d["reason"]
+    )
+    with pytest.raises(ModelError, match=r"onnxruntime is not usable.*original ONNX file not used.*no exporter here"):
+        load_model(path, backend="onnxruntime").probabilities(x, batch_size=8)
+
+
+def test_original_file_with_external_weights(tmp_path: Path) -> None:
+    path = _onnx_file(tmp_path / "net.onnx", _net(), None)
+    proto = onnx.load(str(path))
+    split = tmp_path / "split" / "net.onnx"
+    split.parent.mkdir()
+    onnx.save_model(proto, str(split), save_as_external_data=True, location="net.weights", size_threshold=0)
+    assert (split.parent / "net.weights").is_file() and len(split.read_bytes()) < len(path.read_bytes())
+    ours = load_model(split, backend="onnxruntime")
+    assert len(ours.onnx_source) > len(split.read_bytes())  # the weights were inlined
+    x = torch.randn(MIN_WORK, 3, 16, 16)
+    got = ours.probabilities(x, batch_size=8)
+    assert ours.to_dict()["backend"]["reason"].startswith("original ONNX file matches PyTorch")
+    torch.testing.assert_close(got, load_model(path, backend="torch").probabilities(x, batch_size=8), atol=1e-4, rtol=0)
+
+
+def test_pickled_onnx_adapter_runs_the_original_file_again(tmp_path: Path) -> None:
+    path = _onnx_file(tmp_path / "net.onnx", _net(), 1)
+    ad = load_model(path, backend="auto")
+    x = torch.randn(MIN_WORK, 3, 16, 16)
+    want = ad.probabilities(x, batch_size=8)
+    path.unlink()  # where the adapter lands, the file need not exist
+    copy = pickle.loads(pickle.dumps(ad))
+    assert copy.active_backend == "torch" and copy.onnx_source == ad.onnx_source
+    torch.testing.assert_close(copy.probabilities(x, batch_size=8), want, atol=1e-6, rtol=1e-5)
+    assert copy.to_dict()["backend"]["reason"].startswith("original ONNX file matches PyTorch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +66,9 @@ class ModelAdapter:
     #: engine for gradient-free fp32 forwards: 'torch', 'onnxruntime' or 'auto' (ONNX Runtime where it
     #: exports and matches PyTorch, see :mod:`biasscope.models.ort`); gradients always use PyTorch
     backend: str = "torch"
+    #: the user's original ``.onnx`` file (bytes, self-contained) this model was converted from; ONNX
+    #: Runtime runs it directly, before trying an export of ``model``. Pickled with the adapter.
+    onnx_source: bytes | None = field(default=None, repr=False, compare=False)
     _ort: OrtState = field(init=False, repr=False)
     _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _batch_sizes: dict = field(default_factory=dict, repr=False)
@@ -170,19 +173,46 @@ class ModelAdapter:
         return st.runner
 
     def _build_ort(self, probe: torch.Tensor) -> tuple[OrtRunner | None, str]:
+        """A runner that matches PyTorch on ``probe``: the original ONNX file first, then an export.
+
+        Returns ``(runner, reason)``; the reason names which graph is in use, or why none is.
+        """
         if not ort_available():
             return None, "onnxruntime is not installed (pip install 'biasscope[onnx]')"
-        try:
-            runner = OrtRunner(export_onnx(self.model, self.input_size))
-            got = torch.softmax(runner.logits(probe), dim=1)
-        except Exception as exc:  # any exporter or runtime failure means: stay on PyTorch
-            first = (str(exc).splitlines() or [""])[0][:200]
-            return None, f"export to ONNX failed ({type(exc).__name__}: {first}); using PyTorch"
         with torch.no_grad():
             want = torch.softmax(self.logits(probe.to(self.device)).float(), dim=1).cpu()
-        diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
-        if not diff <= PROB_TOL or not torch.equal(got.argmax(1), want.argmax(1)):
-            return None, f"ONNX Runtime disagrees with PyTorch (max |dp| {diff:.1e} > {PROB_TOL:.0e}); using PyTorch"
+        refused = []
+        if self.onnx_source is not None:
+            source = self.onnx_source
+            runner, why = self._checked_runner(lambda: source, probe, want, "ONNX Runtime cannot run it")
+            if runner is not None:
+                return runner, f"original ONNX file {why}"
+            refused.append(f"original ONNX file not used: {why}")
+        runner, why = self._checked_runner(
+            lambda: export_onnx(self.model, self.input_size), probe, want, "export to ONNX failed"
+        )
+        if runner is not None:
+            return runner, "; ".join([*refused, f"exported graph {why}"])
+        return None, "; ".join([*refused, f"exported graph not used: {why}", "using PyTorch"])
+
+    @staticmethod
+    def _checked_runner(
+        make: Callable[[], bytes], probe: torch.Tensor, want: torch.Tensor, failed: str
+    ) -> tuple[OrtRunner | None, str]:
+        """Run ``probe`` through a session over ``make()``; keep it only if it agrees with ``want``."""
+        try:
+            runner = OrtRunner(make())
+            got = torch.softmax(runner.logits(probe), dim=1)
+        except Exception as exc:  # any exporter or runtime failure means: try the next engine
+            first = (str(exc).splitlines() or [""])[0][:200]
+            return None, f"{failed} ({type(exc).__name__}: {first})"
+        if got.shape != want.shape:
+            return None, f"its output has shape {list(got.shape)}, PyTorch's {list(want.shape)}"
+        diff = float((got - want).abs().max())
+        if not diff <= PROB_TOL:
+            return None, f"ONNX Runtime disagrees with PyTorch (max |dp| {diff:.1e} > {PROB_TOL:.0e})"
+        if not torch.equal(got.argmax(1), want.argmax(1)):
+            return None, f"ONNX Runtime disagrees with PyTorch on a top-1 class (max |dp| {diff:.1e})"
         return runner, f"matches PyTorch on {probe.shape[0]} images (max |dp| {diff:.1e})"
 
     def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:

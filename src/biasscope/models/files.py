@@ -21,6 +21,7 @@ __all__ = [
     "load_onnx",
     "load_state_dict",
     "load_torchscript",
+    "onnx_file_bytes",
     "save_checkpoint",
 ]
 
@@ -165,6 +166,24 @@ def load_onnx(path: str | Path, *, check: bool = True) -> tuple[nn.Module, int |
         diff = _compare_onnxruntime(p, module, size or 224, batch_fixed or 2)
     module.eval()
     return module, size, diff
+
+
+def onnx_file_bytes(path: str | Path) -> bytes:
+    """The ONNX file as one self-contained model, for ONNX Runtime to run the user's graph unchanged.
+
+    The file's own bytes, unless its weights live in external data files: those are inlined (which
+    raises ``ValueError`` for a model over protobuf's 2 GB limit).
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    p = Path(path)
+    raw = p.read_bytes()
+    proto = onnx.load_model_from_string(raw)
+    if not any(uses_external_data(t) for t in proto.graph.initializer):
+        return raw
+    load_external_data_for_model(proto, str(p.parent))
+    return proto.SerializeToString()
 
 
 def _compare_onnxruntime(path: Path, module: nn.Module, size: int, batch: int) -> float | None:

@@ -17,6 +17,7 @@ from .files import (
     load_onnx,
     load_state_dict,
     load_torchscript,
+    onnx_file_bytes,
 )
 from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer
 
@@ -99,7 +100,8 @@ def load_model(
     (ResNet-18) and 1.3x (MobileNetV2) faster on a 2-core AVX-512 CPU, backward passes unchanged;
     results equal up to float rounding). ``backend`` runs gradient-free fp32 forwards through ONNX
     Runtime where the model exports and matches PyTorch ('auto'), never ('torch') or always
-    ('onnxruntime', an error if it cannot); see :mod:`biasscope.models.ort`.
+    ('onnxruntime', an error if it cannot); for an ``.onnx`` file it runs the original file first, then an
+    export of the converted module; see :mod:`biasscope.models.ort`.
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -109,6 +111,7 @@ def load_model(
     layer_hint = None
     supports_hooks = True
     note = ""
+    onnx_source = None
 
     if is_file:
         path = Path(spec)
@@ -122,6 +125,12 @@ def load_model(
             note = "ONNX via onnx2torch"
             if diff is not None:
                 note += f" (max |diff| vs onnxruntime {diff:.2g})"
+            if backend != "torch" and dev.type == "cpu":
+                # ONNX Runtime can run the user's own graph instead of re-exporting the conversion
+                try:
+                    onnx_source = onnx_file_bytes(path)
+                except (OSError, ValueError):  # e.g. external weights over 2 GB: the export path remains
+                    onnx_source = None
         elif is_torchscript(path):
             module = load_torchscript(path, dev)
             supports_hooks = False
@@ -200,6 +209,7 @@ def load_model(
         note=note,
         fast_dtype=resolve_precision(precision, dev),
         backend=backend,
+        onnx_source=onnx_source,
     )
     n_out = _count_outputs(adapter.model, adapter.input_size, dev)
     if n_out != len(adapter.class_names):

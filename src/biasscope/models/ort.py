@@ -7,10 +7,16 @@ machine kind (2 cores, AVX-512; 32 images): ResNet-18 16.3 vs 20.4 ms/image, Mob
 3.9 vs 16.0 ms/image, logits equal to 4e-6 and 2e-5 (``bench/bench_backends.py``). Numerics
 stay fp32, so explanations keep their quality; nothing is quantised.
 
-The export is lazy (first call with enough images to pay for it) and checked: the first batch
-runs through both engines and ONNX Runtime is only kept when the probabilities agree within
-:data:`PROB_TOL` and the top-1 classes are equal. Any failure (a model the exporter cannot trace,
-onnxruntime not installed, a mismatch) leaves the adapter on PyTorch with the reason recorded.
+A model the user loaded from an ``.onnx`` file runs on that original file (``ModelAdapter.onnx_source``):
+no re-export of the onnx2torch conversion, and ONNX Runtime sees the graph the user shipped. A fixed
+batch size in that graph is honoured by running fixed-size chunks, the last one padded.
+
+The session is built lazily (first call with enough images to pay for it) and checked: the first
+batch runs through both engines and ONNX Runtime is only kept when the probabilities agree within
+:data:`PROB_TOL` and the top-1 classes are equal. The original file is tried first, then the
+export; any failure (a graph ONNX Runtime cannot run, a model the exporter cannot trace, onnxruntime
+not installed, a mismatch) moves on to the next and finally leaves the adapter on PyTorch, with the
+reason recorded.
 """
 
 from __future__ import annotations
@@ -68,7 +74,12 @@ def export_onnx(model: torch.nn.Module, input_size: int) -> bytes:
 
 
 class OrtRunner:
-    """An ONNX Runtime session over an exported model: ``logits(x)`` for a CPU float batch."""
+    """An ONNX Runtime session over a classifier graph: ``logits(x)`` for a CPU float batch.
+
+    The graph must take one float32 ``(N, 3, H, W)`` input and give logits ``(N, C)`` as its first
+    output. A graph with a fixed batch size ``B`` (the user's own file, exported without a dynamic
+    axis) runs in chunks of ``B``; the last chunk is padded with zeros and the padding's rows dropped.
+    """
 
     def __init__(self, onnx_bytes: bytes, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -79,12 +90,47 @@ class OrtRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()  # initializers are not listed: these must be fed
+        if len(inputs) != 1:
+            raise ValueError(f"the graph takes {len(inputs)} inputs; one image batch is expected")
+        inp = inputs[0]
+        if inp.type != "tensor(float)":
+            raise ValueError(f"the graph's input is {inp.type}, not tensor(float)")
+        if len(inp.shape) != 4:
+            raise ValueError(f"the graph's input has shape {inp.shape}; (batch, 3, height, width) is expected")
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        #: declared size of each input axis, None where symbolic or unset
+        self.input_dims: list[int | None] = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
+        #: the batch size the graph insists on, or None for a dynamic batch
+        self.fixed_batch: int | None = self.input_dims[0]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, C)`` of a normalised batch; a fixed-batch graph runs in padded chunks."""
         arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        out = self.session.run(None, {self.input_name: arr})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        for axis, want in enumerate(self.input_dims[1:], start=1):
+            if want is not None and arr.shape[axis] != want:
+                raise ValueError(f"the graph takes input shape {self.input_dims}, got {list(arr.shape)}")
+        b = self.fixed_batch
+        if b is None or arr.shape[0] == b:
+            return torch.from_numpy(self._run(arr))
+        outs = []
+        for i in range(0, max(arr.shape[0], 1), b):
+            chunk = arr[i : i + b]
+            k = chunk.shape[0]
+            if k < b:
+                chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), dtype=np.float32)])
+            outs.append(self._run(chunk)[:k])
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(outs)))
+
+    def _run(self, arr: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.session.run([self.output_name], {self.input_name: arr})[0], dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != arr.shape[0]:
+            raise ValueError(
+                f"the graph's first output has shape {list(out.shape)} for {arr.shape[0]} images; "
+                "(batch, classes) logits are expected"
+            )
+        return out
 
 
 @dataclass
