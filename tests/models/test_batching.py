@@ -32,7 +32,7 @@ def adapter() -> ModelAdapter:
 def timed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
 
-    def fake_run(_adapter, x, _backward) -> None:
+    def fake_run(_adapter, x, _backward, _engine=None) -> None:
         calls.append(x.shape[0])
         time.sleep(_cost(x.shape[0]))
 
@@ -59,7 +59,7 @@ def test_budget_never_stops_before_min_tried(adapter: ModelAdapter, timed: list[
 
 def test_out_of_memory_keeps_the_last_good_size(adapter: ModelAdapter, timed: list[int],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    def oom_above_4(_adapter, x, _backward) -> None:
+    def oom_above_4(_adapter, x, _backward, _engine=None) -> None:
         if x.shape[0] > 4:
             raise RuntimeError("out of memory")
         time.sleep(_cost(x.shape[0]))
@@ -89,7 +89,7 @@ def test_out_of_memory_keeps_the_last_good_size_but_real_errors_propagate(adapte
     monkeypatch.delenv("BIASSCOPE_BATCH_SIZE", raising=False)
     batching._CACHE.clear()
 
-    def oom_above_4(_adapter, x, _backward) -> None:
+    def oom_above_4(_adapter, x, _backward, _engine=None) -> None:
         if x.shape[0] > 4:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         time.sleep(_cost(x.shape[0]))  # batch 4 beats batch 1 by 3x: no timing noise decides the answer
@@ -97,9 +97,42 @@ def test_out_of_memory_keeps_the_last_good_size_but_real_errors_propagate(adapte
     monkeypatch.setattr(batching, "_run", oom_above_4)
     assert batching.measure_batch_size(adapter, candidates=(1, 4, 8, 16)) == 4
 
-    def broken(_adapter, _x, _backward) -> None:
+    def broken(_adapter, _x, _backward, _engine=None) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(batching, "_run", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         batching.measure_batch_size(adapter, backward=True, candidates=(1, 4))
+
+
+def test_each_forward_engine_gets_its_own_measurement(adapter: ModelAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's best batch differs from PyTorch's (MobileNetV2 on 2 cores: 16 vs 1), so the
+    adapter measures forwards per engine and keeps both answers."""
+
+    class FakeEngine:
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("timed through _run")
+
+    def engine_cost(bs: int) -> float:  # images/second 40, 114, 200, 320, 267: best at 16
+        return 0.025 + (0.0025 * bs if bs <= 16 else 0.0035 * bs)
+
+    seen: list[tuple[int, bool]] = []
+
+    def fake_run(_adapter, x, _backward, engine=None) -> None:
+        seen.append((x.shape[0], engine is not None))
+        time.sleep(engine_cost(x.shape[0]) if engine is not None else _cost(x.shape[0]))
+
+    monkeypatch.delenv("BIASSCOPE_BATCH_SIZE", raising=False)
+    monkeypatch.setattr(batching, "_run", fake_run)
+    batching._CACHE.clear()
+    eng = FakeEngine()
+    assert adapter.batch_size("forward", work=100) == 8
+    assert adapter.batch_size("forward", work=100, engine=eng) == 16
+    assert any(e for _, e in seen) and any(not e for _, e in seen)
+    n = len(seen)
+    assert adapter.batch_size("forward", engine=eng) == 16 and adapter.batch_size("forward") == 8
+    assert len(seen) == n  # both remembered
+    assert adapter.batch_size("backward", work=100, engine=eng) == 8  # gradients always run in PyTorch
+    assert not any(e for _, e in seen[n:])
+    with pytest.raises(ValueError, match="unknown batch kind"):
+        adapter.batch_size("sideways")

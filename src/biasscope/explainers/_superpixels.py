@@ -115,7 +115,7 @@ def coalition_scores(
     seg = torch.as_tensor(segments, dtype=torch.long)
     x = x.detach().float().cpu()[None]
     fill = fill.detach().float().cpu()[None]
-    chunk = max(adapter.batch_size(), 32)
+    chunk = max(adapter.batch_size(), 64)
     n = m_all.shape[0]
     out = np.empty(n, dtype=np.float64)
     for i in range(0, n, chunk):

@@ -139,9 +139,9 @@ class ModelAdapter:
 
         ``fast`` uses the adapter's reduced-precision autocast dtype when one is configured.
         """
-        bs = batch_size or self.batch_size(work=x.shape[0])
         use_fast = self.fast_dtype is not None if fast is None else (fast and self.fast_dtype is not None)
         runner = None if use_fast else self._ort_runner(x)
+        bs = batch_size or self.batch_size(work=x.shape[0], engine=runner)
         outs = []
         for i in range(0, x.shape[0], bs):
             if runner is not None:
@@ -246,19 +246,25 @@ class ModelAdapter:
         hint = f"; did you mean: {', '.join(close)}" if close else ""
         raise BiasscopeError(f"unknown class {target!r} for model {self.name}{hint}")
 
-    def batch_size(self, kind: str = "forward", work: int | None = None) -> int:
-        """Batch size for ``kind`` ('forward' or 'backward'), measured once per adapter.
+    def batch_size(self, kind: str = "forward", work: int | None = None, engine: OrtRunner | None = None) -> int:
+        """Batch size for ``kind`` ('forward' or 'backward'), measured once per adapter and engine.
 
         ``work``: how many inputs are about to run. A job of at most ``SMALL_WORK`` inputs runs as
-        one batch without paying for the measurement (seconds) if none was made yet.
+        one batch without paying for the measurement (seconds) if none was made yet. ``engine``: the
+        ONNX Runtime runner gradient-free forwards go through (its best batch size differs from
+        PyTorch's); None for PyTorch.
         """
-        if kind not in self._batch_sizes:
+        if kind not in ("forward", "backward"):
+            raise ValueError(f"unknown batch kind {kind!r}; use 'forward' or 'backward'")
+        key = kind if engine is None or kind == "backward" else f"{kind}:onnxruntime"
+        if key not in self._batch_sizes:
             if work is not None and work <= SMALL_WORK:
                 return max(1, int(work))
             from .batching import measure_batch_size
 
-            self._batch_sizes[kind] = measure_batch_size(self, backward=(kind == "backward"))
-        return self._batch_sizes[kind]
+            eng = engine if key != kind else None
+            self._batch_sizes[key] = measure_batch_size(self, backward=(kind == "backward"), engine=eng)
+        return self._batch_sizes[key]
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
