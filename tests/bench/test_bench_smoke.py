@@ -89,7 +89,7 @@ def test_side_by_side_runs_agree_with_the_references(record) -> None:
 
 def test_quality_section(record) -> None:
     q = record[1]["quality"]
-    assert q["ref_samples"] == 200
+    assert q["ref_samples"] == 200 and q["images"] == ["coffee", "chelsea"] and q["seeds"] == [0, 1]
     for method in ("lime", "kernel_shap"):
         m = q[method]
         lib = m["library"]
@@ -98,6 +98,15 @@ def test_quality_section(record) -> None:
         for r in m["runs"]:
             assert -1.0 <= r["spearman"] <= 1.0 or math.isnan(r["spearman"])
             assert r["ratio_to_library_time"] == pytest.approx(r["seconds"] / lib["seconds"], rel=1e-12)
+        for r in (lib, *m["runs"]):  # means over every (photo, seed) trial, not one run
+            trials = r["trials"]
+            assert {(tr["image"], tr["seed"]) for tr in trials} == {(im, sd) for im in q["images"] for sd in q["seeds"]}
+            assert r["spearman"] == pytest.approx(statistics.mean(tr["spearman"] for tr in trials), rel=1e-12)
+            assert r["spearman_min"] == min(tr["spearman"] for tr in trials)
+            assert r["seconds"] == pytest.approx(statistics.mean(tr["seconds"] for tr in trials), rel=1e-12)
+            assert set(r["per_image"]) == set(q["images"])
+        seeded = {tr["seed"]: tr["spearman"] for tr in m["runs"][0]["trials"] if tr["image"] == q["images"][0]}
+        assert len(seeded) == 2
         best = m["cheapest_matching_library_quality"]
         assert best is None or (best in m["runs"] and best["spearman"] >= lib["spearman"])
 
