@@ -119,11 +119,9 @@ def torch_fp32(adapter):
 
 
 def ready(adapter):
-    """Build the adapter's forward backend now (ONNX Runtime export and check), outside the timings."""
-    from biasscope.models.ort import MIN_WORK
-
-    s = adapter.input_size
-    adapter.probabilities(torch.rand(MIN_WORK, 3, s, s, device=adapter.device), batch_size=MIN_WORK)
+    """Build the adapter's forward engine (ONNX Runtime export and check) and measure its batch sizes
+    now, outside the timings."""
+    adapter.warm_up()
     return adapter
 
 

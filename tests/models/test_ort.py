@@ -288,3 +288,86 @@ def test_pickled_onnx_adapter_runs_the_original_file_again(tmp_path: Path) -> No
     assert copy.active_backend == "torch" and copy.onnx_source == ad.onnx_source
     torch.testing.assert_close(copy.probabilities(x, batch_size=8), want, atol=1e-6, rtol=1e-5)
     assert copy.to_dict()["backend"]["reason"].startswith("original ONNX file matches PyTorch")
+
+
+def test_warm_up_builds_the_engine_and_measures_its_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a server does at start-up: afterwards a user's first job pays for no export or measurement."""
+    from biasscope.models import batching
+
+    monkeypatch.delenv("BIASSCOPE_BATCH_SIZE", raising=False)
+    batching._CACHE.clear()
+    engines: list[str] = []
+    real_run = batching._run
+
+    def counting_run(adapter, x, backward, engine=None) -> None:
+        engines.append("backward" if backward else type(engine).__name__ if engine is not None else "torch")
+        real_run(adapter, x, backward, engine)
+
+    monkeypatch.setattr(batching, "_run", counting_run)
+    ad = _adapter(_net(), "auto")
+    ad.warm_up()
+    assert ad.active_backend == "onnxruntime"
+    assert set(ad._batch_sizes) == {"forward", "forward:onnxruntime", "backward"}
+    assert {"OrtRunner", "torch", "backward"} <= set(engines)
+    n = len(engines)
+    ad.probabilities(torch.randn(40, 3, 16, 16))
+    assert len(engines) == n  # nothing measured during the job
+    torch_only = _adapter(_net(), "torch")
+    torch_only.warm_up()
+    assert torch_only.active_backend == "torch" and set(torch_only._batch_sizes) == {"forward", "backward"}
+
+
+class NearTie(nn.Module):
+    """Logits near 1000 that differ by 0.5: bf16 (8-bit mantissa) rounds them together, fp32 does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([1000.0, 1000.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _checked(model: nn.Module, classes: int, check: bool = True) -> ModelAdapter:
+    return ModelAdapter(name="m", model=model, class_names=[f"c{i}" for i in range(classes)], input_size=8,
+                        fast_dtype=torch.bfloat16, check_fast=check, backend="torch")
+
+
+def test_checked_reduced_precision_is_dropped_where_it_disagrees_with_fp32() -> None:
+    x = torch.ones(20, 3, 8, 8)  # fp32: logits 1000, 1000.5 -> p = 0.38, 0.62; bf16: 1000, 1000 -> 0.5, 0.5
+    ad = _checked(NearTie(), 2)
+    p = ad.probabilities(x)
+    assert ad.fast_dtype is None and not ad.fast_forwards(x)
+    info = ad.to_dict()["precision"]
+    assert info["requested"] == "bf16" and info["active"] == "fp32" and "disagrees with fp32" in info["reason"]
+    with torch.no_grad():
+        torch.testing.assert_close(p, torch.softmax(NearTie()(x), 1))  # the answer is fp32's, not bf16's
+    unchecked = _checked(NearTie(), 2, check=False)  # an explicit bf16 request is honoured as asked
+    assert (unchecked.probabilities(x) - 0.5).abs().max() < 1e-6 and unchecked.fast_dtype is torch.bfloat16
+    assert unchecked.to_dict()["precision"]["reason"] == ""
+
+
+def test_checked_reduced_precision_is_kept_where_it_agrees_and_survives_pickling() -> None:
+    ad = _checked(_net(), 5)
+    x = torch.rand(20, 3, 8, 8)
+    p = ad.probabilities(x)
+    assert ad.fast_dtype is torch.bfloat16 and ad.fast_forwards()
+    assert "bf16 matches fp32 on 16 images" in ad.to_dict()["precision"]["reason"]
+    with torch.no_grad():
+        assert float((p - torch.softmax(ad.model(x), 1)).abs().max()) <= 5e-3
+    copy = pickle.loads(pickle.dumps(ad))
+    assert copy.fast_dtype is torch.bfloat16 and not copy._fast.pending and copy.to_dict()["precision"] == ad.to_dict()[
+        "precision"]
+    torch.testing.assert_close(copy.probabilities(x), p)
+
+
+def test_load_model_checks_only_the_auto_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from biasscope.models import loader
+
+    monkeypatch.setattr(loader, "resolve_precision", lambda precision, device: torch.bfloat16)
+    auto = load_model("mobilenet_v2", precision="auto", backend="torch")
+    asked = load_model("mobilenet_v2", precision="bf16", backend="torch")
+    assert auto.check_fast and auto._fast.pending and not asked.check_fast

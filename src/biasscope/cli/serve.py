@@ -52,6 +52,9 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--model", "model", default="resnet18", show_default=True,
               help="default model; falls back to mobilenet_v2 when its weights are missing")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="dtype of gradient-free forwards (LIME, SHAP, occlusion, predictions); auto = bf16 where the "
+                   "hardware runs it natively (AMX CPUs, GPUs), checked against fp32 on the first job, else fp32")
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="request threads")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="background explanation jobs run at once")
@@ -66,7 +69,8 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--malloc-arenas", type=click.IntRange(0, 64), default=2, show_default=True,
               help="cap glibc malloc arenas (flat memory with many request threads); 0 = glibc default")
 @handle_errors
-def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, threads: int, workers: int,
+def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, precision: str, threads: int,
+              workers: int,
               max_upload_mb: float, max_pixels: int, preload: bool, data_root: str | None,
               runs_dir: str | None, malloc_arenas: int = 2) -> None:
     """Serve the web app (and its JSON API) with waitress."""
@@ -82,6 +86,7 @@ def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, 
             "TOKEN": token,
             "DEFAULT_MODEL": model,
             "DEVICE": device,
+            "PRECISION": precision,
             "JOB_WORKERS": workers,
             "MAX_UPLOAD_BYTES": int(max_upload_mb * 1024 * 1024),
             "MAX_PIXELS": max_pixels,
@@ -95,8 +100,7 @@ def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, 
         click.echo(("note: " if choice.ready else "warning: ") + choice.note, err=True)
     if preload and choice.ready:
         adapter = st.models.get(choice.name)
-        for kind in ("forward", "backward"):  # measured once, now rather than during a user's request
-            adapter.batch_size(kind)
+        adapter.warm_up()  # engine and batch sizes now rather than during a user's request
         click.echo(f"model {choice.name} loaded ({adapter.source})", err=True)
     server = make_server(app, host, port, threads)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host

@@ -38,7 +38,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for gradient-free forwards: 'fp32' (none), 'bf16', 'fp16' or 'auto'.
 
-    'auto' picks bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX), else fp32.
+    'auto' picks bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX), else fp32
+    (on CPUs with AVX-512 bf16 but no AMX, bf16 ran slower than fp32 here). ``load_model`` checks an
+    'auto' choice against fp32 on the first job before relying on it.
     """
     p = (precision or "fp32").lower()
     if p == "fp32":
@@ -101,7 +103,10 @@ def load_model(
     results equal up to float rounding). ``backend`` runs gradient-free fp32 forwards through ONNX
     Runtime where the model exports and matches PyTorch ('auto'), never ('torch') or always
     ('onnxruntime', an error if it cannot); for an ``.onnx`` file it runs the original file first, then an
-    export of the converted module; see :mod:`biasscope.models.ort`.
+    export of the converted module; see :mod:`biasscope.models.ort`. ``precision`` sets the dtype of
+    gradient-free forwards: 'fp32' (the library default: reproducible), 'bf16'/'fp16' as asked, or
+    'auto' (the web app's default): bf16 where the hardware runs it natively, checked against fp32
+    on the first job's images and dropped for fp32 where they disagree (``ModelAdapter.fast_forwards``).
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -208,6 +213,7 @@ def load_model(
         source=source,
         note=note,
         fast_dtype=resolve_precision(precision, dev),
+        check_fast=str(precision).lower() == "auto",
         backend=backend,
         onnx_source=onnx_source,
     )

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "FALLBACK_MODELS": ("mobilenet_v2",),
     "EXTRA_MODELS": {},  # name -> zero-argument factory returning a ModelAdapter
     "DEVICE": "cpu",
+    "PRECISION": "fp32",  # of gradient-free forwards; `serve` passes 'auto' (reduced where checked equal)
     "MAX_UPLOAD_BYTES": 20 * 1024 * 1024,
     "MAX_PIXELS": 40_000_000,
     "WORK_MAX_SIDE": 768,  # uploads are downscaled to this longer side before explaining
@@ -123,6 +124,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             fallbacks=tuple(cfg["FALLBACK_MODELS"]),
             extra=dict(cfg["EXTRA_MODELS"]),
             device=cfg["DEVICE"],
+            precision=cfg["PRECISION"],
         ),
         images=ImageStore(max_items=int(cfg["MAX_IMAGES"]), ttl_s=float(cfg["IMAGE_TTL_S"]),
                           max_side=int(cfg["WORK_MAX_SIDE"])),

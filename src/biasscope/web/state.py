@@ -57,9 +57,11 @@ class ModelRegistry:
         fallbacks: tuple[str, ...] = ("mobilenet_v2",),
         extra: dict[str, Callable[[], ModelAdapter]] | None = None,
         device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self._extra = dict(extra or {})
         self._device = device
+        self._precision = precision
         self._default = default
         self._fallbacks = tuple(fallbacks)
         self._models: dict[str, ModelAdapter] = {}
@@ -120,7 +122,7 @@ class ModelRegistry:
                     adapter = self._extra[key]()
                 else:
                     try:
-                        adapter = load_model(key, device=self._device)
+                        adapter = load_model(key, device=self._device, precision=self._precision)
                     except WeightsMissingError as exc:
                         st = self.status(key)
                         raise WeightsMissingError(f"{exc}. Fix: {st['fix']}") from None
