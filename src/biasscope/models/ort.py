@@ -3,9 +3,10 @@
 Perturbation explainers (LIME, Kernel SHAP, occlusion), faithfulness curves and audit predictions
 only need class probabilities of many images, which is where the time goes. ONNX Runtime's CPU
 kernels run the exported graph of the *same* fp32 weights faster than eager PyTorch on this
-machine kind (2 cores, AVX-512; 32 images): ResNet-18 16.3 vs 20.4 ms/image, MobileNetV2
-3.9 vs 16.0 ms/image, logits equal to 4e-6 and 2e-5 (``bench/bench_backends.py``). Numerics
-stay fp32, so explanations keep their quality; nothing is quantised.
+machine kind (2 cores, AVX-512): ResNet-18 19.8 vs 21.2 ms/image in ``bench/bench_explainers.py``'s
+floor (16.3 vs 20.4 in a quiet 32-image run), MobileNetV2 4.7-5.1 vs 17-18 ms/image at each engine's
+best batch size, logits equal to 4e-6 and 2e-5. Numerics stay fp32, so explanations keep their
+quality; nothing is quantised.
 
 A model the user loaded from an ``.onnx`` file runs on that original file (``ModelAdapter.onnx_source``):
 no re-export of the onnx2torch conversion, and ONNX Runtime sees the graph the user shipped. A fixed
