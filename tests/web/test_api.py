@@ -233,3 +233,13 @@ def test_page_is_self_contained(client):
                 text = r.get_data(as_text=True)
             assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text.replace("http://www.w3.org/", "")), u
     assert "default-src 'self'" in client.get("/").headers["Content-Security-Policy"]
+
+
+def test_loaded_model_says_which_engine_and_dtype_its_forwards_use(client):
+    before = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}["colour"]
+    assert "backend" not in before  # nothing loaded yet: nothing to report, nothing loaded to find out
+    assert client.post("/api/predict", json={"model": "colour", "sample": "coffee"}).status_code == 200
+    after = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}["colour"]
+    assert after["loaded"] is True
+    assert after["backend"]["active"] in ("torch", "onnxruntime") and after["backend"]["requested"]
+    assert after["precision"] == {"requested": "fp32", "active": "fp32", "checked": False, "reason": ""}

@@ -74,19 +74,26 @@ class ModelRegistry:
         return list(self._extra) + [n for n in SUPPORTED_MODELS if n not in self._extra]
 
     def status(self, name: str) -> dict:
-        """``{name, ready, loaded, reason, fix, source}`` for one model (no loading)."""
-        loaded = name in self._models
+        """``{name, ready, loaded, reason, fix, source}`` for one model (no loading); a loaded model
+        adds ``backend`` and ``precision``: which engine and dtype its gradient-free forwards use and why."""
+        adapter = self._models.get(name)
         if name in self._extra:
-            return {"name": name, "ready": True, "loaded": loaded, "reason": "", "fix": "", "source": "configured"}
-        info = zoo_status(name)
-        return {
-            "name": name,
-            "ready": info.ready,
-            "loaded": loaded,
-            "reason": info.reason,
-            "fix": info.fix,
-            "source": f"torchvision {name}.{info.weights}" if info.ready else "",
-        }
+            out = {"name": name, "ready": True, "loaded": adapter is not None, "reason": "", "fix": "",
+                   "source": "configured"}
+        else:
+            info = zoo_status(name)
+            out = {
+                "name": name,
+                "ready": info.ready,
+                "loaded": adapter is not None,
+                "reason": info.reason,
+                "fix": info.fix,
+                "source": f"torchvision {name}.{info.weights}" if info.ready else "",
+            }
+        if adapter is not None:
+            d = adapter.to_dict()
+            out |= {"backend": d["backend"], "precision": d["precision"]}
+        return out
 
     def default_choice(self) -> DefaultChoice:
         """The configured default if it is ready, else the first ready fallback, with the reason."""

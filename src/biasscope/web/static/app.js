@@ -72,6 +72,11 @@ function describeModel() {
   if (m.ready) {
     box.className = "model-status ok";
     box.append(el("span", { class: "dot ok" }), m.source || "ready");
+    if (m.backend) {  // loaded: which engine and dtype its gradient-free forwards use, and why
+      const p = m.precision || {};
+      box.append(el("div", { class: "engine", title: [m.backend.reason, p.reason].filter(Boolean).join("; "),
+        text: `forwards: ${m.backend.active}, ${p.active || "fp32"}` }));
+    }
   } else {
     box.className = "model-status missing";
     box.append(el("div", { text: m.reason }), el("div", { class: "fix" }, "Fix: ", el("code", { text: m.fix })));
