@@ -342,7 +342,7 @@ def test_checked_reduced_precision_is_dropped_where_it_disagrees_with_fp32() -> 
     p = ad.probabilities(x)
     assert ad.fast_dtype is None and not ad.fast_forwards(x)
     info = ad.to_dict()["precision"]
-    assert info["requested"] == "bf16" and info["active"] == "fp32" and "disagrees with fp32" in info["reason"]
+    assert info["requested"] == "auto" and info["active"] == "fp32" and "disagrees with fp32" in info["reason"]
     with torch.no_grad():
         torch.testing.assert_close(p, torch.softmax(NearTie()(x), 1))  # the answer is fp32's, not bf16's
     unchecked = _checked(NearTie(), 2, check=False)  # an explicit bf16 request is honoured as asked
@@ -371,3 +371,8 @@ def test_load_model_checks_only_the_auto_choice(monkeypatch: pytest.MonkeyPatch)
     auto = load_model("mobilenet_v2", precision="auto", backend="torch")
     asked = load_model("mobilenet_v2", precision="bf16", backend="torch")
     assert auto.check_fast and auto._fast.pending and not asked.check_fast
+    assert auto.to_dict()["precision"]["requested"] == "auto" and asked.to_dict()["precision"]["requested"] == "bf16"
+    monkeypatch.setattr(loader, "resolve_precision", lambda precision, device: None)
+    plain = load_model("mobilenet_v2", precision="auto", backend="torch")
+    info = plain.to_dict()["precision"]
+    assert info["active"] == "fp32" and not plain._fast.pending and "no native reduced precision" in info["reason"]

@@ -90,7 +90,10 @@ class ModelAdapter:
         if self.backend not in BACKENDS:
             raise ModelError(f"unknown backend {self.backend!r}; use {', '.join(BACKENDS)}")
         self._ort = OrtState(requested=self.backend)
-        self._fast = FastCheck(requested=_dtype_name(self.fast_dtype), pending=self.check_fast)
+        self._fast = FastCheck(requested="auto" if self.check_fast else _dtype_name(self.fast_dtype),
+                               pending=self.check_fast and self.fast_dtype is not None)
+        if self.check_fast and self.fast_dtype is None:
+            self._fast.reason = "no native reduced precision on this hardware (needs an AMX CPU or a GPU); fp32"
 
     def __getstate__(self) -> dict:
         """Picklable (Ray actors, process pools): the lock and the measured batch sizes stay here."""
