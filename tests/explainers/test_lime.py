@@ -180,3 +180,31 @@ def test_explain_api_maps_superpixel_weights_onto_the_original_image():
     assert len(values) == k
     np.testing.assert_array_equal(exp.heatmap, np.array([values[s] for s in range(k)], np.float32)[exp.segments])
     assert exp.params["num_samples"] == 200 and exp.checks["score"] > 0.99
+
+
+def test_rank_stability_reads_high_for_a_clean_linear_game_and_low_for_noise():
+    from biasscope.explainers.lime import rank_stability
+
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 2, size=(400, 20)).astype(bool)
+    w = lime_kernel(X, 0.25)
+    beta = np.linspace(-1, 1, 20)
+    clean = X @ beta + rng.normal(scale=0.01, size=400)
+    coef = weighted_ridge(X, clean, w)[0]
+    assert rank_stability(X, clean, w, coef) > 0.99
+    noise = rng.normal(size=400)  # no signal: any ranking is an accident of the draw
+    coef_n = weighted_ridge(X, noise, w)[0]
+    assert rank_stability(X, noise, w, coef_n) < 0.8
+    # more samples of the same noisy game: the ranking settles
+    big = rng.integers(0, 2, size=(4000, 20)).astype(bool)
+    y_big = big @ beta + rng.normal(scale=3.0, size=4000)
+    small_s = rank_stability(big[:200], y_big[:200], lime_kernel(big[:200], .25),
+                             weighted_ridge(big[:200], y_big[:200], lime_kernel(big[:200], .25))[0])
+    big_s = rank_stability(big, y_big, lime_kernel(big, .25), weighted_ridge(big, y_big, lime_kernel(big, .25))[0])
+    assert small_s + 0.1 < big_s
+    assert rank_stability(X[:2], clean[:2], w[:2], coef) is None  # too few samples to say
+    # reported with every explanation, deterministic for a seed
+    adapter = pixel_linear_adapter(32, scale=2e-3)
+    x = adapter.preprocess(blocky_image(32, noise=4.0))
+    a, b = run_lime(adapter, x, num_samples=300, n_segments=16), run_lime(adapter, x, num_samples=300, n_segments=16)
+    assert a.checks[0]["rank_stability"] == b.checks[0]["rank_stability"] > 0.95

@@ -382,6 +382,10 @@ function renderResult(job, m) {
   const c = r.checks || {};
   if ("deletion_auc" in c) checks.append(el("dt", { text: "Deletion AUC ↓", title: "lower is better" }), el("dd", { text: fmt(c.deletion_auc) }));
   if ("insertion_auc" in c) checks.append(el("dt", { text: "Insertion AUC ↑", title: "higher is better" }), el("dd", { text: fmt(c.insertion_auc) }));
+  if (c.rank_stability != null) {
+    checks.append(el("dt", { text: "Rank stability ↑", title: "mean Spearman of the superpixel ranking against bootstrap refits: low = more samples needed (an upper estimate)" }),
+      el("dd", { text: fmt(c.rank_stability) }));
+  }
   if ("completeness_error" in c) {
     checks.append(el("dt", { text: "Completeness error", title: "|sum(attr) - (f(x) - f(baseline))|" }),
       el("dd", { text: `${fmt(c.completeness_error)} (${fmt(100 * c.completeness_relative, 2)}%)` }));
