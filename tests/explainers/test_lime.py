@@ -208,3 +208,28 @@ def test_rank_stability_reads_high_for_a_clean_linear_game_and_low_for_noise():
     x = adapter.preprocess(blocky_image(32, noise=4.0))
     a, b = run_lime(adapter, x, num_samples=300, n_segments=16), run_lime(adapter, x, num_samples=300, n_segments=16)
     assert a.checks[0]["rank_stability"] == b.checks[0]["rank_stability"] > 0.95
+
+
+def test_stability_target_draws_more_rounds_from_the_same_sequence(linear_case, monkeypatch):
+    import biasscope.explainers.lime as lime_mod
+
+    adapter, x = linear_case
+    fixed = run_lime(adapter, x, num_samples=300, n_segments=16)
+    # a target it never reaches: rounds of 50 after the first 100, up to max_samples; the samples are
+    # the first 300 rows of the same draw, so the answer is the fixed 300-sample run's
+    monkeypatch.setattr(lime_mod, "rank_stability", lambda *a, **k: 0.5)
+    capped = run_lime(adapter, x, num_samples=100, n_segments=16, target_stability=0.9, max_samples=300)
+    assert capped.checks[0]["samples"] == 300
+    np.testing.assert_array_equal(capped.weights[0], fixed.weights[0])
+    # reached after the second round: stops there
+    readings = iter([0.8, 0.95, 0.99])
+    monkeypatch.setattr(lime_mod, "rank_stability", lambda *a, **k: next(readings))
+    early = run_lime(adapter, x, num_samples=100, n_segments=16, target_stability=0.9, max_samples=300)
+    assert early.checks[0]["samples"] == 150 and early.checks[0]["rank_stability"] == 0.95
+    np.testing.assert_array_equal(early.weights[0], run_lime(adapter, x, num_samples=150, n_segments=16).weights[0])
+
+
+def test_stability_target_on_a_clean_game_needs_one_round(linear_case):
+    adapter, x = linear_case
+    attr = run_lime(adapter, x, num_samples=200, n_segments=16, target_stability=0.95, max_samples=2000)
+    assert attr.checks[0]["samples"] == 200 and attr.checks[0]["rank_stability"] >= 0.95

@@ -93,6 +93,10 @@ class Lime(Explainer):
         *SUPERPIXEL_PARAMS,
         Param("kernel_width", float, 0.25, "width of the exponential kernel on cosine distance", min=1e-3, max=100),
         Param("seed", int, 0, "random seed for the perturbations", min=0),
+        Param("target_stability", float, 0.0,
+              "keep sampling (rounds of num_samples/2) until rank_stability reaches this; 0 = off",
+              min=0.0, max=0.999),
+        Param("max_samples", int, 4000, "most samples per image when target_stability is on", min=10, max=20000),
     )
     description = "Local linear model of the class probability over random superpixel on/off samples."
 
@@ -104,16 +108,31 @@ class Lime(Explainer):
         self.report(0.0)
         for i in range(n):
             k = int(segments[i].max()) + 1
-            # the same draws for an image whether it is explained alone or in a batch
+            # the same draws for an image whether it is explained alone or in a batch; with a stability
+            # target, later rounds take the next rows of the same draw (a run's samples are a prefix of
+            # a longer run's)
+            first = cfg["num_samples"]
+            most = max(first, cfg["max_samples"]) if cfg["target_stability"] > 0 else first
             rng = np.random.default_rng(cfg["seed"])
-            masks = rng.integers(0, 2, size=(cfg["num_samples"], k), dtype=np.int8).astype(bool)
-            masks[0] = True
-            y = coalition_scores(
-                self, x[i], fill[i], segments[i], masks, int(targets[i]),
-                progress_from=i / n, progress_to=(i + 1) / n,
-            )
-            kw = lime_kernel(masks, cfg["kernel_width"])
-            coef, intercept, r2 = weighted_ridge(masks, y, kw, alpha=1.0)
+            draw = rng.integers(0, 2, size=(most, k), dtype=np.int8).astype(bool)
+            draw[0] = True
+            used, ys = 0, []
+            while True:
+                step = first if used == 0 else min(max(first // 2, 10), most - used)
+                ys.append(coalition_scores(
+                    self, x[i], fill[i], segments[i], draw[used : used + step], int(targets[i]),
+                    progress_from=(i + used / most) / n, progress_to=(i + (used + step) / most) / n,
+                ))
+                used += step
+                masks, y = draw[:used], np.concatenate(ys)
+                kw = lime_kernel(masks, cfg["kernel_width"])
+                coef, intercept, r2 = weighted_ridge(masks, y, kw, alpha=1.0)
+                stability = rank_stability(masks, y, kw, coef, seed=cfg["seed"])
+                # (no stability at all: every weight equal, a ranking more samples would not settle)
+                if cfg["target_stability"] <= 0 or used >= most or stability is None:
+                    break
+                if stability >= cfg["target_stability"]:
+                    break
             weights.append(coef.astype(np.float32))
             maps.append(torch.from_numpy(coef.astype(np.float32)[segments[i]]))
             checks.append(
@@ -123,7 +142,8 @@ class Lime(Explainer):
                     "intercept": intercept,
                     "local_prediction": intercept + float(coef.sum()),
                     "probability": float(y[0]),
-                    "rank_stability": rank_stability(masks, y, kw, coef, seed=cfg["seed"]),
+                    "rank_stability": stability,
+                    "samples": used,
                 }
             )
         self.report(1.0)
