@@ -78,6 +78,13 @@ def slope_per_1000(points: list[tuple[int, float]]) -> float:
     return float(np.polyfit(x, y, 1)[0] * 1000)
 
 
+def save_record(record: dict, out: Path, samples: list[tuple[int, float, float]]) -> None:
+    """Add the RSS samples ``(done, MiB, seconds)`` to ``record`` and write it as JSON to ``out``."""
+    record["samples"] = [{"done": d, "rss_mb": round(r, 2), "t_s": round(t, 3)} for d, r, t in samples]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+
+
 def floor_throughput(adapter, batch_size: int, repeats: int = 5) -> float:
     """Best images/second of a plain forward+backward of ``batch_size`` random inputs (the floor
     for prediction + a gradient method), at the audit's batch size and the measured backward one."""
@@ -166,11 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "end": samples[-1][1]},
         "growth_after_warmup_mb": samples[-1][1] - after_warm,
         "slope_second_half_mb_per_1000": slope_per_1000(second_half),
-        "samples": [{"done": d, "rss_mb": round(r, 2), "t_s": round(t, 3)} for d, r, t in samples],
     }
     out = Path(args.out) if args.out else ROOT / "results" / f"memory-{args.engine}-{args.model}-{n}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    save_record(record, out, samples)
     r = record["rss_mb"]
     print(f"{n} images in {total_s:.1f}s ({record['images_per_s']:.1f}/s); RSS MiB: before {r['before_run']:.1f}, "
           f"after 10% {r['after_10pct']:.1f}, peak {r['peak']:.1f}, end {r['end']:.1f}; growth after warm-up "

@@ -58,7 +58,7 @@ POLL_S = 0.4  # the page polls a job every 400 ms
 PHOTOS = (("chelsea", "PNG"), ("astronaut", "JPEG"), ("coffee", "PNG"), ("camera", "JPEG"), ("rocket", "JPEG"))
 
 sys.path.insert(0, str(ROOT))
-from bench_memory import rss_mb, slope_per_1000  # noqa: E402
+from bench_memory import rss_mb, save_record, slope_per_1000  # noqa: E402
 
 
 class OutOfRequestsError(Exception):
@@ -550,11 +550,9 @@ def main(argv: list[str] | None = None) -> dict:
         "failures": failures,
         "passed": not failures,
         "server_log_tail": log_tail if failures else "",
-        "samples": [{"done": d, "rss_mb": round(r, 2), "t_s": round(t, 3)} for d, r, t in samples],
     }
     out = Path(args.out) if args.out else ROOT / "results" / f"web-memory-{n}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    save_record(record, out, samples)
     r = record["rss_mb"]
     print(f"{run.done} requests ({run.scenarios} scenarios, {args.concurrency} clients) in {total_s:.1f}s "
           f"({record['requests_per_s']:.1f}/s) against {record['model']} (startup {startup_s:.1f}s)")

@@ -128,10 +128,9 @@ class Lime(Explainer):
                 kw = lime_kernel(masks, cfg["kernel_width"])
                 coef, intercept, r2 = weighted_ridge(masks, y, kw, alpha=1.0)
                 stability = rank_stability(masks, y, kw, coef, seed=cfg["seed"])
-                # (no stability at all: every weight equal, a ranking more samples would not settle)
-                if cfg["target_stability"] <= 0 or used >= most or stability is None:
-                    break
-                if stability >= cfg["target_stability"]:
+                # stop when off, out of budget, settled, or with no ranking to settle (every weight equal)
+                goal = cfg["target_stability"]
+                if goal <= 0 or used >= most or stability is None or stability >= goal:
                     break
             weights.append(coef.astype(np.float32))
             maps.append(torch.from_numpy(coef.astype(np.float32)[segments[i]]))

@@ -192,7 +192,6 @@ class ModelAdapter:
                 clear = (top2[:, 0] - top2[:, -1]) > 2 * FAST_PROB_TOL
                 flipped = int((clear & (got.argmax(1) != want.argmax(1))).sum())
                 name = _dtype_name(self.fast_dtype)
-                st.max_diff = diff
                 if diff <= FAST_PROB_TOL and flipped == 0:
                     st.reason = f"{name} matches fp32 on {probe.shape[0]} images (max |dp| {diff:.1e})"
                 else:
@@ -312,8 +311,8 @@ class ModelAdapter:
                 return max(1, int(work))
             from .batching import measure_batch_size
 
-            eng = engine if key != kind else None
-            self._batch_sizes[key] = measure_batch_size(self, backward=(kind == "backward"), engine=eng)
+            backward = kind == "backward"  # gradients always run in PyTorch
+            self._batch_sizes[key] = measure_batch_size(self, backward=backward, engine=None if backward else engine)
         return self._batch_sizes[key]
 
     def warm_up(self) -> None:
@@ -361,7 +360,6 @@ class FastCheck:
     requested: str = "fp32"
     pending: bool = False
     reason: str = ""
-    max_diff: float | None = None
     lock: threading.Lock | None = field(default_factory=threading.Lock, repr=False)
 
 
