@@ -17,12 +17,29 @@ __all__ = [
     "QuadraticModel",
     "SmallReLUNet",
     "SmoothNet",
+    "f32_tol",
     "leftover_hooks",
     "make_adapter",
     "mobilenet_v2_adapter",
     "real_image_batch",
     "real_images",
 ]
+
+
+#: float32 machine epsilon
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def f32_tol(*terms: torch.Tensor | float, factor: float = 16.0) -> float:
+    """Absolute tolerance for a float32 result built from sums of ``terms``.
+
+    Round-off in a float32 sum (and in a difference of sums) is proportional to the magnitude of the
+    summed terms, ``eps * sum |t|``, not to the result: a small difference of two large sums can be
+    off by far more than ``rel * result``, and by different amounts on CPUs whose kernels sum in another
+    order (oneDNN on AVX-512 vs AMX). ``factor`` is the allowed multiple of that bound.
+    """
+    total = sum(float(torch.as_tensor(t, dtype=torch.float64).abs().sum()) for t in terms)
+    return factor * EPS32 * total
 
 
 def make_adapter(

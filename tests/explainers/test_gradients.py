@@ -17,6 +17,7 @@ from tests.fixtures import (
     QuadraticModel,
     SmallReLUNet,
     SmoothNet,
+    f32_tol,
     make_adapter,
     mobilenet_v2_adapter,
     real_image_batch,
@@ -72,9 +73,11 @@ def test_ig_quadratic_model_is_exact(quadratic):
     torch.testing.assert_close(attr.maps, expected, rtol=1e-5, atol=1e-4)
     f = lambda z: (a[t] * z**2).sum(dim=(1, 2, 3))  # noqa: E731
     delta_f = f(x) - f(_black(2))
-    for c, d in zip(attr.checks, delta_f.tolist()):
-        assert c["logit_difference"] == pytest.approx(d, rel=1e-5)
-        assert c["completeness_error"] < 1e-3 and c["completeness_relative"] < 1e-5
+    for i, (c, d) in enumerate(zip(attr.checks, delta_f.tolist())):
+        # a difference of two float32 sums: the tolerance scales with the summed terms
+        tol = f32_tol(a[t[i]] * x[i] ** 2, a[t[i]] * _black(1)[0] ** 2)
+        assert c["logit_difference"] == pytest.approx(d, abs=tol)
+        assert c["completeness_error"] <= 2 * tol
 
 
 def test_ig_completeness_on_smooth_model():
@@ -89,8 +92,9 @@ def test_ig_completeness_on_smooth_model():
     for i, c in enumerate(attr.checks):
         delta_f = float(out_x[i, t[i]] - out_b[i, t[i]])
         total = float(attr.maps[i].sum())
-        # the reported error is the real one, and it is small
-        assert c["completeness_error"] == pytest.approx(abs(total - delta_f), abs=1e-6)
+        # the reported error is the real one (up to float32 round-off of the map's sum), and it is small
+        tol = f32_tol(attr.maps[i], out_x[i], out_b[i])
+        assert c["completeness_error"] == pytest.approx(abs(total - delta_f), abs=tol)
         assert c["completeness_relative"] < 1e-3, c
 
 
@@ -103,7 +107,8 @@ def test_ig_noise_baseline_is_seeded_and_independent_of_the_batch():
     alone = IntegratedGradients(adapter, steps=8, baseline="noise", seed=7).attribute(x[1:], t[1:]).maps
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
-    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-6)
+    # another batch may run other kernels: agreement to float32 round-off of the map's scale
+    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-5 * float(a[1].abs().max()))
 
 
 @pytest.mark.slow
@@ -184,7 +189,8 @@ def test_smoothgrad_is_deterministic_under_a_seed_and_independent_of_the_batch()
     alone = SmoothGrad(adapter, n_samples=4, seed=1).attribute(x[1:], t[1:]).maps
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-3 * a.abs().max()
-    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-7)
+    # another batch may run other kernels: agreement to float32 round-off of the map's scale
+    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-5 * float(a[1].abs().max()))
 
 
 # ---------------------------------------------------------------- Gradient SHAP
@@ -226,7 +232,8 @@ def test_gradient_shap_is_seeded_and_independent_of_the_batch():
     alone = GradientShap(adapter, seed=5, **kw).attribute(x[1:], t[1:]).maps
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-3 * a.abs().max()
-    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-7)
+    # another batch may run other kernels: agreement to float32 round-off of the map's scale
+    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-5 * float(a[1].abs().max()))
 
 
 def test_gradient_shap_reports_the_gap_to_the_expected_difference(quadratic):
@@ -238,10 +245,14 @@ def test_gradient_shap_reports_the_gap_to_the_expected_difference(quadratic):
     f = lambda z, c: float((a[c] * z**2).sum())  # noqa: E731
     for i, c in enumerate(attr.checks):
         ti = int(t[i])
-        expected = f(x[i], ti) - (f(_black(1)[0], ti) + f(white.expand(3, S, S), ti)) / 2
-        assert c["expected_logit_difference"] == pytest.approx(expected, rel=1e-5)
-        assert c["sum_attributions"] == pytest.approx(float(attr.maps[i].sum()), rel=1e-5)
-        assert c["completeness_error"] == pytest.approx(abs(c["sum_attributions"] - expected), rel=1e-4)
+        black, wh = _black(1)[0], white.expand(3, S, S)
+        expected = f(x[i], ti) - (f(black, ti) + f(wh, ti)) / 2
+        # differences of float32 sums: tolerances scale with the summed terms, not with the (small) result
+        tol_f = f32_tol(a[ti] * x[i] ** 2, a[ti] * black**2, a[ti] * wh**2)
+        tol_map = f32_tol(attr.maps[i])
+        assert c["expected_logit_difference"] == pytest.approx(expected, abs=tol_f)
+        assert c["sum_attributions"] == pytest.approx(float(attr.maps[i].sum()), abs=tol_map)
+        assert c["completeness_error"] == pytest.approx(abs(c["sum_attributions"] - expected), abs=tol_f + tol_map)
 
 
 def test_gradient_shap_background_parameter():
@@ -294,8 +305,16 @@ def test_image_groups_do_not_change_maps_and_progress_is_monotone(method, monkey
     assert len(ig_module.image_groups(x, 6)) == 3
     seen: list[float] = []
     grouped = cls(adapter, **params).run(x, t, progress=seen.append)
-    torch.testing.assert_close(grouped.maps, whole.maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grouped.maps, whole.maps, rtol=1e-5, atol=1e-5 * float(whole.maps.abs().max()))
     assert len(grouped.checks) == len(whole.checks)
-    for a, b in zip(grouped.checks, whole.checks):
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    for i, (a, b) in enumerate(zip(grouped.checks, whole.checks)):
+        assert a.keys() == b.keys()
+        # sums and differences of float32 sums computed in other batches: round-off scales with the map
+        tol = f32_tol(whole.maps[i], factor=64)
+        for k in b:
+            if k == "completeness_relative":  # an error over |f(x) - f(b)|
+                scale = max(abs(b["logit_difference"]), 1e-6)
+                assert a[k] == pytest.approx(b[k], abs=2 * tol / scale), k
+            else:
+                assert a[k] == pytest.approx(b[k], abs=2 * tol), k
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 3

@@ -89,7 +89,7 @@ def test_no_hook_left_after_success_error_and_cancel(exploding, method):
 
     # and the model still gives the same answer as before
     again = cls(adapter, **small_params(cls)).attribute(x, t)
-    torch.testing.assert_close(again.maps, attr.maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.maps, attr.maps, rtol=1e-5, atol=1e-5 * float(attr.maps.abs().max()))
 
 
 def test_cancel_through_the_api_leaves_no_hook(exploding):

@@ -44,8 +44,13 @@ class ColourNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = fc
         self.delay = delay
+        #: forward passes so far (tests count work instead of timing it)
+        self.calls = 0
+        self._calls_lock = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._calls_lock:
+            self.calls += 1
         if self.delay:
             time.sleep(self.delay)
         return self.fc(self.pool(self.features(x)).flatten(1))

@@ -59,8 +59,9 @@ def test_concurrent_explanations_equal_serial_and_hand_values(make_app):
             a = np.array(s["methods"][m]["result"]["model_heatmap"])
             b = np.array(c["methods"][m]["result"]["model_heatmap"])
             assert c["methods"][m]["result"]["target"] == cls
-            np.testing.assert_allclose(b, a, rtol=0, atol=1e-7)
-            np.testing.assert_allclose(b, want, atol=1e-6)
+            scale = float(np.abs(want).max())  # float32 round-off relative to the map's scale
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * scale)
+            np.testing.assert_allclose(b, want, atol=2e-5 * scale)
     assert leftover_hooks(adapter.model) == []
 
 
