@@ -9,7 +9,7 @@ import click
 
 from ._common import handle_errors
 
-__all__ = ["limit_malloc_arenas", "make_server", "serve_cmd"]
+__all__ = ["limit_malloc_arenas", "make_server", "release_free_heap", "serve_cmd"]
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -30,6 +30,24 @@ def limit_malloc_arenas(n: int) -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(M_ARENA_MAX, int(n)))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_heap() -> bool:
+    """Give memory that glibc's malloc holds but no object uses back to the system (``malloc_trim(0)``).
+
+    Warm-up times forward and backward passes at batch sizes up to 64; their activations (about
+    1.2 GB for MobileNetV2 at 224 px) are freed by PyTorch but stay in the process's heap, so a server
+    that has not answered a request yet showed 2.4 GB resident instead of 1.2 GB. Returns whether
+    memory was released (False off glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False
 
@@ -101,6 +119,7 @@ def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, 
     if preload and choice.ready:
         adapter = st.models.get(choice.name)
         adapter.warm_up()  # engine and batch sizes now rather than during a user's request
+        release_free_heap()  # the measurements' activations are freed: return them to the system
         click.echo(f"model {choice.name} loaded ({adapter.source})", err=True)
     server = make_server(app, host, port, threads)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
