@@ -69,7 +69,12 @@ class ModelSource:
 
         arch, sep, weights = self.spec.partition("=")
         if sep:
-            return load_model(arch, weights=weights, **self.options)
+            opts = dict(self.options)
+            if opts.get("weights") not in (None, "", weights):
+                raise BiasscopeError(f"model {self.spec!r} names its state dict and was also given weights "
+                                     f"{opts['weights']!r}; give one of them")
+            opts["weights"] = weights
+            return load_model(arch, **opts)
         return load_model(self.spec, **self.options)
 
 
@@ -167,22 +172,28 @@ def _downsample(m: np.ndarray, size: int) -> np.ndarray:
     return F.adaptive_avg_pool2d(t, (oh, ow))[0, 0].numpy()
 
 
+def _check_existing(store: RunStore, manifest: Manifest, config: AuditConfig) -> bool:
+    """Whether ``store`` already holds this audit (resume); raise if it holds a different one. Writes nothing."""
+    if not store.exists:
+        return False
+    old_fp = store.get_meta("manifest_fingerprint")
+    if old_fp is not None and old_fp != manifest.fingerprint:
+        raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what="the manifest"))
+    old_cfg = store.get_meta("config")
+    if old_cfg is not None and old_cfg != _normal(config.to_dict()):
+        diff = sorted(k for k in old_cfg if old_cfg.get(k) != _normal(config.to_dict()).get(k))
+        raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what=", ".join(diff) or "config"))
+    return old_cfg is not None
+
+
 def _prepare(store: RunStore, manifest: Manifest, config: AuditConfig, overwrite: bool) -> None:
     if overwrite and store.exists:
         for suffix in ("", "-wal", "-shm"):
             p = store.path.with_name(store.path.name + suffix)
             if p.exists():
                 p.unlink()
-    if store.exists:
-        old_fp = store.get_meta("manifest_fingerprint")
-        if old_fp is not None and old_fp != manifest.fingerprint:
-            raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what="the manifest"))
-        old_cfg = store.get_meta("config")
-        if old_cfg is not None and old_cfg != _normal(config.to_dict()):
-            diff = sorted(k for k in old_cfg if old_cfg.get(k) != _normal(config.to_dict()).get(k))
-            raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what=", ".join(diff) or "config"))
-        if old_cfg is not None:
-            return
+    if _check_existing(store, manifest, config):
+        return
     store.init()
     store.write_images([
         {"image_id": r.image_id, "line": r.line, "path": r.path, "file": str(r.file), "label": r.label,
@@ -195,6 +206,42 @@ def _prepare(store: RunStore, manifest: Manifest, config: AuditConfig, overwrite
                                 "region_names": manifest.region_names, "labels": manifest.labels})
     store.set_meta("config", _normal(config.to_dict()))
     store.set_meta("created", datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def check_stereotypical(manifest: Manifest, stereotypical: Sequence[str], bias_group: str | None,
+                        groups: Sequence[str]) -> None:
+    """Refuse stereotypical cells the bias score could not use: not ``LABEL:GROUP``, a label or group
+    value with no row in ``manifest``, or a cell (label x group value) with no row.
+
+    ``bias_group`` (default: the first of ``groups``) is the group column the cells' values belong to.
+    """
+    if not stereotypical:
+        return
+    column = bias_group or (groups[0] if groups else None)
+    if column is None:
+        raise BiasscopeError("stereotypical cells need a group column: pass --group (or bias_group)")
+    if column not in manifest.attribute_columns:
+        raise BiasscopeError(f"bias group column {column!r} is not in the manifest; its attribute columns are "
+                             f"{', '.join(manifest.attribute_columns) or '(none)'}")
+    labels = set(manifest.labels)
+    values = {str(r.attributes.get(column)) for r in manifest.rows}
+    cells = {(r.label, str(r.attributes.get(column))) for r in manifest.rows}
+    problems = []
+    for s in stereotypical:
+        lab, sep, grp = str(s).partition(":")
+        lab, grp = lab.strip(), grp.strip()
+        if not sep or not lab or not grp:
+            problems.append(f"{s!r}: expected LABEL:GROUP, e.g. doctor:male")
+        elif lab not in labels:
+            problems.append(f"{s!r}: the manifest has no row with label {lab!r} (labels: {', '.join(sorted(labels))})")
+        elif grp not in values:
+            problems.append(f"{s!r}: the manifest has no row with {column} = {grp!r} "
+                            f"({column} values: {', '.join(sorted(values))})")
+        elif (lab, grp) not in cells:
+            problems.append(f"{s!r}: the manifest has no row with label {lab!r} and {column} = {grp!r}")
+    if problems:
+        raise BiasscopeError("stereotypical cell(s) refused (the bias score needs rows in every cell): "
+                             + "; ".join(problems))
 
 
 def _normal(d: Any) -> Any:
@@ -253,8 +300,15 @@ def run_audit(
         while key in keys:
             key, n = f"{base}#{n}", n + 1
         keys.append(key)
-    eng = get_engine(engine)
+    if metrics_options is not None:
+        check_stereotypical(manifest, metrics_options.get("stereotypical") or [], metrics_options.get("bias_group"),
+                            cfg.groups)
     store = RunStore(out_dir)
+    resuming = not overwrite and _check_existing(store, manifest, cfg)
+    # every model that still has work is loaded and checked (labels, concepts, methods, weights on
+    # resume) before anything is written: a refused run leaves no trace in out_dir
+    loaded = _validate_models(sources, keys, manifest, cfg, store if resuming else None)
+    eng = get_engine(engine)
     _prepare(store, manifest, cfg, overwrite)
     store.set_meta("engine", eng.describe())
     store.set_meta("models_requested", keys)
@@ -287,7 +341,7 @@ def run_audit(
             if _cancelled(cancel):
                 raise CancelledError("the audit was cancelled; run it again to resume")
             report(mi, n_err, "loading")
-            adapter = src.load() if isinstance(src, ModelSource) else src
+            adapter = loaded.pop(mi, None) or (src.load() if isinstance(src, ModelSource) else src)
             store.add_model(key, adapter.to_dict(), weights_fingerprint(adapter))
             space = LabelSpace.build(adapter, manifest.labels, cfg.concepts, top_k=cfg.top_k, match=cfg.match)
             _check_methods(adapter, cfg)
@@ -315,6 +369,34 @@ def run_audit(
 
         result.metrics = finalize_run(out_dir)
     return result
+
+
+def _validate_models(sources: Sequence[ModelAdapter | ModelSource], keys: Sequence[str], manifest: Manifest,
+                     cfg: AuditConfig, store: RunStore | None) -> dict[int, ModelAdapter]:
+    """Load every model that has images left and check it can run this audit: its weights load, every
+    label (or concept class) resolves, every method accepts it, and (``store``: a resumed run) its
+    weights are those the run started with. Returns the first loaded model (its turn comes first);
+    the others are freed and loaded again when their turn comes, so only one model is held at a time."""
+    done = {m["key"]: m.get("fingerprint") for m in store.models()} if store is not None else {}
+    keep: dict[int, ModelAdapter] = {}
+    for mi, (key, src) in enumerate(zip(keys, sources)):
+        if store is not None and len(store.done_ids(key)) >= len(manifest.rows):
+            continue
+        try:
+            adapter = src.load() if isinstance(src, ModelSource) else src
+        except BiasscopeError as exc:
+            if len(sources) > 1 and len(exc.args) == 1 and not str(exc).startswith(f"model {key}"):
+                exc.args = (f"model {key}: {exc.args[0]}",)  # which of the models it is
+            raise
+        LabelSpace.build(adapter, manifest.labels, cfg.concepts, top_k=cfg.top_k, match=cfg.match)
+        _check_methods(adapter, cfg)
+        if done.get(key) and done[key] != weights_fingerprint(adapter):
+            raise BiasscopeError(f"model {key!r} in {store.run_dir if store else ''} was run with different weights; "
+                                 "use a new run folder to audit the changed model")
+        if not keep:
+            keep[mi] = adapter
+        del adapter
+    return keep
 
 
 def _batches(todo: Sequence, batch_size: int, cancel: CancelFlag | None) -> Iterator[Sequence]:

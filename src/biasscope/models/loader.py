@@ -118,6 +118,9 @@ def load_model(
     note = ""
     onnx_source = None
 
+    if is_file and weights is not None:
+        raise ModelError(f"--weights {weights} is for an architecture name (e.g. --model resnet18), but {spec} is "
+                         "a model file that holds its own weights; drop --weights")
     if is_file:
         path = Path(spec)
         if not path.is_file():

@@ -536,8 +536,12 @@ def _start(data: dict[str, Any]):
              "min_group_size": _int(data.get("min_group_size"), "min_group_size", 1, 100000, 30),
              "stereotypical": stereo, "exclude_flags": flags}
     batch = _int(data.get("batch_size"), "batch_size", 1, 1024, 16)
-    # validate methods and labels on each model now, not in the worker
+    # validate stereotypical cells, methods and labels on each model now, not in the worker (which
+    # checks again before it creates the run's folder, so a refused run leaves nothing behind)
     from ..audit import LabelSpace
+    from ..audit.runner import check_stereotypical
+
+    check_stereotypical(man, stereo, None, groups)
 
     for n in names:
         adapter = st_models.get(n)
