@@ -416,6 +416,17 @@ def _check_methods(adapter: ModelAdapter, cfg: AuditConfig) -> None:
         cls(adapter, **dict(cfg.method_params.get(m, cfg.method_params.get(cls.name, {}))))
 
 
+def _view(adapter: ModelAdapter, img) -> dict | None:
+    """Where the model's input lies in the image, for a model that does not see the whole image
+    (a face chip: its landmarks, size and padding; see :func:`.face_audit.heatmap_in_image`)."""
+    locate = getattr(adapter, "locate", None)
+    if locate is None:
+        return None
+    _, lm = locate(img)
+    return {"kind": "face_chip", "size": int(adapter.input_size), "padding": float(getattr(adapter, "padding", 0.2)),
+            "landmarks": np.asarray(lm, dtype=float).tolist()}
+
+
 def _process_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
@@ -430,6 +441,7 @@ def _process_batch(
     for row in batch:
         try:
             img = load_image(row.file)
+            adapter.check_image(img)  # e.g. a face model and a photo without a face: this row's error
             size = (img.height, img.width)
             named = {name: region_mask(spec, size) for name, spec in row.regions.items()}
             face = None
@@ -488,6 +500,7 @@ def _process_batch(
         for i, (row, e) in enumerate(zip(rows, exps)):
             for method, ex in e.items():
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
+                # the model's own map (a face chip's map is placed back with the record's "view")
                 src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
                 heats.append((row.image_id, method, _downsample(np.asarray(src), cfg.heatmap_size)))
     removal: list[dict] = [{} for _ in images]
@@ -524,6 +537,7 @@ def _process_batch(
             "removal": removal[i],
             "seconds": per_image,
             **({"face": face_info[i]} if cfg.face_parts else {}),
+            **({"view": _view(adapter, img)} if not adapter.whole_image else {}),
         })
     records.sort(key=lambda r: r["image_id"])
     return records, heats

@@ -27,7 +27,9 @@ def predict_cmd(images: tuple[str, ...], top: int, as_json: bool, **kw) -> None:
     loaded, errors = [], {}
     for p in images:
         try:
-            loaded.append((p, load_image(p)))
+            im = load_image(p)
+            adapter.check_image(im)  # e.g. a face model and a photo without a face
+            loaded.append((p, im))
         except Exception as exc:  # report and go on with the other images
             errors[p] = str(exc)
     preds = adapter.predict([im for _, im in loaded], top=top) if loaded else []

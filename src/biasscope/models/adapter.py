@@ -12,6 +12,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ class ModelAdapter:
     _fast: FastCheck = field(init=False, repr=False)
     _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _batch_sizes: dict = field(default_factory=dict, repr=False)
+    #: the model's input is the whole image resized (False: a crop the adapter cuts, e.g. a face chip)
+    whole_image: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -125,6 +128,18 @@ class ModelAdapter:
         ]
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
         return self.normalize(x).to(self.device)
+
+    def check_image(self, image: Image.Image) -> None:
+        """Raise a :class:`BiasscopeError` saying why this model cannot take ``image`` (every image fits
+        a whole-image classifier; a face-attribute model needs a face). Callers use it to report one
+        bad image instead of failing a batch."""
+
+    def map_to_image(
+        self, m: np.ndarray, image: Image.Image, *, nearest: bool = False, fill: float = 0.0
+    ) -> np.ndarray:
+        """A ``(S, S)`` map over the model's input, in ``image``'s pixels ``(H, W)``: resized back
+        (the input is the whole image); ``fill`` is for pixels the input does not cover (none here)."""
+        return resize_map(m, (image.height, image.width), nearest=nearest)
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Normalise a ``[0, 1]`` tensor with this model's mean and std."""

@@ -756,7 +756,7 @@ def audit_image_png(run_id: str, image_id: int):
 
 @audit_api.get("/audits/<run_id>/images/<int:image_id>/overlay.png")
 def audit_overlay(run_id: str, image_id: int):
-    from ..models.adapter import resize_map
+    from ..audit.face_audit import heatmap_in_image
     from ..render import render_overlay
 
     d, _, img = _load_run_image(run_id, image_id)
@@ -764,6 +764,8 @@ def audit_overlay(run_id: str, image_id: int):
     heat = RunStore(d).heatmap(model, image_id, method)
     if heat is None:
         raise NotFoundError(f"no stored {method!r} heatmap of model {model!r} for image {image_id}")
+    view = (RunStore(d).record(model, image_id) or {}).get("view")
+    full = img.size
     side = _int(request.args.get("max"), "max", 16, 4096, 512)
     if max(img.size) > side:
         img.thumbnail((side, side), Image.Resampling.LANCZOS)
@@ -777,7 +779,7 @@ def audit_overlay(run_id: str, image_id: int):
         if not 0 <= alpha <= 1:
             raise BiasscopeError("'alpha' must be between 0 and 1")
     signed = get_explainer(method).signed
-    h = resize_map(heat, (img.height, img.width))
+    h = heatmap_in_image(heat, view, (img.height, img.width), full)
     kw = {} if alpha is None else {"alpha": alpha}
     return _png(render_overlay(img, h, signed=signed, **kw))
 
