@@ -85,6 +85,12 @@ def test_refused_run_leaves_no_trace_and_the_corrected_command_runs(data: Path, 
     # a method the model cannot run (TorchScript has no layer hooks) is refused before the first image too
     res = CliRunner().invoke(main, [*args, "--method", "gradcam"])
     assert res.exit_code == 2 and counted == [] and not out.exists()
+    # and so are options the metrics would only trip on after every image
+    res = CliRunner().invoke(main, [*args, "--exclude-flags", "blurry"])
+    assert res.exit_code == 2 and "needs face data: run the audit with --face-parts" in res.stderr
+    res = CliRunner().invoke(main, [*args, "--bias-group", "age"])
+    assert res.exit_code == 2 and "bias group column 'age' is not in the manifest" in res.stderr
+    assert counted == [] and not out.exists()
     res = CliRunner().invoke(main, [*args, "--stereotypical", "doctor:male", "--stereotypical", "nurse:female"])
     assert res.exit_code == 0, res.output
     assert sorted(counted) == list(range(12))

@@ -38,6 +38,7 @@ __all__ = [
     "CancelFlag",
     "ModelSource",
     "RunResult",
+    "check_stereotypical",
     "run_audit",
 ]
 
@@ -208,6 +209,24 @@ def _prepare(store: RunStore, manifest: Manifest, config: AuditConfig, overwrite
     store.set_meta("created", datetime.now(UTC).isoformat(timespec="seconds"))
 
 
+def _check_metrics_options(manifest: Manifest, cfg: AuditConfig, options: Mapping[str, Any]) -> None:
+    """Refuse metrics options that would only fail when the metrics are computed, after every image."""
+    from .face_audit import MSG_FLAGS_NEED_FACES, MSG_UNKNOWN_FLAG, quality_flags
+    from .metrics import MetricsOptions
+
+    try:
+        MetricsOptions(**dict(options))
+    except TypeError as exc:
+        raise BiasscopeError(f"invalid metrics options: {exc}") from None
+    check_stereotypical(manifest, options.get("stereotypical") or [], options.get("bias_group"), cfg.groups)
+    flags = [f.strip() for f in options.get("exclude_flags") or [] if f and f.strip()]
+    unknown = [f for f in flags if f not in quality_flags()]
+    if unknown:
+        raise BiasscopeError(MSG_UNKNOWN_FLAG.format(flags=", ".join(unknown), choices=", ".join(quality_flags())))
+    if flags and not cfg.face_parts:
+        raise BiasscopeError(MSG_FLAGS_NEED_FACES)
+
+
 def check_stereotypical(manifest: Manifest, stereotypical: Sequence[str], bias_group: str | None,
                         groups: Sequence[str]) -> None:
     """Refuse stereotypical cells the bias score could not use: not ``LABEL:GROUP``, a label or group
@@ -215,6 +234,9 @@ def check_stereotypical(manifest: Manifest, stereotypical: Sequence[str], bias_g
 
     ``bias_group`` (default: the first of ``groups``) is the group column the cells' values belong to.
     """
+    if bias_group is not None and bias_group not in manifest.attribute_columns:
+        raise BiasscopeError(f"bias group column {bias_group!r} is not in the manifest; its attribute columns are "
+                             f"{', '.join(manifest.attribute_columns) or '(none)'}")
     if not stereotypical:
         return
     column = bias_group or (groups[0] if groups else None)
@@ -301,8 +323,7 @@ def run_audit(
             key, n = f"{base}#{n}", n + 1
         keys.append(key)
     if metrics_options is not None:
-        check_stereotypical(manifest, metrics_options.get("stereotypical") or [], metrics_options.get("bias_group"),
-                            cfg.groups)
+        _check_metrics_options(manifest, cfg, metrics_options)
     store = RunStore(out_dir)
     resuming = not overwrite and _check_existing(store, manifest, cfg)
     # every model that still has work is loaded and checked (labels, concepts, methods, weights on
