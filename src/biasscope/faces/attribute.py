@@ -226,9 +226,21 @@ class FaceModelAdapter(ModelAdapter):
     ) -> np.ndarray:
         """Warp a chip map back onto ``image`` (the inverse of the chip's similarity); ``fill`` outside the chip."""
         _, lm = self.locate(image)
-        to_chip = chip_transform(lm, self.chip_size, self.padding)
-        return warp_array(np.asarray(m, dtype=np.float64), to_chip.inverse(), (image.height, image.width), fill=fill,
-                          antialias=False, order=0 if nearest else 1).astype(np.float32)
+        to_image = chip_transform(lm, self.chip_size, self.padding).inverse()
+        h, w = image.height, image.width
+        out = np.full((h, w), fill, dtype=np.float32)
+        # only the chip's bounding box in the photo can take values: warp that window (a large photo
+        # with a small face costs the face's pixels, not the photo's)
+        e = self.chip_size - 0.5
+        xy = to_image.apply(np.array([[-0.5, -0.5], [e, -0.5], [-0.5, e], [e, e]]))
+        x0, y0 = (max(0, int(np.floor(v)) - 1) for v in xy.min(0))
+        x1, y1 = min(w, int(np.ceil(xy[:, 0].max())) + 2), min(h, int(np.ceil(xy[:, 1].max())) + 2)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        to_window = Similarity(np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]])).compose(to_image)
+        out[y0:y1, x0:x1] = warp_array(np.asarray(m, dtype=np.float64), to_window, (y1 - y0, x1 - x0), fill=fill,
+                                       antialias=False, order=0 if nearest else 1)
+        return out
 
     def to_dict(self) -> dict:
         d = super().to_dict()
