@@ -18,7 +18,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from biasscope.audit import RunStore, load_manifest, run_audit
+from biasscope.audit import AuditConfig, ModelSource, RunStore, load_manifest, run_audit
 from biasscope.audit import runner as runner_mod
 from biasscope.audit.runner import check_stereotypical
 from biasscope.cli import main
@@ -178,3 +178,37 @@ def test_weights_mean_std_input_size_reach_each_model(data: Path, tmp_path: Path
             p = _by_hand(nets[k], data / path, 48, mean_t, std_t)
             want = p[:2].sum() if label == "doctor" else p[2]
             assert p_true == pytest.approx(want, abs=1e-4)
+
+
+def test_a_run_that_fails_before_its_first_image_is_stored_leaves_no_trace(data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure inside the first batch (nothing stored) removes the store; after one stored batch the
+    run stays, marked interrupted, and resumes."""
+    m = load_manifest(data / "manifest.csv", groups=["gender"])
+    real = runner_mod._process_batch
+    calls = {"n": 0, "fail_at": 1}
+
+    def flaky(adapter, space, cfg, batch):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("worker lost")
+        return real(adapter, space, cfg, batch)
+
+    monkeypatch.setattr(runner_mod, "_process_batch", flaky)
+    src = str(data / "colour.pt")
+    concepts = {"doctor": ["stethoscope", "lab coat"], "nurse": ["scrubs"]}
+    cfg = AuditConfig(groups=["gender"], concepts=concepts)
+    model = ModelSource(src, key="colour", options={"labels": str(data / "classes.txt"), "mean": "0,0,0",
+                                                    "std": "1,1,1"})
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run_audit(m, [model], out, cfg, batch_size=4)
+    assert not out.exists()
+    calls.update(n=0, fail_at=2)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run_audit(m, [model], out, cfg, batch_size=4)
+    store = RunStore(out)
+    assert store.get_meta("status") == "interrupted" and store.counts() == {"colour": {"ok": 4, "error": 0}}
+    calls.update(n=0, fail_at=-1)
+    res = run_audit(m, [model], out, cfg, batch_size=4, finalize=False)
+    assert res.counts == {"colour": {"ok": 12, "error": 0}} and store.get_meta("status") == "complete"

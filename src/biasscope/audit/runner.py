@@ -330,6 +330,8 @@ def run_audit(
     # resume) before anything is written: a refused run leaves no trace in out_dir
     loaded = _validate_models(sources, keys, manifest, cfg, store if resuming else None)
     eng = get_engine(engine)
+    new_dir = not Path(out_dir).exists()
+    fresh = not resuming  # this call creates the store: if it fails before storing an image, no trace stays
     _prepare(store, manifest, cfg, overwrite)
     store.set_meta("engine", eng.describe())
     store.set_meta("models_requested", keys)
@@ -380,7 +382,10 @@ def run_audit(
         store.set_meta("status", "cancelled")
         raise
     except BaseException:
-        store.set_meta("status", "interrupted")
+        if fresh and not store.counts():
+            _discard(store, new_dir)  # it never started: nothing to resume, nothing to list
+        else:
+            store.set_meta("status", "interrupted")
         raise
     store.set_meta("status", "complete")
     store.set_meta("finished", datetime.now(UTC).isoformat(timespec="seconds"))
@@ -390,6 +395,17 @@ def run_audit(
 
         result.metrics = finalize_run(out_dir)
     return result
+
+
+def _discard(store: RunStore, remove_dir: bool) -> None:
+    """Delete a run store that holds no result (and its folder if this run created it and it is empty)."""
+    for suffix in ("", "-wal", "-shm"):
+        p = store.path.with_name(store.path.name + suffix)
+        with contextlib.suppress(OSError):
+            p.unlink()
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            store.run_dir.rmdir()  # only if empty
 
 
 def _validate_models(sources: Sequence[ModelAdapter | ModelSource], keys: Sequence[str], manifest: Manifest,
