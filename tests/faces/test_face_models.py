@@ -250,6 +250,18 @@ def test_audit_with_the_gender_model_out_of_the_box(models, package, photos, tmp
         assert r["scores"][r["pred_label"]] == pytest.approx(float(ref[0].max()), abs=1e-4)
         shares = r["shares"]["gradcam"]
         assert sum(shares[p]["share"] for p in shares) == pytest.approx(1.0)
+    # the stored chip map, placed back with the record's view (report, dashboard overlays, aligned maps),
+    # is the explanation of the photo itself (up to the store's float16)
+    from biasscope.api import explain
+    from biasscope.audit.face_audit import heatmap_in_image
+    from biasscope.images import load_image
+
+    rec = recs["img/astronaut.png"]
+    img = load_image(tmp_path / "data" / "img" / "astronaut.png")
+    ex = explain(models[0], img, ["gradcam"], target=rec["target_index"], faithfulness=False)["gradcam"]
+    got = heatmap_in_image(RunStore(out).heatmap("gender", rec["image_id"], "gradcam"), rec["view"],
+                           (img.height, img.width), (img.width, img.height))
+    np.testing.assert_allclose(got, ex.heatmap, atol=2e-3 * float(np.abs(ex.heatmap).max()))
     df = pd.read_csv(out / "per_image.csv")
     assert "share:gradcam:eyes" in df and df["share:gradcam:eyes"].notna().sum() >= 6
     metrics = json.loads((out / "metrics.json").read_text())
