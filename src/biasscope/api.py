@@ -84,7 +84,8 @@ def explain_batch(
 ) -> list[dict[str, Explanation]]:
     """Explain several images with several methods, each method batched over all images.
 
-    Heatmaps are resized to each image's own size. With ``faithfulness``, every explanation gets
+    Heatmaps are mapped onto each image's own pixels (``adapter.map_to_image``: resized back, or a
+    face chip's map warped back onto the photo). With ``faithfulness``, every explanation gets
     deletion/insertion AUCs (batched) in ``checks``. A caller that already has the model batch
     (``inputs = adapter.preprocess(images)``) and its fp32 ``probabilities`` passes them in, which
     saves a preprocessing and a forward pass per batch (the audit runner does). ``precomputed``
@@ -126,13 +127,13 @@ def explain_batch(
 
             faith = deletion_insertion(adapter, x, targets, model_maps)
         for i, img in enumerate(images):
-            size = (img.height, img.width)
             seg_full = None
             if superpixels:
-                seg_full = resize_map(attr.segments[i].astype(np.float32), size, nearest=True).astype(np.int32)
-                heat = attr.weights[i][seg_full].astype(np.float32)
+                seg_full = adapter.map_to_image(attr.segments[i].astype(np.float32), img, nearest=True,
+                                                fill=-1).astype(np.int32)
+                heat = np.where(seg_full >= 0, attr.weights[i][seg_full], 0.0).astype(np.float32)
             else:
-                heat = resize_map(model_maps[i], size)
+                heat = adapter.map_to_image(model_maps[i], img)
             checks = dict(attr.checks[i]) if attr.checks else {}
             checks.update(faith[i])
             t = int(targets[i])

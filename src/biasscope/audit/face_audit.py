@@ -42,6 +42,7 @@ __all__ = [
     "face_parts_for_image",
     "face_report_section",
     "face_summary",
+    "heatmap_in_image",
     "mark_excluded",
 ]
 
@@ -101,6 +102,30 @@ def face_parts_for_image(img: Image.Image, named: Mapping[str, np.ndarray]) -> t
     return out, info
 
 
+def heatmap_in_image(heat: np.ndarray, view: Mapping[str, Any] | None, size: tuple[int, int],
+                     image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A stored heatmap in an image's pixels, ``size = (H, W)`` (the image, or a uniformly scaled copy of it).
+
+    Without ``view`` the model saw the whole image stretched to its square input: the map is resized.
+    With a face chip's ``view`` (record ``"view"``: landmarks in the original image, chip size,
+    padding), the chip map is warped back through dlib's chip similarity (0 outside the chip);
+    ``image_size = (W, H)`` of the original image scales it to ``size``.
+    """
+    from ..models.adapter import resize_map
+
+    if not view or view.get("kind") != "face_chip":
+        return resize_map(heat, size)
+    from ..faces.align import Similarity, chip_transform, warp_array
+
+    to_chip = chip_transform(np.asarray(view["landmarks"], dtype=np.float64), int(view["size"]),
+                             float(view["padding"]))
+    w0, h0 = image_size if image_size else (size[1], size[0])
+    kx, ky = size[1] / float(w0), size[0] / float(h0)  # pixel centres: p' = (p + 0.5) k - 0.5
+    scale = Similarity(np.array([[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]]))
+    chip_to_out = scale.compose(to_chip.inverse())
+    return warp_array(np.asarray(heat, dtype=np.float64), chip_to_out, size, fill=0.0).astype(np.float32)
+
+
 def face_columns(face: Mapping[str, Any] | None) -> dict[str, Any]:
     """Per-image CSV columns of a face record: ``faces``, ``face_flags`` (``;``-joined),
     ``flag:<name>`` booleans, ``yaw_ratio``, ``face_size``, ``sharpness``; empty without face data."""
@@ -157,11 +182,11 @@ def _safe(name: str) -> str:
 
 
 def _aligned_maps(store, model: str, rows: pd.DataFrame, method: str, files: dict[int, str],
-                  faces: dict[int, list], frame) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+                  faces: dict[int, list], frame, views: Mapping[int, Any] | None = None,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """Aligned heatmaps (and grey aligned faces) of ``rows`` that have a face and a stored map."""
     from ..faces import align_face_image, align_heatmap
     from ..images import load_image
-    from ..models.adapter import resize_map
 
     maps, images, ids = [], [], []
     for iid, w, h in zip(rows["image_id"], rows["width"], rows["height"]):
@@ -171,9 +196,10 @@ def _aligned_maps(store, model: str, rows: pd.DataFrame, method: str, files: dic
             continue
         k = min(1.0, ALIGN_MAX_SIDE / max(float(w), float(h)))
         size = (max(1, round(float(h) * k)), max(1, round(float(w) * k)))
-        # the model saw the image stretched to a square: stretch its map back, then a uniform scale
+        # the map back in the image (stretched back, or a face chip warped back), then a uniform scale
         lm_k = (np.asarray(lm, dtype=np.float64) + 0.5) * np.array([size[1] / float(w), size[0] / float(h)]) - 0.5
-        maps.append(align_heatmap(resize_map(heat, size), lm_k, frame))
+        in_image = heatmap_in_image(heat, (views or {}).get(int(iid)), size, (float(w), float(h)))
+        maps.append(align_heatmap(in_image, lm_k, frame))
         try:
             img = load_image(files[int(iid)])
             if k < 1.0:
@@ -227,12 +253,13 @@ def face_summary(
     incl = ok[~ok["excluded"].astype(bool)] if "excluded" in ok else ok
     records = {r["image_id"]: r.get("face") for r in store.results(model)}
     faces = {iid: f.get("landmarks") for iid, f in records.items() if f and f.get("landmarks")}
+    views = {r["image_id"]: r.get("view") for r in store.results(model) if r.get("view")}
     files = {r["image_id"]: r["file"] for r in store.images()}
     frame = FaceFrame(size=ALIGNED_FRAME_SIZE)
     folder = Path(run_dir) / FACE_DIR
     for method in methods:
         signed = get_explainer(method).signed
-        maps, imgs, ids = _aligned_maps(store, model, incl, method, files, faces, frame)
+        maps, imgs, ids = _aligned_maps(store, model, incl, method, files, faces, frame, views)
         if not maps:
             continue
         by_id = incl.set_index("image_id")

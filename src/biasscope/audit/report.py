@@ -113,8 +113,8 @@ def _telling_images(df: pd.DataFrame, model: str, stereotypical: list[str], grou
 def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups: list[str]) -> str:
     from ..explainers import get_explainer
     from ..images import load_image
-    from ..models.adapter import resize_map
     from ..render import render_overlay
+    from .face_audit import heatmap_in_image
 
     opts = metrics["run"].get("metrics_options", {})
     methods = metrics["run"]["config"].get("methods", [])
@@ -128,13 +128,15 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
             img = load_image(files[int(row["image_id"])])
         except Exception:
             continue
+        full = img.size
         img.thumbnail((165, 165))
         tiles = [f'<img alt="original" src="{_png_b64(img)}">']
         for m in methods[:1]:
             heat = store.heatmap(model, int(row["image_id"]), m)
             if heat is None:
                 continue
-            h = resize_map(heat, (img.height, img.width))
+            view = (store.record(model, int(row["image_id"])) or {}).get("view")  # a face chip's place
+            h = heatmap_in_image(heat, view, (img.height, img.width), full)
             signed = get_explainer(m).signed
             tiles.append(f'<img alt="{_e(m)} heatmap" src="{_png_b64(render_overlay(img, h, signed=signed))}">')
         grp = ", ".join(f"{g}={_e(row[g])}" for g in groups)

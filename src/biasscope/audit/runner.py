@@ -38,6 +38,7 @@ __all__ = [
     "CancelFlag",
     "ModelSource",
     "RunResult",
+    "check_stereotypical",
     "run_audit",
 ]
 
@@ -69,7 +70,12 @@ class ModelSource:
 
         arch, sep, weights = self.spec.partition("=")
         if sep:
-            return load_model(arch, weights=weights, **self.options)
+            opts = dict(self.options)
+            if opts.get("weights") not in (None, "", weights):
+                raise BiasscopeError(f"model {self.spec!r} names its state dict and was also given weights "
+                                     f"{opts['weights']!r}; give one of them")
+            opts["weights"] = weights
+            return load_model(arch, **opts)
         return load_model(self.spec, **self.options)
 
 
@@ -167,22 +173,28 @@ def _downsample(m: np.ndarray, size: int) -> np.ndarray:
     return F.adaptive_avg_pool2d(t, (oh, ow))[0, 0].numpy()
 
 
+def _check_existing(store: RunStore, manifest: Manifest, config: AuditConfig) -> bool:
+    """Whether ``store`` already holds this audit (resume); raise if it holds a different one. Writes nothing."""
+    if not store.exists:
+        return False
+    old_fp = store.get_meta("manifest_fingerprint")
+    if old_fp is not None and old_fp != manifest.fingerprint:
+        raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what="the manifest"))
+    old_cfg = store.get_meta("config")
+    if old_cfg is not None and old_cfg != _normal(config.to_dict()):
+        diff = sorted(k for k in old_cfg if old_cfg.get(k) != _normal(config.to_dict()).get(k))
+        raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what=", ".join(diff) or "config"))
+    return old_cfg is not None
+
+
 def _prepare(store: RunStore, manifest: Manifest, config: AuditConfig, overwrite: bool) -> None:
     if overwrite and store.exists:
         for suffix in ("", "-wal", "-shm"):
             p = store.path.with_name(store.path.name + suffix)
             if p.exists():
                 p.unlink()
-    if store.exists:
-        old_fp = store.get_meta("manifest_fingerprint")
-        if old_fp is not None and old_fp != manifest.fingerprint:
-            raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what="the manifest"))
-        old_cfg = store.get_meta("config")
-        if old_cfg is not None and old_cfg != _normal(config.to_dict()):
-            diff = sorted(k for k in old_cfg if old_cfg.get(k) != _normal(config.to_dict()).get(k))
-            raise BiasscopeError(MSG_OTHER_AUDIT.format(run_dir=store.run_dir, what=", ".join(diff) or "config"))
-        if old_cfg is not None:
-            return
+    if _check_existing(store, manifest, config):
+        return
     store.init()
     store.write_images([
         {"image_id": r.image_id, "line": r.line, "path": r.path, "file": str(r.file), "label": r.label,
@@ -195,6 +207,63 @@ def _prepare(store: RunStore, manifest: Manifest, config: AuditConfig, overwrite
                                 "region_names": manifest.region_names, "labels": manifest.labels})
     store.set_meta("config", _normal(config.to_dict()))
     store.set_meta("created", datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def _check_metrics_options(manifest: Manifest, cfg: AuditConfig, options: Mapping[str, Any]) -> None:
+    """Refuse metrics options that would only fail when the metrics are computed, after every image."""
+    from .face_audit import MSG_FLAGS_NEED_FACES, MSG_UNKNOWN_FLAG, quality_flags
+    from .metrics import MetricsOptions
+
+    try:
+        MetricsOptions(**dict(options))
+    except TypeError as exc:
+        raise BiasscopeError(f"invalid metrics options: {exc}") from None
+    check_stereotypical(manifest, options.get("stereotypical") or [], options.get("bias_group"), cfg.groups)
+    flags = [f.strip() for f in options.get("exclude_flags") or [] if f and f.strip()]
+    unknown = [f for f in flags if f not in quality_flags()]
+    if unknown:
+        raise BiasscopeError(MSG_UNKNOWN_FLAG.format(flags=", ".join(unknown), choices=", ".join(quality_flags())))
+    if flags and not cfg.face_parts:
+        raise BiasscopeError(MSG_FLAGS_NEED_FACES)
+
+
+def check_stereotypical(manifest: Manifest, stereotypical: Sequence[str], bias_group: str | None,
+                        groups: Sequence[str]) -> None:
+    """Refuse stereotypical cells the bias score could not use: not ``LABEL:GROUP``, a label or group
+    value with no row in ``manifest``, or a cell (label x group value) with no row.
+
+    ``bias_group`` (default: the first of ``groups``) is the group column the cells' values belong to.
+    """
+    if bias_group is not None and bias_group not in manifest.attribute_columns:
+        raise BiasscopeError(f"bias group column {bias_group!r} is not in the manifest; its attribute columns are "
+                             f"{', '.join(manifest.attribute_columns) or '(none)'}")
+    if not stereotypical:
+        return
+    column = bias_group or (groups[0] if groups else None)
+    if column is None:
+        raise BiasscopeError("stereotypical cells need a group column: pass --group (or bias_group)")
+    if column not in manifest.attribute_columns:
+        raise BiasscopeError(f"bias group column {column!r} is not in the manifest; its attribute columns are "
+                             f"{', '.join(manifest.attribute_columns) or '(none)'}")
+    labels = set(manifest.labels)
+    values = {str(r.attributes.get(column)) for r in manifest.rows}
+    cells = {(r.label, str(r.attributes.get(column))) for r in manifest.rows}
+    problems = []
+    for s in stereotypical:
+        lab, sep, grp = str(s).partition(":")
+        lab, grp = lab.strip(), grp.strip()
+        if not sep or not lab or not grp:
+            problems.append(f"{s!r}: expected LABEL:GROUP, e.g. doctor:male")
+        elif lab not in labels:
+            problems.append(f"{s!r}: the manifest has no row with label {lab!r} (labels: {', '.join(sorted(labels))})")
+        elif grp not in values:
+            problems.append(f"{s!r}: the manifest has no row with {column} = {grp!r} "
+                            f"({column} values: {', '.join(sorted(values))})")
+        elif (lab, grp) not in cells:
+            problems.append(f"{s!r}: the manifest has no row with label {lab!r} and {column} = {grp!r}")
+    if problems:
+        raise BiasscopeError("stereotypical cell(s) refused (the bias score needs rows in every cell): "
+                             + "; ".join(problems))
 
 
 def _normal(d: Any) -> Any:
@@ -253,8 +322,16 @@ def run_audit(
         while key in keys:
             key, n = f"{base}#{n}", n + 1
         keys.append(key)
-    eng = get_engine(engine)
+    if metrics_options is not None:
+        _check_metrics_options(manifest, cfg, metrics_options)
     store = RunStore(out_dir)
+    resuming = not overwrite and _check_existing(store, manifest, cfg)
+    # every model that still has work is loaded and checked (labels, concepts, methods, weights on
+    # resume) before anything is written: a refused run leaves no trace in out_dir
+    loaded = _validate_models(sources, keys, manifest, cfg, store if resuming else None)
+    eng = get_engine(engine)
+    new_dir = not Path(out_dir).exists()
+    fresh = not resuming  # this call creates the store: if it fails before storing an image, no trace stays
     _prepare(store, manifest, cfg, overwrite)
     store.set_meta("engine", eng.describe())
     store.set_meta("models_requested", keys)
@@ -287,7 +364,7 @@ def run_audit(
             if _cancelled(cancel):
                 raise CancelledError("the audit was cancelled; run it again to resume")
             report(mi, n_err, "loading")
-            adapter = src.load() if isinstance(src, ModelSource) else src
+            adapter = loaded.pop(mi, None) or (src.load() if isinstance(src, ModelSource) else src)
             store.add_model(key, adapter.to_dict(), weights_fingerprint(adapter))
             space = LabelSpace.build(adapter, manifest.labels, cfg.concepts, top_k=cfg.top_k, match=cfg.match)
             _check_methods(adapter, cfg)
@@ -305,7 +382,10 @@ def run_audit(
         store.set_meta("status", "cancelled")
         raise
     except BaseException:
-        store.set_meta("status", "interrupted")
+        if fresh and not store.counts():
+            _discard(store, new_dir)  # it never started: nothing to resume, nothing to list
+        else:
+            store.set_meta("status", "interrupted")
         raise
     store.set_meta("status", "complete")
     store.set_meta("finished", datetime.now(UTC).isoformat(timespec="seconds"))
@@ -315,6 +395,45 @@ def run_audit(
 
         result.metrics = finalize_run(out_dir)
     return result
+
+
+def _discard(store: RunStore, remove_dir: bool) -> None:
+    """Delete a run store that holds no result (and its folder if this run created it and it is empty)."""
+    for suffix in ("", "-wal", "-shm"):
+        p = store.path.with_name(store.path.name + suffix)
+        with contextlib.suppress(OSError):
+            p.unlink()
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            store.run_dir.rmdir()  # only if empty
+
+
+def _validate_models(sources: Sequence[ModelAdapter | ModelSource], keys: Sequence[str], manifest: Manifest,
+                     cfg: AuditConfig, store: RunStore | None) -> dict[int, ModelAdapter]:
+    """Load every model that has images left and check it can run this audit: its weights load, every
+    label (or concept class) resolves, every method accepts it, and (``store``: a resumed run) its
+    weights are those the run started with. Returns the first loaded model (its turn comes first);
+    the others are freed and loaded again when their turn comes, so only one model is held at a time."""
+    done = {m["key"]: m.get("fingerprint") for m in store.models()} if store is not None else {}
+    keep: dict[int, ModelAdapter] = {}
+    for mi, (key, src) in enumerate(zip(keys, sources)):
+        if store is not None and len(store.done_ids(key)) >= len(manifest.rows):
+            continue
+        try:
+            adapter = src.load() if isinstance(src, ModelSource) else src
+        except BiasscopeError as exc:
+            if len(sources) > 1 and len(exc.args) == 1 and not str(exc).startswith(f"model {key}"):
+                exc.args = (f"model {key}: {exc.args[0]}",)  # which of the models it is
+            raise
+        LabelSpace.build(adapter, manifest.labels, cfg.concepts, top_k=cfg.top_k, match=cfg.match)
+        _check_methods(adapter, cfg)
+        if done.get(key) and done[key] != weights_fingerprint(adapter):
+            raise BiasscopeError(f"model {key!r} in {store.run_dir if store else ''} was run with different weights; "
+                                 "use a new run folder to audit the changed model")
+        if not keep:
+            keep[mi] = adapter
+        del adapter
+    return keep
 
 
 def _batches(todo: Sequence, batch_size: int, cancel: CancelFlag | None) -> Iterator[Sequence]:
@@ -334,6 +453,17 @@ def _check_methods(adapter: ModelAdapter, cfg: AuditConfig) -> None:
         cls(adapter, **dict(cfg.method_params.get(m, cfg.method_params.get(cls.name, {}))))
 
 
+def _view(adapter: ModelAdapter, img) -> dict | None:
+    """Where the model's input lies in the image, for a model that does not see the whole image
+    (a face chip: its landmarks, size and padding; see :func:`.face_audit.heatmap_in_image`)."""
+    locate = getattr(adapter, "locate", None)
+    if locate is None:
+        return None
+    _, lm = locate(img)
+    return {"kind": "face_chip", "size": int(adapter.input_size), "padding": float(getattr(adapter, "padding", 0.2)),
+            "landmarks": np.asarray(lm, dtype=float).tolist()}
+
+
 def _process_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
@@ -348,6 +478,7 @@ def _process_batch(
     for row in batch:
         try:
             img = load_image(row.file)
+            adapter.check_image(img)  # e.g. a face model and a photo without a face: this row's error
             size = (img.height, img.width)
             named = {name: region_mask(spec, size) for name, spec in row.regions.items()}
             face = None
@@ -406,6 +537,7 @@ def _process_batch(
         for i, (row, e) in enumerate(zip(rows, exps)):
             for method, ex in e.items():
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
+                # the model's own map (a face chip's map is placed back with the record's "view")
                 src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
                 heats.append((row.image_id, method, _downsample(np.asarray(src), cfg.heatmap_size)))
     removal: list[dict] = [{} for _ in images]
@@ -442,6 +574,7 @@ def _process_batch(
             "removal": removal[i],
             "seconds": per_image,
             **({"face": face_info[i]} if cfg.face_parts else {}),
+            **({"view": _view(adapter, img)} if not adapter.whole_image else {}),
         })
     records.sort(key=lambda r: r["image_id"])
     return records, heats

@@ -189,6 +189,13 @@ class RunStore:
             out.append(d)
         return out
 
+    def record(self, model: str, image_id: int) -> dict | None:
+        """One stored record, or ``None``."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT record FROM results WHERE model = ? AND image_id = ?",
+                               (model, int(image_id))).fetchone()
+        return json.loads(row[0]) if row else None
+
     def heatmap(self, model: str, image_id: int, method: str) -> np.ndarray | None:
         """The stored (downsampled, model-resolution) heatmap, or ``None``."""
         with self.connect() as conn:

@@ -12,23 +12,43 @@ import click
 
 from ..errors import BiasscopeError
 
-__all__ = ["adapter_from_options", "handle_errors", "model_options", "parse_method_params"]
+__all__ = ["PER_MODEL_OPTIONS", "adapter_from_options", "handle_errors", "model_options", "parse_method_params",
+           "split_model_options"]
 
 
-def model_options(fn: Callable) -> Callable:
-    """``--model --weights --labels --input-size --mean --std --device --precision --backend --download``."""
+#: options that describe one model (repeatable per --model in ``audit``); the others apply to all models
+PER_MODEL_OPTIONS = ("weights", "labels", "input_size", "mean", "std", "target_layer")
+
+
+def model_options(fn: Callable | None = None, *, several: bool = False) -> Callable:
+    """``--model --weights --labels --input-size --mean --std --device --precision --backend --download
+    --target-layer``.
+
+    With ``several`` (``audit``), ``--model`` is repeatable and required, and so are the per-model options
+    (:data:`PER_MODEL_OPTIONS`): given once, an option applies to every model; given once per ``--model``,
+    the n-th value goes to the n-th model (see :func:`split_model_options`).
+    """
+    if fn is None:
+        return functools.partial(model_options, several=several)
+    each = " (once for every --model, or once per --model in the same order)" if several else ""
     opts = [
-        click.option("--model", "model", default="resnet18", show_default=True,
-                     help="torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1) "
-                          "or a .onnx / TorchScript / biasscope checkpoint file"),
-        click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="state dict for the --model architecture (loaded with weights_only=True)"),
-        click.option("--labels", type=click.Path(dir_okay=False), default=None,
-                     help="class names, one per line"),
-        click.option("--input-size", type=click.IntRange(16, 2048), default=None,
-                     help="square input size (default: from the model)"),
-        click.option("--mean", default=None, metavar="R,G,B", help="normalisation mean (0-1 scale)"),
-        click.option("--std", default=None, metavar="R,G,B", help="normalisation std (0-1 scale)"),
+        click.option("--model", "models" if several else "model", multiple=several, required=several,
+                     default=None if several else "resnet18", show_default=not several,
+                     help=("model to audit (repeatable): " if several else "")
+                     + "torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1), a packaged face model "
+                     "(gender, age), or a .onnx / TorchScript / biasscope checkpoint file"
+                     + (", or ARCH=STATE_DICT.pth" if several else "")),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None, multiple=several,
+                     help="state dict for the --model architecture (loaded with weights_only=True)"
+                     + (" (once per --model, in the same order)" if several else "")),
+        click.option("--labels", type=click.Path(dir_okay=False), default=None, multiple=several,
+                     help="class names, one per line" + each),
+        click.option("--input-size", type=click.IntRange(16, 2048), default=None, multiple=several,
+                     help="square input size (default: from the model)" + each),
+        click.option("--mean", default=None, metavar="R,G,B", multiple=several,
+                     help="normalisation mean (0-1 scale)" + each),
+        click.option("--std", default=None, metavar="R,G,B", multiple=several,
+                     help="normalisation std (0-1 scale)" + each),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
                      show_default=True, help="dtype of gradient-free forwards; auto = bf16 where the hardware "
@@ -37,11 +57,43 @@ def model_options(fn: Callable) -> Callable:
                      show_default=True,
                      help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)"),
         click.option("--download", is_flag=True, help="allow downloading torchvision weights"),
-        click.option("--target-layer", default=None, help="layer for CAM methods (dotted module path)"),
+        click.option("--target-layer", default=None, multiple=several,
+                     help="layer for CAM methods (dotted module path)" + each),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def split_model_options(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Pop ``model_options(several=True)`` from ``kw``: one ``(spec, load_model options)`` per ``--model``.
+
+    A per-model option given once applies to every model; given as many times as ``--model``, the
+    n-th value goes to the n-th model; any other count is refused (it would be ambiguous), and so is
+    one ``--weights`` for several models (one state dict cannot fit several models).
+    """
+    specs: tuple[str, ...] = kw.pop("models")
+    shared = {k: kw.pop(k) for k in ("device", "precision", "backend", "download")}
+    per: dict[str, tuple] = {k: tuple(kw.pop(k) or ()) for k in PER_MODEL_OPTIONS}
+    out: list[tuple[str, dict[str, Any]]] = [(s, dict(shared)) for s in specs]
+    for k, vals in per.items():
+        flag = "--" + k.replace("_", "-")
+        if len(vals) not in (0, 1, len(specs)):
+            raise click.BadParameter(
+                f"given {len(vals)} times for {len(specs)} --model: give it once (it applies to every model) "
+                f"or once per --model, in the same order", param_hint=flag)
+        if k == "weights" and len(vals) == 1 and len(specs) > 1:
+            raise click.BadParameter(
+                f"one state dict for {len(specs)} --model is ambiguous: give --weights once per --model, in the "
+                "same order, or name each state dict in the model, e.g. --model resnet18=finetuned.pth",
+                param_hint=flag)
+        for i, (spec, opts) in enumerate(out):
+            v = vals[0] if len(vals) == 1 else (vals[i] if vals else None)
+            if k == "weights" and v is not None and "=" in spec:
+                raise click.BadParameter(f"--model {spec!r} already names its state dict (ARCH=FILE); "
+                                         "drop --weights for it or give --model ARCH", param_hint=flag)
+            opts[k] = v
+    return out
 
 
 def adapter_from_options(kw: dict[str, Any]):

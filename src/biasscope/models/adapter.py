@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from torch import nn
 from ..errors import BiasscopeError, ModelError
 from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
 
-__all__ = ["ModelAdapter", "Prediction"]
+__all__ = ["VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
 
 #: jobs this small run as one batch without measuring the best batch size first
 SMALL_WORK = 8
@@ -82,6 +84,8 @@ class ModelAdapter:
     _fast: FastCheck = field(init=False, repr=False)
     _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _batch_sizes: dict = field(default_factory=dict, repr=False)
+    #: the model's input is the whole image resized (False: a crop the adapter cuts, e.g. a face chip)
+    whole_image: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -125,6 +129,18 @@ class ModelAdapter:
         ]
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
         return self.normalize(x).to(self.device)
+
+    def check_image(self, image: Image.Image) -> None:
+        """Raise a :class:`BiasscopeError` saying why this model cannot take ``image`` (every image fits
+        a whole-image classifier; a face-attribute model needs a face). Callers use it to report one
+        bad image instead of failing a batch."""
+
+    def map_to_image(
+        self, m: np.ndarray, image: Image.Image, *, nearest: bool = False, fill: float = 0.0
+    ) -> np.ndarray:
+        """A ``(S, S)`` map over the model's input, in ``image``'s pixels ``(H, W)``: resized back
+        (the input is the whole image); ``fill`` is for pixels the input does not cover (none here)."""
+        return resize_map(m, (image.height, image.width), nearest=nearest)
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Normalise a ``[0, 1]`` tensor with this model's mean and std."""
@@ -365,6 +381,21 @@ class FastCheck:
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+#: ``Image.info`` key where an adapter that cuts its own input (a face model) keeps what it found in
+#: that image: ``(weakref to the image, ...)``, so that copies Pillow makes (which copy ``info``) are
+#: not mistaken for the image itself
+VIEW_INFO_KEY = "biasscope.view"
+
+
+def carry_view(variant: Image.Image, original: Image.Image) -> Image.Image:
+    """Let ``variant`` (``original`` with pixels changed in place, e.g. a region removed) be cut where
+    ``original`` was: a face model then classifies the same face chip with the changed pixels."""
+    found = original.info.get(VIEW_INFO_KEY)
+    if found is not None and found[0]() is original:
+        variant.info[VIEW_INFO_KEY] = (weakref.ref(variant), *found[1:])
+    return variant
 
 
 def resize_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:

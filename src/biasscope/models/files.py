@@ -152,6 +152,9 @@ def load_onnx(path: str | Path, *, check: bool = True) -> tuple[nn.Module, int |
         from onnx2torch import convert
     except ImportError:
         raise ModelError("ONNX support needs the onnx extra: pip install 'biasscope[onnx]'") from None
+    from .onnx_ops import register_onnx_converters
+
+    register_onnx_converters()  # e.g. opset 18's Pad
     try:
         proto = onnx.load(str(p))
         module = convert(proto)

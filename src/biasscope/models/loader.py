@@ -94,7 +94,9 @@ def load_model(
     backend: str = "auto",
 ) -> ModelAdapter:
     """Load a classifier: a torchvision name (``resnet18``, ``mobilenet_v2:IMAGENET1K_V1``), an
-    architecture plus a state dict (``weights=``), a biasscope checkpoint, ONNX or TorchScript file.
+    architecture plus a state dict (``weights=``), a biasscope checkpoint, ONNX or TorchScript file,
+    or a packaged face-attribute model (``gender``, ``age``: a :class:`~biasscope.faces.FaceModelAdapter`
+    that finds the face and cuts its chip itself; see :mod:`biasscope.faces.attribute`).
 
     Preprocessing (input size, mean, std) and class names come from the model where it has them;
     the keyword arguments override them. ``channels_last`` stores conv weights in NHWC layout
@@ -110,6 +112,12 @@ def load_model(
     """
     dev = resolve_device(device)
     spec = str(model)
+    face = _face_model(spec, weights=weights, labels=labels, input_size=input_size, mean=mean, std=std)
+    if face is not None:
+        from ..faces.attribute import load_face_model
+
+        return load_face_model(face, device=dev.type, precision=precision, backend=backend,
+                               target_layer=target_layer).adapter
     is_file = spec.lower().endswith(FILE_SUFFIXES) or Path(spec).is_file()
     label_list = list(labels) if isinstance(labels, list | tuple) else (load_labels(labels) if labels else None)
     size, m, s = input_size, mean, std
@@ -118,6 +126,9 @@ def load_model(
     note = ""
     onnx_source = None
 
+    if is_file and weights is not None:
+        raise ModelError(f"--weights {weights} is for an architecture name (e.g. --model resnet18), but {spec} is "
+                         "a model file that holds its own weights; drop --weights")
     if is_file:
         path = Path(spec)
         if not path.is_file():
@@ -221,6 +232,20 @@ def load_model(
     if n_out != len(adapter.class_names):
         raise ModelError(f"model {name} has {n_out} outputs but {len(adapter.class_names)} class names were given")
     return adapter
+
+
+def _face_model(spec: str, **given) -> str | None:
+    """The packaged face model ``spec`` names (``gender``, ``age``), or None; refuses options its recipe fixes."""
+    from ..faces.attribute import FACE_MODEL_NAMES
+
+    key = FACE_MODEL_NAMES.get(spec.strip().lower())
+    if key is None or Path(spec).exists():
+        return None
+    fixed = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if fixed:
+        raise ModelError(f"{spec} is a packaged face model whose weights, classes, input size and normalisation "
+                         f"come with it (its own recipe); drop {', '.join(fixed)}")
+    return key
 
 
 def _load_into(module: torch.nn.Module, sd: dict, path: Path) -> None:

@@ -58,7 +58,7 @@ def remove_region(image: Image.Image, mask: np.ndarray, config: RemovalConfig | 
     if m.shape != arr.shape[:2]:
         raise ValueError(f"mask shape {m.shape} does not match image {arr.shape[:2]}")
     if not m.any():
-        return Image.fromarray(arr)
+        return _like(arr, image)
     if cfg.mode == "fill":
         if isinstance(cfg.fill, str):
             outside = arr[~m]
@@ -66,13 +66,20 @@ def remove_region(image: Image.Image, mask: np.ndarray, config: RemovalConfig | 
         else:
             colour = np.asarray(cfg.fill, dtype=np.float64)
         arr[m] = np.clip(np.round(colour), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr)
+        return _like(arr, image)
     rows, cols = np.nonzero(m)
     side = min(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
     radius = cfg.blur_radius if cfg.blur_radius is not None else max(2.0, side / 4.0)
     blurred = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(radius)))
     arr[m] = blurred[m]
-    return Image.fromarray(arr)
+    return _like(arr, image)
+
+
+def _like(arr: np.ndarray, image: Image.Image) -> Image.Image:
+    """``arr`` as a variant of ``image``: a face model cuts it where it found the face in ``image``."""
+    from ..models.adapter import carry_view
+
+    return carry_view(Image.fromarray(arr), image)
 
 
 def region_removal_effects(

@@ -536,8 +536,12 @@ def _start(data: dict[str, Any]):
              "min_group_size": _int(data.get("min_group_size"), "min_group_size", 1, 100000, 30),
              "stereotypical": stereo, "exclude_flags": flags}
     batch = _int(data.get("batch_size"), "batch_size", 1, 1024, 16)
-    # validate methods and labels on each model now, not in the worker
+    # validate stereotypical cells, methods and labels on each model now, not in the worker (which
+    # checks again before it creates the run's folder, so a refused run leaves nothing behind)
     from ..audit import LabelSpace
+    from ..audit.runner import check_stereotypical
+
+    check_stereotypical(man, stereo, None, groups)
 
     for n in names:
         adapter = st_models.get(n)
@@ -752,7 +756,7 @@ def audit_image_png(run_id: str, image_id: int):
 
 @audit_api.get("/audits/<run_id>/images/<int:image_id>/overlay.png")
 def audit_overlay(run_id: str, image_id: int):
-    from ..models.adapter import resize_map
+    from ..audit.face_audit import heatmap_in_image
     from ..render import render_overlay
 
     d, _, img = _load_run_image(run_id, image_id)
@@ -760,6 +764,8 @@ def audit_overlay(run_id: str, image_id: int):
     heat = RunStore(d).heatmap(model, image_id, method)
     if heat is None:
         raise NotFoundError(f"no stored {method!r} heatmap of model {model!r} for image {image_id}")
+    view = (RunStore(d).record(model, image_id) or {}).get("view")
+    full = img.size
     side = _int(request.args.get("max"), "max", 16, 4096, 512)
     if max(img.size) > side:
         img.thumbnail((side, side), Image.Resampling.LANCZOS)
@@ -773,7 +779,7 @@ def audit_overlay(run_id: str, image_id: int):
         if not 0 <= alpha <= 1:
             raise BiasscopeError("'alpha' must be between 0 and 1")
     signed = get_explainer(method).signed
-    h = resize_map(heat, (img.height, img.width))
+    h = heatmap_in_image(heat, view, (img.height, img.width), full)
     kw = {} if alpha is None else {"alpha": alpha}
     return _png(render_overlay(img, h, signed=signed, **kw))
 

@@ -169,6 +169,7 @@ def _prepare_job(data: dict[str, Any]):
     target = _target(data, adapter)
     faith = _as_bool(data.get("faithfulness"), "faithfulness", True)
     rec, img = _image(data)
+    adapter.check_image(img)  # e.g. no face for a face model: a 422 now, not a failed job
     classes = {m: get_explainer(m) for m in methods}
     job = st.jobs.new_job(
         model=key,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..errors import BiasscopeError, ModelError, WeightsMissingError
+from ..faces.attribute import FACE_MODELS, face_model_status
 from ..models import SUPPORTED_MODELS, ModelAdapter, load_model, zoo_status
 
 __all__ = ["ImageRecord", "ImageStore", "ModelRegistry", "NotFoundError"]
@@ -71,7 +72,8 @@ class ModelRegistry:
     @property
     def names(self) -> list[str]:
         """Every model name the app accepts: extra models first, then the documented zoo."""
-        return list(self._extra) + [n for n in SUPPORTED_MODELS if n not in self._extra]
+        zoo = [n for n in SUPPORTED_MODELS if n not in self._extra]
+        return list(self._extra) + zoo + [n for n in FACE_MODELS if n not in self._extra]
 
     def status(self, name: str) -> dict:
         """``{name, ready, loaded, reason, fix, source}`` for one model (no loading); a loaded model
@@ -80,6 +82,8 @@ class ModelRegistry:
         if name in self._extra:
             out = {"name": name, "ready": True, "loaded": adapter is not None, "reason": "", "fix": "",
                    "source": "configured"}
+        elif name in FACE_MODELS:
+            out = {"name": name, "loaded": adapter is not None, **face_model_status(name)}
         else:
             info = zoo_status(name)
             out = {
