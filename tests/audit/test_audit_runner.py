@@ -65,8 +65,11 @@ def test_planted_bias_is_detected(planted) -> None:
     regs = g["regions"]["by_group"]
     assert regs["female"]["ratio:gradcam:hair"] > 3.0
     assert regs["male"]["ratio:gradcam:hair"] < 0.2
-    hair_gap = g["regions"]["gaps"]["share:gradcam:hair"]
-    assert hair_gap["flagged"] and hair_gap["high_group"] == "female"
+    # region findings are per label x group, over the images that have the region
+    hair = g["regions"]["cells"]["share:gradcam:hair"]
+    hair_gap = hair["nurse"]["gap"]
+    assert hair_gap["flagged"] and hair_gap["high_group"] == "female" and hair_gap["label"] == "nurse"
+    assert hair["nurse"]["n"] == sum(c["n"] for c in hair["nurse"]["by_group"].values()) == 40
     # removing the hair helps female doctors (true label "doctor"), does nothing for male doctors
     cells = g["regions"]["by_label"]["doctor"]
     assert cells["female"]["removal:hair"] > 0.1
@@ -308,3 +311,40 @@ def test_prediction_and_gradcam_share_one_forward_pass(small, tmp_path: Path, mo
         n_ok = len(m.rows) - 1  # one broken image
         assert one == {"biased": n_ok, "fair": n_ok}
         assert counted == {"biased": 2 * n_ok, "fair": 2 * n_ok}
+
+
+def test_audit_report_keeps_stored_options_and_takes_min_effect(planted, tmp_path) -> None:
+    """audit-report without --stereotypical keeps the run's cells (the bias score survives); --min-effect
+    decides what is large enough to flag; the CLI prints each finding once and the warnings grouped."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from biasscope.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(planted[0], run)
+    res = CliRunner().invoke(main, ["audit-report", str(run), "--n-boot", "200", "--n-perm", "200",
+                                    "--min-group-size", "50"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["run"]["metrics_options"]["stereotypical"] == ["doctor:male", "nurse:female"]
+    biased = m["models"]["biased"]
+    assert biased["bias_score"]["significant"] and biased["bias_score"]["flagged"]
+    acc = biased["groupings"]["gender"]["by_label"]["doctor"]["gaps"]["accuracy"]
+    assert acc["flagged"] and acc["min_effect"] == 0.05
+    lines = res.output.splitlines()
+    assert sum("warnings (" in ln for ln in lines) == 2  # one line per model, not one per warning
+    assert all(lines.count(ln) == 1 for ln in lines if ln.startswith("  - Within label"))
+    assert "Small label x group cells" in res.output
+    # a minimum effect larger than the planted gap: significant, no longer flagged
+    res = CliRunner().invoke(main, ["audit-report", str(run), "--n-boot", "200", "--n-perm", "200",
+                                    "--min-effect", f"accuracy={acc['difference'] + 0.01}"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())
+    acc2 = m["models"]["biased"]["groupings"]["gender"]["by_label"]["doctor"]["gaps"]["accuracy"]
+    assert acc2["status"] == "too small" and not acc2["flagged"] and acc2["p_adjusted"] < 0.05
+    assert m["run"]["metrics_options"]["stereotypical"] == ["doctor:male", "nurse:female"]
+    assert m["run"]["metrics_options"]["min_group_size"] == 50  # stored from the previous call
+    res = CliRunner().invoke(main, ["audit-report", str(run), "--min-effect", "acc=0.1"])
+    assert res.exit_code == 2 and "KIND one of accuracy" in res.output

@@ -48,6 +48,9 @@ MSG_OTHER_AUDIT = (
 
 CancelFlag = threading.Event | Callable[[], bool]
 
+#: per-explanation checks stored with each image (explanation quality by group)
+QUALITY_CHECKS = ("deletion_auc", "insertion_auc", "completeness_relative")
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -90,12 +93,15 @@ class AuditConfig:
     heatmap_size: int = 64
     #: detect faces: face-part regions and quality flags per image (see :mod:`.face_audit`)
     face_parts: bool = False
+    #: deletion/insertion AUC of every explanation (explanation quality per label x group; costs forwards)
+    faithfulness: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["removal"] = self.removal.to_dict() if self.removal else None
-        if not self.face_parts:
-            d.pop("face_parts")  # runs stored before the option existed resume unchanged
+        for flag in ("face_parts", "faithfulness"):
+            if not d[flag]:
+                d.pop(flag)  # runs stored before the option existed resume unchanged
         return d
 
     @classmethod
@@ -399,12 +405,15 @@ def _process_batch(
     else:
         targets = [choose(p, i) for i, p in enumerate(probs)]
     shares: list[dict] = [{} for _ in images]
+    quality: list[dict] = [{} for _ in images]
     if cfg.methods:
         fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
         exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
-                             faithfulness=False, inputs=x, probabilities=fp32_probs, precomputed=precomputed)
+                             faithfulness=cfg.faithfulness, inputs=x, probabilities=fp32_probs,
+                             precomputed=precomputed)
         for i, (row, e) in enumerate(zip(rows, exps)):
             for method, ex in e.items():
+                quality[i][method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
                 src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
                 heats.append((row.image_id, method, _downsample(np.asarray(src), cfg.heatmap_size)))
@@ -439,6 +448,7 @@ def _process_batch(
             "target_index": targets[i],
             "target_class": names[targets[i]],
             "shares": shares[i],
+            "quality": quality[i],
             "removal": removal[i],
             "seconds": per_image,
             **({"face": face_info[i]} if cfg.face_parts else {}),
