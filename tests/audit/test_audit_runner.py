@@ -348,3 +348,35 @@ def test_audit_report_keeps_stored_options_and_takes_min_effect(planted, tmp_pat
     assert m["run"]["metrics_options"]["min_group_size"] == 50  # stored from the previous call
     res = CliRunner().invoke(main, ["audit-report", str(run), "--min-effect", "acc=0.1"])
     assert res.exit_code == 2 and "KIND one of accuracy" in res.output
+
+
+def test_explanation_quality_per_label_x_group(tmp_path) -> None:
+    """With faithfulness, each image stores its deletion/insertion AUC and IG completeness error, equal to what
+    the single-image API computes; the metrics give per label x group means over those images with intervals."""
+    from biasscope.api import explain
+    from biasscope.images import load_image
+
+    csv = write_dataset(tmp_path / "data", n_per_cell=6, seed=1)
+    m = load_manifest(csv, groups=["gender"])
+    cfg = AuditConfig(groups=["gender"], methods=["gradcam", "integrated_gradients"], concepts=CONCEPTS,
+                      faithfulness=True, method_params={"integrated_gradients": {"steps": 16}})
+    adapter = make_adapter(2.0, "biased")
+    res = run_audit(m, [adapter], tmp_path / "run", cfg, metrics_options={"n_boot": 200, "n_perm": 200,
+                                                                            "min_group_size": 2})
+    df = per_image_frame(tmp_path / "run")
+    row = df.iloc[0]
+    exps = explain(adapter, load_image(m.root / row["path"]), ["gradcam", "integrated_gradients"],
+                   target=row["target_class"], params=cfg.method_params)
+    for method, e in exps.items():
+        for k in ("deletion_auc", "insertion_auc"):
+            assert row[f"faith:{method}:{k}"] == pytest.approx(e.checks[k], abs=1e-4)
+    assert row["faith:integrated_gradients:completeness_relative"] == pytest.approx(
+        exps["integrated_gradients"].checks["completeness_relative"], rel=1e-3, abs=1e-4)
+    cells = res.metrics["models"]["biased"]["groupings"]["gender"]["faithfulness"]["cells"]
+    assert "faith:gradcam:completeness_relative" not in cells  # only IG has a completeness error
+    for col in ("faith:gradcam:deletion_auc", "faith:integrated_gradients:completeness_relative"):
+        for (lab, grp), part in df.groupby(["label", "gender"]):
+            c = cells[col][lab]["by_group"][grp]
+            assert c["n"] == len(part) and c["mean"] == pytest.approx(part[col].mean(), abs=1e-9)
+            assert c["ci"][0] <= c["mean"] + 1e-12 and c["mean"] <= c["ci"][1] + 1e-12
+        assert cells[col]["doctor"]["gap"]["scope"] == "label=doctor"

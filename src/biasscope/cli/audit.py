@@ -129,6 +129,9 @@ def _echo_summary(metrics: dict, run_dir: object) -> None:
 @click.option("--face-parts", is_flag=True,
               help="detect faces: face-part regions (eyes, nose, mouth, hair band, ...), quality flags and aligned "
                    "group heatmaps (needs the faces extra)")
+@click.option("--faithfulness", is_flag=True,
+              help="also measure deletion/insertion AUC of every explanation: explanation quality per label x "
+                   "group (costs forward passes)")
 @_stats_options
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="class names file for model files")
 @click.option("--input-size", type=click.IntRange(16, 2048), default=None)
@@ -150,7 +153,7 @@ def _echo_summary(metrics: dict, run_dir: object) -> None:
 def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], concepts_file: str | None,
               concept_items: tuple[str, ...], methods: str, param_items: tuple[str, ...], out_dir: str, top_k: int,
               match: str, explain_target: str, removal: str, fill: str, blur_radius: float | None, batch_size: int,
-              face_parts: bool, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int | None,
+              face_parts: bool, faithfulness: bool, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int | None,
               n_perm: int | None,
               seed: int | None, min_group_size: int | None, alpha: float | None, min_effect: tuple[str, ...],
               exclude_flags: str | None, labels: str | None,
@@ -189,6 +192,7 @@ def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], c
         removal=None if removal == "none" else RemovalConfig(mode=removal, fill=fill_value,  # type: ignore[arg-type]
                                                              blur_radius=blur_radius),
         face_parts=face_parts,
+        faithfulness=faithfulness,
     )
     mopts = _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size, alpha, exclude_flags,
                              min_effect)
