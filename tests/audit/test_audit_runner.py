@@ -337,6 +337,8 @@ def test_audit_report_keeps_stored_options_and_takes_min_effect(planted, tmp_pat
     assert sum("warnings (" in ln for ln in lines) == 2  # one line per model, not one per warning
     assert all(lines.count(ln) == 1 for ln in lines if ln.startswith("  - Within label"))
     assert "Small label x group cells" in res.output
+    page = (run / "report.html").read_text()
+    assert page.count("<details class='warn'>") == 2 and page.count("Small label x group cells") == 2
     # a minimum effect larger than the planted gap: significant, no longer flagged
     res = CliRunner().invoke(main, ["audit-report", str(run), "--n-boot", "200", "--n-perm", "200",
                                     "--min-effect", f"accuracy={acc['difference'] + 0.01}"])
@@ -380,3 +382,36 @@ def test_explanation_quality_per_label_x_group(tmp_path) -> None:
             assert c["n"] == len(part) and c["mean"] == pytest.approx(part[col].mean(), abs=1e-9)
             assert c["ci"][0] <= c["mean"] + 1e-12 and c["mean"] <= c["ci"][1] + 1e-12
         assert cells[col]["doctor"]["gap"]["scope"] == "label=doctor"
+
+
+def test_report_answers_first_and_states_each_finding_once(planted) -> None:
+    import html as html_mod
+    import re
+
+    from biasscope.audit.results import fmt_number, gap_sentence
+
+    run, metrics = planted
+    page = (run / "report.html").read_text()
+    mm = metrics["models"]["biased"]
+    # the answer per model, then how to read it, then the evidence
+    assert page.index("biased: the answer") < page.index("How to read this") < page.index("Model biased: evidence")
+    # every flagged finding is stated exactly once (in the answer or in the evidence's findings list)
+    assert mm["flagged"]
+    for g in mm["flagged"]:
+        assert page.count(html_mod.escape(gap_sentence(g))) == 1, g["metric"]
+    # the answer carries the bias score with its interval, as in metrics.json
+    bs = mm["bias_score"]
+    assert f"bias score {fmt_number(bs['score'])} (95% CI [{fmt_number(bs['ci'][0])}, {fmt_number(bs['ci'][1])}]" \
+        in page
+    # warnings: one grouped, collapsible list per model that has any
+    assert page.count("<details class='warn'>") == sum(bool(m["warnings"]) for m in metrics["models"].values())
+    # removal charts of one model share one scale
+    biased = page[page.index("Model biased: evidence"):page.index("Model fair: evidence")]
+    charts = re.findall(r'aria-label="Removal effect on p\(true\)[^"]*".*?</svg>', biased)
+    assert len(charts) == 2  # regions tool and hair
+    ends = {re.findall(r'text-anchor="end">([^<]+)</text></svg>', c)[0] for c in charts}
+    assert len(ends) == 1
+    # tiles say which class was predicted
+    assert "predicted class <b>" in page
+    assert fmt_number(2.4e-4) == "2.40e-04" and fmt_number(0.0123) == "0.012" and fmt_number(0.0) == "0.000"
+    assert fmt_number(3e-5, pct=True) == "3.0e-03%" and fmt_number(0.25, pct=True) == "25.0%"
