@@ -202,6 +202,11 @@ def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
         expect(page.locator(".model-block .bias-score")).to_contain_text("stereotypical minus atypical")
         expect(page.locator(".model-block .regions").first).to_contain_text("hair")
         expect(page.locator(".telling .tile")).to_have_count(12)
+        # the answer comes first, with the numbers of metrics.json; every tile names the predicted class
+        answer = page.locator(".model-block[data-model='biased'] .answer li").all_inner_texts()
+        assert answer == metrics["models"]["biased"]["answer"]
+        assert any(a.startswith("Stereotypical cells") for a in answer)
+        expect(page.locator(".telling .tile .pred").first).to_contain_text("predicted ")
         page.screenshot(path=str(tmp_path / "biasscope-audit-dashboard.png"), full_page=True)
         # drill down to the most telling image: its stored Grad-CAM overlay, then a full-resolution explanation
         page.locator(".telling .tile").first.click()

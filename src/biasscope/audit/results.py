@@ -250,6 +250,15 @@ def _faith_notes(model_metrics: dict) -> dict[tuple[str, str, str], str]:
     return notes
 
 
+def _no_gap_sentence(model_metrics: dict, alpha: float) -> str:
+    counts = model_metrics.get("n_not_flagged") or {}
+    return (f"No gap between groups is significant and large enough to flag: of the "
+            f"{model_metrics.get('n_tests', 0)} gaps tested, {counts.get('not significant', 0)} are not significant "
+            f"(95% interval or Holm-adjusted permutation p-value at level {alpha}), "
+            f"{counts.get('too small', 0)} are significant but below the minimum effect, "
+            f"{counts.get('degenerate', 0)} are degenerate (both groups 0).")
+
+
 def findings(model_metrics: dict, *, alpha: float = 0.05) -> list[str]:
     """The findings of one model in plain sentences with their numbers: each flagged gap once, then the bias score.
 
@@ -271,11 +280,7 @@ def findings(model_metrics: dict, *, alpha: float = 0.05) -> list[str]:
         out.append(s)
     counts = model_metrics.get("n_not_flagged") or {}
     if not flagged and model_metrics.get("n_tests"):
-        out.append(f"No gap between groups is significant and large enough to flag: of the "
-                   f"{model_metrics['n_tests']} gaps tested, {counts.get('not significant', 0)} are not significant "
-                   f"(95% interval or Holm-adjusted permutation p-value at level {alpha}), "
-                   f"{counts.get('too small', 0)} are significant but below the minimum effect, "
-                   f"{counts.get('degenerate', 0)} are degenerate (both groups 0).")
+        out.append(_no_gap_sentence(model_metrics, alpha))
     elif counts.get("too small"):
         out.append(f"{counts['too small']} more gap(s) are significant but below the minimum effect; "
                    "they are listed in the tables, not flagged.")
@@ -321,7 +326,7 @@ def where_explanations_fall(model_metrics: dict, grouping: str | None = None, li
     return out[:limit] if limit else out
 
 
-def answer(model_metrics: dict, stereotypical: list[str] | None = None) -> list[str]:
+def answer(model_metrics: dict, stereotypical: list[str] | None = None, *, alpha: float = 0.05) -> list[str]:
     """The answer to the audit's question in a few sentences with numbers (top of report and dashboard)."""
     ov = model_metrics.get("overall")
     if not ov:
@@ -346,8 +351,8 @@ def answer(model_metrics: dict, stereotypical: list[str] | None = None) -> list[
                    f"and at least the minimum effect); the largest:")
         top = sorted(flagged, key=lambda g: -g["difference"] / max(g.get("min_effect") or 1e-9, 1e-9))[:3]
         out += [gap_sentence(g) for g in top]
-    else:
-        out.append(f"No gap between groups is flagged ({model_metrics.get('n_tests', 0)} tested).")
+    elif model_metrics.get("n_tests"):
+        out.append(_no_gap_sentence(model_metrics, alpha))
     out += where_explanations_fall(model_metrics, limit=4)
     return out
 
@@ -394,7 +399,7 @@ def finalize_run(
                                                                    sub.loc[sub["status"] == "error", "error"])]
                         if not sub.empty else [])
         mm["findings"] = findings(mm, alpha=options.alpha)
-        mm["answer"] = answer(mm, options.stereotypical)
+        mm["answer"] = answer(mm, options.stereotypical, alpha=options.alpha)
         if with_faces:
             mm["faces"] = face_summary(run_dir, key, sub, groups=groups, methods=methods,
                                        model_index=models.index(key))
