@@ -94,7 +94,7 @@ def test_concept_target_sums_probabilities_and_logit_attributions() -> None:
     assert ig.checks["completeness_relative"] < 0.05
     ca = concept_adapter(adapter, "doctor", ["stethoscope", "lab coat"])
     assert isinstance(ca, ConceptAdapter) and "sum of their logits" in ca.describe()
-    with pytest.raises(BiasscopeError, match="did you mean|unknown class"):
+    with pytest.raises(BiasscopeError, match=r"did you mean|unknown class"):
         concept_adapter(adapter, "doctor", ["stethoscop"])
 
 

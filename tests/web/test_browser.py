@@ -93,6 +93,7 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
         assert kinds == {"gradcam": "sequential", slow_method: "diverging"}
         expect(page.locator(".original-card img.base")).to_be_visible()
         expect(page.locator("#results-target")).to_contain_text("espresso")
+        expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_have_count(0)  # p(espresso) ~ 1
 
         # the opacity slider changes every overlay and the download links
         page.locator("#opacity").fill("0.3")
@@ -120,6 +121,8 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
         expect(page.locator("#target-label")).to_contain_text("stethoscope (#823)")
         expect(page.locator("#results-target")).to_contain_text("stethoscope")
         expect(page.locator(".result-card[data-method='gradcam'] img.heat")).to_be_visible()
+        # a class the model gives p < 0.001 on a coffee cup: its heatmap carries a visible warning
+        expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_contain_text("does not predict")
 
         # drag and drop: a photo dropped on the drop zone is uploaded and predicted
         page.evaluate("""async () => {

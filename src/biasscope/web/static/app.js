@@ -390,6 +390,13 @@ function renderResult(job, m) {
     checks.append(el("dt", { text: "Completeness error", title: "|sum(attr) - (f(x) - f(baseline))|" }),
       el("dd", { text: `${fmt(c.completeness_error)} (${fmt(100 * c.completeness_relative, 2)}%)` }));
   }
+  // what a reader must know before trusting the map (the same limits as the CLI and the audit report)
+  const cautions = [];
+  if (r.target_probability < 1e-3) cautions.push(`The target “${r.target_name}” has p = ${fmt(r.target_probability)} (< 0.001): ` +
+    "this heatmap explains a class the model does not predict here.");
+  if (c.completeness_relative > 0.1) cautions.push(`Completeness error ${fmt(100 * c.completeness_relative, 2)}% (> 10%): ` +
+    "the attributions do not add up to the output; use more steps.");
+  const cautionEl = cautions.length ? el("div", { class: "caution", role: "note" }, ...cautions.map((t) => el("p", { text: `⚠ ${t}` }))) : null;
   const overlayLink = el("a", { class: "button secondary small", href: `${r.overlay_url}?download=1&alpha=${$("#opacity").value}`,
     download: `${m.name}-overlay.png`, "data-kind": "overlay", text: "Overlay PNG" });
   box.append(el("figure", { class: "card result-card", "data-method": m.name },
@@ -398,6 +405,7 @@ function renderResult(job, m) {
       el("div", { class: "rc-title" }, el("h3", { text: m.label }),
         el("span", { class: `badge ${m.signed ? "badge-signed" : "badge-unsigned"}`, text: r.legend.kind })),
       legendEl(r.legend),
+      cautionEl,
       checks,
       el("div", { class: "downloads" }, overlayLink,
         el("a", { class: "button secondary small", href: r.npy_url, download: `${m.name}-heatmap.npy`, text: "Heatmap .npy" })))));
