@@ -8,7 +8,7 @@ import click
 
 from ._common import handle_errors, parse_method_params
 
-__all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd"]
+__all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd", "demo_cmd"]
 
 
 _STATS_DEFAULTS = {"bias_group": None, "n_boot": 1000, "n_perm": 1000, "seed": 0, "min_group_size": 30,
@@ -285,4 +285,34 @@ def audits_cmd(root: str, as_json: bool) -> None:
                    f"models: {', '.join(r.get('models', []))}  ({r.get('progress', 0):.0%})")
 
 
-AUDIT_COMMANDS = [audit_cmd, audit_report_cmd, audit_manifest_cmd, audits_cmd]
+@click.command("demo")
+@click.argument("data_root", type=click.Path(file_okay=False), default="data")
+@click.option("--model", default="mobilenet_v2", show_default=True, help="model to audit")
+@click.option("--views", type=click.IntRange(1, 6), default=6, show_default=True,
+              help="crops/flips per photo (x 2 styles x 4 photos = images)")
+@click.option("--force", is_flag=True, help="rebuild and rerun even if a complete demo run exists")
+@handle_errors
+def demo_cmd(data_root: str, model: str, views: int, force: bool) -> None:
+    """Build the offline demo audit under DATA_ROOT (photos shipped with scikit-image and matplotlib).
+
+    Colour vs grayscale photos of a cat, an espresso, Grace Hopper in uniform and a rocket: the run lands in
+    DATA_ROOT/demo-audit, where `biasscope serve --data-root DATA_ROOT` shows its dashboard.
+    """
+    from tqdm import tqdm
+
+    from ..audit.demo import ensure_demo
+
+    bar = tqdm(desc="demo audit", unit="img", dynamic_ncols=True)
+
+    def progress(p) -> None:
+        bar.total = p.total_all
+        bar.update(p.done_all - bar.n)
+
+    try:
+        run = ensure_demo(data_root, model, views=views, force=force, progress=progress)
+    finally:
+        bar.close()
+    click.echo(f"demo audit: {run} (report: {run}/report.html)")
+
+
+AUDIT_COMMANDS = [audit_cmd, audit_report_cmd, audit_manifest_cmd, audits_cmd, demo_cmd]
