@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .concepts import NONE_LABEL
 from .face_audit import face_report_section
 from .results import fmt_number, metric_words
 from .store import RunStore
@@ -32,7 +33,7 @@ figure{margin:0;width:340px;font-size:.8em}figure img{width:165px;height:auto;bo
 .warn{background:#fff4e5;border-left:4px solid #f0a030;padding:6px 10px}
 .answer{background:#eef6ff;border-left:5px solid #3b6fb6}.answer li{margin:6px 0;font-size:1.02em}
 details summary{cursor:pointer;font-weight:600}.st-flagged{color:#b3261e;font-weight:600}
-.st-small,.st-degenerate{color:#8a6d00}.howto li{margin:3px 0}
+.st-small,.st-degenerate{color:#8a6d00}.howto li{margin:3px 0}section>h2:first-child{margin-top:.4em}
 """
 
 #: below this probability a heatmap explains a class the model does not predict (warned about)
@@ -163,8 +164,9 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
             extra += "<br><span class='warn'>" + "; ".join(_e(c) for c in cautions) + "</span>"
         figs.append(
             f"<figure>{''.join(tiles)}<figcaption><b>{_e(row['path'])}</b><br>label {_e(row['label'])} ({grp}); "
-            f"predicted class <b>{_e(row['pred_class'])}</b> (p {_num(row.get('pred_prob'))}), counted as "
-            f"{_e(row['pred_label'])} ({verdict}); "
+            f"predicted class <b>{_e(row['pred_class'])}</b> (p {_num(row.get('pred_prob'))}), "
+            f"{'matching no task label' if row['pred_label'] == NONE_LABEL else 'counted as ' + _e(row['pred_label'])}"
+            f" ({verdict}); "
             f"p(true) {_num(row['p_true'])}{'; atypical' if row['_atypical'] else ''}{extra}</figcaption></figure>"
         )
     if not figs:

@@ -353,7 +353,7 @@ def answer(model_metrics: dict, stereotypical: list[str] | None = None, *, alpha
         out += [gap_sentence(g) for g in top]
     elif model_metrics.get("n_tests"):
         out.append(_no_gap_sentence(model_metrics, alpha))
-    out += where_explanations_fall(model_metrics, limit=4)
+    out += where_explanations_fall(model_metrics, limit=6)
     return out
 
 
