@@ -277,3 +277,25 @@ def test_region_findings_are_per_label_x_group_over_images_with_the_region() -> 
     assert any(f["metric"] == "share:gradcam:hair" and f["label"] == "doctor" for f in mm["flagged"])
     # share / area is described, not tested (it is the share over a per-image constant)
     assert cells["ratio:gradcam:hair"]["doctor"]["gap"] is None
+
+
+def test_warnings_with_two_group_columns_are_grouped_once() -> None:
+    """Two group columns (and their intersection) must not repeat a warning: one list per kind, each item once."""
+    from biasscope.audit.metrics import group_warnings
+
+    df = _frame(4)
+    df["age"] = np.where(np.arange(len(df)) % 3 == 0, "young", "old")
+    mm = compute_model_metrics(df, groups=["gender", "age"], labels=["doctor", "nurse"],
+                               options=MetricsOptions(n_boot=100, n_perm=100, min_group_size=100))
+    groups = {g["kind"]: g["items"] for g in mm["warning_groups"]}
+    assert set(groups) == {"small_group", "small_cell"}
+    for items in groups.values():
+        assert len(items) == len(set(items))
+    assert sum(map(len, groups.values())) == len(mm["warnings"]) == len(set(mm["warnings"]))
+    # every group (and intersectional group) below 100 images is named once
+    small = set(groups["small_group"])
+    assert "gender group 'other' has only {} image(s)".format(int((df["gender"] == "other").sum())) in small
+    assert any(w.startswith("gender x age group 'female & young'") for w in small)
+    assert group_warnings(["x happened", "x happened"]) == [{"kind": "other", "title": "Other warnings",
+                                                             "items": ["x happened"]}]
+    assert not any(f.startswith("Warning") for f in mm.get("findings", []))

@@ -374,7 +374,13 @@ def test_explanation_quality_per_label_x_group(tmp_path) -> None:
             assert row[f"faith:{method}:{k}"] == pytest.approx(e.checks[k], abs=1e-4)
     assert row["faith:integrated_gradients:completeness_relative"] == pytest.approx(
         exps["integrated_gradients"].checks["completeness_relative"], rel=1e-3, abs=1e-4)
+    # agreement between methods: Spearman correlation of the two maps at model resolution (scipy as reference)
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(exps["gradcam"].model_heatmap.ravel(), exps["integrated_gradients"].model_heatmap.ravel())[0]
+    assert row["agree:gradcam~integrated_gradients"] == pytest.approx(rho, abs=1e-3)
     cells = res.metrics["models"]["biased"]["groupings"]["gender"]["faithfulness"]["cells"]
+    assert set(cells["agree:gradcam~integrated_gradients"]) == {"doctor", "nurse"}
     assert "faith:gradcam:completeness_relative" not in cells  # only IG has a completeness error
     for col in ("faith:gradcam:deletion_auc", "faith:integrated_gradients:completeness_relative"):
         for (lab, grp), part in df.groupby(["label", "gender"]):

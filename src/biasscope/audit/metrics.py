@@ -47,7 +47,7 @@ MSG_SMALL_CELL = "cell {label} x {group} has only {n} image(s) (< {min}); its me
 #: accuracy (top-1/top-k), probability (mean true-label probability, concept scores, bias score),
 #: rate (selection rate, FPR, FNR), share (attribution share of a region), removal (change of the true
 #: label's probability when a region is removed), faithfulness (deletion/insertion AUC, IG relative completeness
-#: error)
+#: error, rank agreement between methods)
 DEFAULT_MIN_EFFECT: dict[str, float] = {
     "accuracy": 0.05,
     "probability": 0.05,
@@ -66,7 +66,7 @@ def effect_kind(metric: str) -> str:
         return "share"
     if metric.startswith("removal:"):
         return "removal"
-    if metric.startswith("faith:"):
+    if metric.startswith(("faith:", "agree:")):
         return "faithfulness"
     if metric.startswith("accuracy"):
         return "accuracy"
@@ -448,6 +448,7 @@ def compute_model_metrics(
         if f"removal:{r}" in df:
             region_cols[f"removal:{r}"] = f"removal:{r}"
     faith_cols = [f"faith:{m}:{k}" for m in methods for k in FAITH_KEYS if f"faith:{m}:{k}" in df]
+    faith_cols += [f"agree:{a}~{b}" for i, a in enumerate(methods) for b in methods[i + 1:] if f"agree:{a}~{b}" in df]
 
     groupings: dict[str, pd.Series] = {g: df[g].astype(str) for g in groups}
     if len(groups) > 1:

@@ -326,7 +326,8 @@ def _model_section(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics:
                 "Deletion AUC (lower: removing the most attributed pixels first destroys the prediction faster, "
                 "more faithful), insertion AUC (higher is more faithful), IG relative completeness error "
                 "(|sum of attributions - (f(x) - f(baseline))| / |f(x) - f(baseline)|; above 0.1 the IG map is "
-                "not trustworthy). A share gap that comes with a quality gap may reflect the explanations."))
+                "not trustworthy), rank agreement (Spearman) between the maps of two methods on the same image. "
+                "A share gap that comes with a quality gap may reflect the explanations."))
     bs = mm.get("bias_score")
     if bs:
         parts.append("<h3>Bias score</h3>" + _svg_bars(

@@ -123,13 +123,16 @@ def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFra
             for method, checks in (rec.get("quality") or {}).items():
                 for k, v in checks.items():
                     row[f"faith:{method}:{k}"] = v
+            for pair, rho in (rec.get("agreement") or {}).items():
+                row[f"agree:{pair}"] = rho
             for r, d in rec.get("removal", {}).items():
                 row[f"removal:{r}"] = d.get("effect")
             row.update(face_columns(rec.get("face")))
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in df.columns:  # JSON null -> NaN for numeric columns
-        if c.startswith(("share:", "ratio:", "area:", "removal:", "score:", "faith:")) or c in ("p_true", "pred_prob"):
+        if (c.startswith(("share:", "ratio:", "area:", "removal:", "score:", "faith:", "agree:"))
+                or c in ("p_true", "pred_prob")):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
@@ -195,6 +198,9 @@ def metric_words(metric: str) -> str:
     if metric.startswith("faith:"):
         _, method, key = metric.split(":", 2)
         return f"{method} {_FAITH_WORDS.get(key, key)}"
+    if metric.startswith("agree:"):
+        a, _, b = metric.split(":", 1)[1].partition("~")
+        return f"rank agreement (Spearman) of {a} and {b} maps"
     return _METRIC_WORDS.get(metric, metric)
 
 
@@ -238,6 +244,8 @@ def _faith_notes(model_metrics: dict) -> dict[tuple[str, str, str], str]:
     notes: dict[tuple[str, str, str], str] = {}
     for gname, entry in model_metrics.get("groupings", {}).items():
         for col, per_label in (entry.get("faithfulness") or {}).get("cells", {}).items():
+            if not col.startswith("faith:"):
+                continue
             _, method, key = col.split(":", 2)
             for lab, cell in per_label.items():
                 g = cell.get("gap")

@@ -38,6 +38,7 @@ __all__ = [
     "CancelFlag",
     "ModelSource",
     "RunResult",
+    "method_agreement",
     "run_audit",
 ]
 
@@ -340,6 +341,28 @@ def _check_methods(adapter: ModelAdapter, cfg: AuditConfig) -> None:
         cls(adapter, **dict(cfg.method_params.get(m, cfg.method_params.get(cls.name, {}))))
 
 
+def method_agreement(maps: Mapping[str, np.ndarray | None]) -> dict[str, float]:
+    """Spearman rank correlation between every pair of methods' maps of one image (``"a~b"`` keys).
+
+    Maps are compared at model resolution; a constant map has no ranking (the pair is left out).
+    """
+    from scipy.stats import rankdata
+
+    names = [m for m, v in maps.items() if v is not None]
+    ranks = {}
+    for m in names:
+        v = np.asarray(maps[m], dtype=np.float64).ravel()
+        if np.ptp(v) > 0:
+            r = rankdata(v)
+            ranks[m] = (r - r.mean()) / np.linalg.norm(r - r.mean())
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a in ranks and b in ranks and ranks[a].shape == ranks[b].shape:
+                out[f"{a}~{b}"] = float(ranks[a] @ ranks[b])
+    return out
+
+
 def _process_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
@@ -406,12 +429,14 @@ def _process_batch(
         targets = [choose(p, i) for i, p in enumerate(probs)]
     shares: list[dict] = [{} for _ in images]
     quality: list[dict] = [{} for _ in images]
+    agreement: list[dict] = [{} for _ in images]
     if cfg.methods:
         fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
         exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
                              faithfulness=cfg.faithfulness, inputs=x, probabilities=fp32_probs,
                              precomputed=precomputed)
         for i, (row, e) in enumerate(zip(rows, exps)):
+            agreement[i] = method_agreement({m: ex.model_heatmap for m, ex in e.items()})
             for method, ex in e.items():
                 quality[i][method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
@@ -449,6 +474,7 @@ def _process_batch(
             "target_class": names[targets[i]],
             "shares": shares[i],
             "quality": quality[i],
+            "agreement": agreement[i],
             "removal": removal[i],
             "seconds": per_image,
             **({"face": face_info[i]} if cfg.face_parts else {}),

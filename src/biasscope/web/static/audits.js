@@ -216,6 +216,7 @@ function metricWords(m) {
   if (p[0] === "ratio") return `${p[1]} share/area on '${p.slice(2).join(":")}'`;
   if (p[0] === "removal") return `removing '${p.slice(1).join(":")}'`;
   if (p[0] === "faith") return `${p[1]} ${p[2].replace("_", " ")}`;
+  if (p[0] === "agree") return `agreement ${p.slice(1).join(":").replace("~", " vs ")}`;
   return m;
 }
 function gapRows(gaps, prefix = "") {
@@ -282,7 +283,8 @@ function faithSection(faith) {
   if (!Object.keys(cells).length) return null;
   const box = el("div", { class: "faithfulness" }, el("h4", { text: "Explanation quality per label × group" }),
     el("p", { class: "muted", text: "Deletion AUC (lower is more faithful), insertion AUC (higher is more faithful), IG relative " +
-      "completeness error (above 0.1 the IG map is unreliable). A share gap that comes with a quality gap may reflect the explanations." }));
+      "completeness error (above 0.1 the IG map is unreliable), rank agreement (Spearman) of two methods' maps on the same image. " +
+      "A share gap that comes with a quality gap may reflect the explanations." }));
   box.append(...cellsTable(cells));
   return box;
 }
@@ -380,7 +382,7 @@ async function renderDashboard(runId) {
       el("div", { class: "answer" }, el("h3", { text: "The answer" }), el("ul", {}, ...answer.map((f) => el("li", { text: f })))));
     const wb = warningsBlock(mm);
     if (wb) block.append(wb);
-    if (rest.length) block.append(el("h3", { text: "Other flagged findings" }), el("ul", { class: "findings" }, ...rest.map((f) => el("li", { text: f }))));
+    if (rest.length) block.append(el("h3", { text: "More findings" }), el("ul", { class: "findings" }, ...rest.map((f) => el("li", { text: f }))));
     for (const [gname, entry] of Object.entries(mm.groupings || {})) block.append(groupingSection(gname, entry));
     const bs = mm.bias_score;
     if (bs) {
