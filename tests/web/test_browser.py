@@ -124,6 +124,15 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
         # a class the model gives p < 0.001 on a coffee cup: its heatmap carries a visible warning
         expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_contain_text("does not predict")
 
+        # a concept is a target too: its probability sums its classes', said plainly on the page
+        page.fill("#class-search", "coffee = espresso, cup, coffee mug")
+        page.click("#class-pick")
+        expect(page.locator("#target-label")).to_contain_text("coffee (concept: espresso + cup + coffee mug)")
+        page.wait_for_selector("#job[data-status='done']", timeout=120_000)
+        expect(page.locator("#results-target")).to_contain_text("for “coffee”")
+        expect(page.locator("#results-target")).to_contain_text("sum of their logits")
+        expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_have_count(0)
+
         # drag and drop: a photo dropped on the drop zone is uploaded and predicted
         page.evaluate("""async () => {
             const blob = await (await fetch('/api/samples/chelsea.jpg')).blob();
