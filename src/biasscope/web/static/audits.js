@@ -261,7 +261,7 @@ function sharedScaleCharts(cells) {
     for (const c of cols) {
       const items = Object.entries(cells[c]).flatMap(([lab, cell]) => Object.entries(cell.by_group)
         .map(([g, v]) => [`${lab} × ${g} (n=${v.n})`, v.mean, ...(v.ci || [])]));
-      out.push(bars(`${title}: ${metricWords(c).replace(/^removing /, "")} (same scale)`, items,
+      out.push(bars(`${title}: ${c.split(":").slice(-1)[0]}${c.split(":").length === 3 ? ` (${c.split(":")[1]})` : ""} (same scale)`, items,
         { pct: false, vmin: signed ? -top : 0, vmax: top }));
     }
   }
