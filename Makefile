@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
+# the app's data root (audits read manifests and write runs there); the demo audit is built only in the default one
+DATA   ?= data
+DEMO   ?= $(if $(filter data,$(DATA)),1,0)
 # torch/torchvision releases that lie on this machine kind's disk (see DESIGN.md)
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
@@ -40,7 +43,9 @@ browser:
 	  else echo "chromium missing: install Debian's chromium to run the browser test"; fi; }
 
 run: setup
-	MALLOC_ARENA_MAX=2 $(BIN)/biasscope serve --host $(HOST) --port $(PORT)
+	mkdir -p $(DATA)
+	@if [ "$(DEMO)" = 1 ]; then $(BIN)/biasscope demo $(DATA) || echo "demo audit skipped (see above); the app starts anyway"; fi
+	MALLOC_ARENA_MAX=2 $(BIN)/biasscope serve --host $(HOST) --port $(PORT) --data-root $(DATA)
 
 test: setup-dev browser
 	$(BIN)/ruff check src tests bench

@@ -84,3 +84,27 @@ def test_models_and_methods_listing():
     steps = next(p for p in ig["params"] if p["name"] == "steps")
     assert ig["signed"] and steps == {"name": "steps", "type": "int", "default": 50, "min": 2, "max": 1000,
                                       "choices": None, "help": "integration steps (Gauss-Legendre)"}
+
+
+def test_explain_a_concept_target_and_warnings(photos, tmp_path):
+    """--target NAME with --concept explains the concept: summed probability of its classes, said plainly;
+    a near-zero target probability is warned about."""
+    out = tmp_path / "concept"
+    res = CliRunner().invoke(main, ["explain", str(photos / "chelsea.png"), "--model", "mobilenet_v2",
+                                    "--method", "gradcam", "--no-faithfulness", "--target", "cat",
+                                    "--concept", "cat = Egyptian cat, tabby, tiger cat", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "concept cat = Egyptian cat + tabby + tiger cat" in res.output and "sum of their logits" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    preds = json.loads(CliRunner().invoke(main, ["predict", str(photos / "chelsea.png"), "--model", "mobilenet_v2",
+                                                 "--top", "1000", "--json"]).output)["images"][0]["predictions"]
+    p = {q["label"]: q["probability"] for q in preds}
+    m = summary["methods"]["gradcam"]
+    assert m["target_name"] == "cat" and summary["concept"]["classes"] == ["Egyptian cat", "tabby", "tiger cat"]
+    assert m["target_probability"] == pytest.approx(p["Egyptian cat"] + p["tabby"] + p["tiger cat"], abs=1e-5)
+    assert summary["warnings"] == []
+    res = CliRunner().invoke(main, ["explain", str(photos / "chelsea.png"), "--model", "mobilenet_v2",
+                                    "--method", "gradcam", "--no-faithfulness", "--target", "espresso",
+                                    "--out", str(tmp_path / "low")])
+    assert res.exit_code == 0, res.output
+    assert p["espresso"] < 1e-3 and "warning: Grad-CAM: the target 'espresso' has probability" in res.output

@@ -21,7 +21,46 @@ from .errors import BiasscopeError, CancelledError
 from .explainers import Attribution, Explanation, get_explainer
 from .models.adapter import ModelAdapter, Prediction, resize_map
 
-__all__ = ["explain", "explain_batch", "method_params", "predict", "resolve_targets"]
+__all__ = ["COMPLETENESS_LIMIT", "LOW_PROBABILITY", "explain", "explain_batch", "explanation_warnings", "method_params",
+           "predict", "resolve_targets", "with_concept"]
+
+#: below this target probability a heatmap explains a class the model does not predict: warned about
+LOW_PROBABILITY = 1e-3
+#: above this relative completeness error an Integrated Gradients map is unreliable: warned about
+COMPLETENESS_LIMIT = 0.10
+
+
+def explanation_warnings(e: Explanation) -> list[str]:
+    """What a reader must know before trusting ``e``: a near-zero target probability, a large IG completeness error."""
+    out = []
+    if e.target_probability < LOW_PROBABILITY:
+        out.append(f"{e.label}: the target {e.target_name!r} has probability {e.target_probability:.2e} "
+                   f"(< {LOW_PROBABILITY:g}); the heatmap explains a class the model does not predict here")
+    rel = e.checks.get("completeness_relative")
+    if isinstance(rel, float) and rel > COMPLETENESS_LIMIT:
+        out.append(f"{e.label}: completeness error {100 * rel:.0f}% of the logit difference (> "
+                   f"{100 * COMPLETENESS_LIMIT:.0f}%); the attributions do not add up to the output: use more steps")
+    return out
+
+
+def with_concept(
+    adapter: ModelAdapter, target: int | str | None, concepts: Mapping[str, Sequence[str]] | None
+) -> tuple[ModelAdapter, int | str | None]:
+    """When ``target`` names one of ``concepts``, the adapter with that concept as its last class and its index.
+
+    The concept's probability is the summed probability of its classes; gradient methods explain the sum of
+    their logits (see :class:`~biasscope.audit.concepts.ConceptAdapter`). Otherwise both are returned as given.
+    """
+    if not concepts or not isinstance(target, str):
+        return adapter, target
+    by_name = {k.strip().lower(): (k, v) for k, v in concepts.items()}
+    hit = by_name.get(target.strip().lower())
+    if hit is None:
+        return adapter, target
+    from .audit.concepts import concept_adapter
+
+    ca = concept_adapter(adapter, hit[0], list(hit[1]))
+    return ca, ca.concept_index
 
 #: progress(method_name, fraction in [0, 1]); may raise CancelledError
 MethodProgress = Callable[[str, float], None]
@@ -62,8 +101,14 @@ def explain(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     faithfulness: bool = True,
     progress: MethodProgress | None = None,
+    concepts: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Explanation]:
-    """Explain one image with several methods; returns ``{method: Explanation}``."""
+    """Explain one image with several methods; returns ``{method: Explanation}``.
+
+    ``target`` may name one of ``concepts`` (``{"doctor": ["stethoscope", "lab coat"]}``): the explanation is
+    then of the concept (summed probability; gradient methods: the sum of its classes' logits).
+    """
+    adapter, target = with_concept(adapter, target, concepts)
     return explain_batch(
         adapter, [image], methods, target=target, params=params, faithfulness=faithfulness, progress=progress
     )[0]

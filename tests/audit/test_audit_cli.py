@@ -41,7 +41,7 @@ def test_audit_command_on_mobilenet(photos: Path, tmp_path: Path) -> None:
         "--n-boot", "100", "--n-perm", "100", "--min-group-size", "2"])
     assert res.exit_code == 0, res.output
     assert "audit" in res.stderr and "img" in res.stderr  # tqdm bar with rate/ETA on stderr
-    assert "== mobilenet_v2" in res.output and "Over 3 images" in res.output
+    assert "== mobilenet_v2" in res.output and "over 3 images" in res.output
     df = pd.read_csv(out / "per_image.csv")
     rows = {p: r for p, r in zip(df["path"], df.to_dict("records"))}
     assert rows["coffee.jpg"]["pred_class"] == "espresso" and rows["coffee.jpg"]["p_true"] > 0.9

@@ -58,3 +58,61 @@ def test_unknown_labels_listed_together() -> None:
     assert any(p.startswith("label 'pilot'") for p in probs)
     assert any(p.startswith("concept 'nurse'") and "'cap'" in p for p in probs)
     assert any("define labels that are not model classes as concepts" in p for p in probs)
+
+
+# ------------------------------------------------------------------ concepts as explanation targets
+def _noise_image(seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((32, 32, 3)) * 255).astype("uint8")
+    arr[18:28, 2:12] = (0, 0, 255)  # a blue tool: evidence for the doctor classes
+    return Image.fromarray(arr)
+
+
+def test_concept_target_sums_probabilities_and_logit_attributions() -> None:
+    """A concept target's probability is its classes' summed probability; Integrated Gradients (linear in
+    the explained output) of the concept equals the sum of IG of each class (sum of logits)."""
+    from biasscope.api import explain
+    from biasscope.audit.concepts import ConceptAdapter, concept_adapter
+    from tests.audit.synth import make_adapter
+
+    adapter = make_adapter(2.0)
+    img = _noise_image()
+    params = {"integrated_gradients": {"steps": 16}}
+    exps = explain(adapter, img, ["integrated_gradients", "occlusion"], target="doctor", params=params,
+                   concepts={"Doctor": ["stethoscope", "lab coat"]}, faithfulness=False)
+    p = adapter.probabilities(adapter.preprocess(img))[0]
+    ig = exps["integrated_gradients"]
+    assert ig.target_name == "Doctor" and ig.target == adapter.num_classes
+    assert ig.target_probability == pytest.approx(float(p[0] + p[1]), rel=1e-6)
+    parts = [explain(adapter, img, ["integrated_gradients"], target=c, params=params,
+                     faithfulness=False)["integrated_gradients"].heatmap for c in ("stethoscope", "lab coat")]
+    scale = float(np.abs(parts[0]).max() + np.abs(parts[1]).max())
+    np.testing.assert_allclose(ig.heatmap, parts[0] + parts[1], atol=1e-4 * scale)
+    # completeness holds for the summed logit
+    assert ig.checks["completeness_relative"] < 0.05
+    ca = concept_adapter(adapter, "doctor", ["stethoscope", "lab coat"])
+    assert isinstance(ca, ConceptAdapter) and "sum of their logits" in ca.describe()
+    with pytest.raises(BiasscopeError, match=r"did you mean|unknown class"):
+        concept_adapter(adapter, "doctor", ["stethoscop"])
+
+
+def test_explanation_warnings_for_low_probability_and_incomplete_ig() -> None:
+    from biasscope.api import explain, explanation_warnings
+    from tests.audit.synth import make_adapter
+
+    adapter = make_adapter(2.0)
+
+    def ig(seed: int, target: str, steps: int):
+        return explain(adapter, _noise_image(seed), ["integrated_gradients"], target=target,
+                       params={"integrated_gradients": {"steps": steps}}, faithfulness=False)["integrated_gradients"]
+
+    low = ig(0, "background", 64)  # p ~ 2e-4: a class the model does not predict
+    assert low.target_probability < 1e-3 and low.checks["completeness_relative"] < 0.1
+    assert [("does not predict" in w, "completeness" in w) for w in explanation_warnings(low)] == [(True, False)]
+    coarse = ig(1, "scrubs", 4)  # 4 steps over a ReLU network: the attributions miss ~12% of the logit change
+    assert coarse.target_probability > 0.1 and coarse.checks["completeness_relative"] > 0.1
+    assert [("does not predict" in w, "completeness" in w) for w in explanation_warnings(coarse)] == [(False, True)]
+    fine = ig(1, "scrubs", 64)
+    assert fine.checks["completeness_relative"] < 0.1 and explanation_warnings(fine) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,3 +178,124 @@ def test_permutation_resolution_is_raised_for_holm() -> None:
     assert gap["p_adjusted"] < 0.05
     untouched = mm["groupings"]["gender"]["gaps"]["accuracy_topk"]
     assert untouched["n_perm"] == 100 and not untouched["flagged"]
+
+
+def _two_groups(n: int, p_a: float, p_b: float, seed: int = 0) -> pd.DataFrame:
+    """One label, two groups of ``n`` images each; accuracy exactly ``p_a`` / ``p_b``; p_true tiny or zero."""
+    rng = np.random.default_rng(seed)
+    ca = np.r_[np.ones(round(n * p_a)), np.zeros(n - round(n * p_a))].astype(bool)
+    cb = np.r_[np.ones(round(n * p_b)), np.zeros(n - round(n * p_b))].astype(bool)
+    df = pd.DataFrame({"label": "doctor", "gender": ["a"] * n + ["b"] * n, "correct": np.r_[ca, cb]})
+    df["correct_top1"] = df["correct_topk"] = df["correct"]
+    df["pred_label"] = np.where(df["correct"], "doctor", "(none)")
+    df["p_true"] = np.r_[rng.uniform(2e-4, 3e-4, n), rng.uniform(1e-5, 2e-5, n)]  # significant, tiny
+    return df
+
+
+def test_large_effect_is_flagged_tiny_significant_effect_is_not() -> None:
+    df = _two_groups(200, 0.9, 0.5)
+    mm = compute_model_metrics(df, groups=["gender"], labels=["doctor"], options=FAST)
+    acc = mm["groupings"]["gender"]["gaps"]["accuracy"]
+    assert acc["flagged"] and acc["status"] == "flagged" and acc["difference"] == pytest.approx(0.4)
+    assert acc["min_effect"] == 0.05 and acc["n"] == {"a": 200, "b": 200} and acc["n_images"] == 400
+    p = mm["groupings"]["gender"]["gaps"]["mean_p_true"]
+    # every permutation separates less: p at its floor, Holm-significant, but 2.4e-4 is far below 0.05
+    assert p["p_adjusted"] < 0.05 and p["difference_ci"][0] > 0
+    assert p["status"] == "too small" and not p["flagged"]
+    assert {(f["metric"], f["scope"]) for f in mm["flagged"]} >= {("accuracy", "all")}
+    assert all(f["metric"] != "mean_p_true" for f in mm["flagged"])
+    assert mm["n_not_flagged"]["too small"] >= 1
+    # the user's minimum decides: with 0 any significant gap is flagged, with 0.5 the accuracy gap is not
+    zero = compute_model_metrics(df, groups=["gender"], labels=["doctor"],
+                                 options=MetricsOptions(n_boot=300, n_perm=300, min_group_size=5,
+                                                        min_effect={"probability": 0.0}))
+    assert zero["groupings"]["gender"]["gaps"]["mean_p_true"]["flagged"]
+    high = compute_model_metrics(df, groups=["gender"], labels=["doctor"],
+                                 options=MetricsOptions(n_boot=300, n_perm=300, min_group_size=5,
+                                                        min_effect={"accuracy": 0.5}))
+    assert high["groupings"]["gender"]["gaps"]["accuracy"]["status"] == "too small"
+    with pytest.raises(ValueError, match="unknown kind"):
+        MetricsOptions(min_effect={"accuracyy": 0.1})
+
+
+def test_all_zero_cells_are_degenerate_and_never_flagged() -> None:
+    df = _two_groups(100, 0.0, 0.0)
+    df["p_true"] = 0.0
+    mm = compute_model_metrics(df, groups=["gender"], labels=["doctor"], options=FAST)
+    for k in ("accuracy", "mean_p_true"):
+        g = mm["groupings"]["gender"]["gaps"][k]
+        assert g["degenerate"] == "both groups are 0 on every image" and g["status"] == "degenerate"
+        assert not g["flagged"] and (g["ratio"] is None or math.isnan(g["ratio"]))
+        assert all(v is None or math.isnan(v) for v in g["ratio_ci"])
+    assert mm["flagged"] == []
+
+
+def test_ratio_interval_only_when_the_denominator_interval_excludes_zero() -> None:
+    g = np.r_[["a"] * 40, ["b"] * 40]
+    # high group: one image of 1 among 40 -> its bootstrap interval reaches 0: no ratio interval
+    v = np.r_[np.r_[1.0, np.zeros(39)], np.zeros(40)]
+    r = gap_test(v, g, n_boot=500, n_perm=200)
+    assert r["ratio"] == 0.0 and r["ratio_ci"] == [pytest.approx(np.nan, nan_ok=True)] * 2
+    assert "interval reaches 0" in r["ratio_note"] and r["degenerate"] is None
+    # signed values (removal effects): no ratio at all
+    s = gap_test(np.r_[np.full(40, -0.1), np.full(40, -0.3)], g, n_boot=200, n_perm=200)
+    assert math.isnan(s["ratio"]) and "signed" in s["ratio_note"]
+    # well away from 0: a ratio interval that contains the ratio
+    w = gap_test(np.r_[np.full(40, 0.8), np.full(40, 0.4)] + np.tile([0.0, 0.05], 40), g, n_boot=300, n_perm=200)
+    assert w["ratio_ci"][0] <= w["ratio"] <= w["ratio_ci"][1] and w["ratio_note"] is None
+
+
+def test_region_findings_are_per_label_x_group_over_images_with_the_region() -> None:
+    df = _frame(3)
+    # the 'face' region exists only on doctor rows (as in a manifest that fills region:face for doctors)
+    df.loc[df["label"] != "doctor", "share:gradcam:hair"] = np.nan
+    df.loc[df["label"] != "doctor", "removal:hair"] = np.nan
+    fem = (df["label"] == "doctor") & (df["gender"] == "female")
+    df.loc[fem, "share:gradcam:hair"] = 0.6 + 0.1 * np.random.default_rng(0).random(fem.sum())
+    df.loc[(df["label"] == "doctor") & (df["gender"] == "male"), "share:gradcam:hair"] = 0.1
+    mm = compute_model_metrics(df, groups=["gender"], labels=["doctor", "nurse"], methods=["gradcam"],
+                               regions=["hair"], options=FAST)
+    cells = mm["groupings"]["gender"]["regions"]["cells"]
+    assert set(cells["share:gradcam:hair"]) == {"doctor"}  # no nurse cell: nurses have no such region
+    doc = cells["share:gradcam:hair"]["doctor"]
+    sub = df[(df["label"] == "doctor") & df["share:gradcam:hair"].notna()]
+    assert doc["n"] == len(sub) and doc["n_label"] == int((df["label"] == "doctor").sum())
+    for grp, part in sub.groupby("gender"):
+        c = doc["by_group"][grp]
+        assert c["n"] == len(part) and c["mean"] == pytest.approx(part["share:gradcam:hair"].mean(), abs=1e-12)
+        assert c["ci"][0] <= c["mean"] <= c["ci"][1]
+        for outcome, flag in (("correct", True), ("wrong", False)):
+            o = part[part["correct"] == flag]["share:gradcam:hair"]
+            oc = doc["by_outcome"][outcome][grp]
+            assert oc["n"] == len(o)
+            if len(o):
+                assert oc["mean"] == pytest.approx(o.mean(), abs=1e-12)
+    gap = doc["gap"]
+    assert gap["label"] == "doctor" and gap["scope"] == "label=doctor" and gap["high_group"] == "female"
+    assert gap["low_group"] == "male" and gap["flagged"] and gap["n_images"] == len(sub)
+    assert gap["fairlearn_difference"] == pytest.approx(gap["difference"], abs=1e-12)
+    assert any(f["metric"] == "share:gradcam:hair" and f["label"] == "doctor" for f in mm["flagged"])
+    # share / area is described, not tested (it is the share over a per-image constant)
+    assert cells["ratio:gradcam:hair"]["doctor"]["gap"] is None
+
+
+def test_warnings_with_two_group_columns_are_grouped_once() -> None:
+    """Two group columns (and their intersection) must not repeat a warning: one list per kind, each item once."""
+    from biasscope.audit.metrics import group_warnings
+
+    df = _frame(4)
+    df["age"] = np.where(np.arange(len(df)) % 3 == 0, "young", "old")
+    mm = compute_model_metrics(df, groups=["gender", "age"], labels=["doctor", "nurse"],
+                               options=MetricsOptions(n_boot=100, n_perm=100, min_group_size=100))
+    groups = {g["kind"]: g["items"] for g in mm["warning_groups"]}
+    assert set(groups) == {"small_group", "small_cell"}
+    for items in groups.values():
+        assert len(items) == len(set(items))
+    assert sum(map(len, groups.values())) == len(mm["warnings"]) == len(set(mm["warnings"]))
+    # every group (and intersectional group) below 100 images is named once
+    small = set(groups["small_group"])
+    assert "gender group 'other' has only {} image(s)".format(int((df["gender"] == "other").sum())) in small
+    assert any(w.startswith("gender x age group 'female & young'") for w in small)
+    assert group_warnings(["x happened", "x happened"]) == [{"kind": "other", "title": "Other warnings",
+                                                             "items": ["x happened"]}]
+    assert not any(f.startswith("Warning") for f in mm.get("findings", []))

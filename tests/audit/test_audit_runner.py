@@ -65,8 +65,11 @@ def test_planted_bias_is_detected(planted) -> None:
     regs = g["regions"]["by_group"]
     assert regs["female"]["ratio:gradcam:hair"] > 3.0
     assert regs["male"]["ratio:gradcam:hair"] < 0.2
-    hair_gap = g["regions"]["gaps"]["share:gradcam:hair"]
-    assert hair_gap["flagged"] and hair_gap["high_group"] == "female"
+    # region findings are per label x group, over the images that have the region
+    hair = g["regions"]["cells"]["share:gradcam:hair"]
+    hair_gap = hair["nurse"]["gap"]
+    assert hair_gap["flagged"] and hair_gap["high_group"] == "female" and hair_gap["label"] == "nurse"
+    assert hair["nurse"]["n"] == sum(c["n"] for c in hair["nurse"]["by_group"].values()) == 40
     # removing the hair helps female doctors (true label "doctor"), does nothing for male doctors
     cells = g["regions"]["by_label"]["doctor"]
     assert cells["female"]["removal:hair"] > 0.1
@@ -308,3 +311,113 @@ def test_prediction_and_gradcam_share_one_forward_pass(small, tmp_path: Path, mo
         n_ok = len(m.rows) - 1  # one broken image
         assert one == {"biased": n_ok, "fair": n_ok}
         assert counted == {"biased": 2 * n_ok, "fair": 2 * n_ok}
+
+
+def test_audit_report_keeps_stored_options_and_takes_min_effect(planted, tmp_path) -> None:
+    """audit-report without --stereotypical keeps the run's cells (the bias score survives); --min-effect
+    decides what is large enough to flag; the CLI prints each finding once and the warnings grouped."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from biasscope.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(planted[0], run)
+    res = CliRunner().invoke(main, ["audit-report", str(run), "--n-boot", "200", "--n-perm", "200",
+                                    "--min-group-size", "50"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["run"]["metrics_options"]["stereotypical"] == ["doctor:male", "nurse:female"]
+    biased = m["models"]["biased"]
+    assert biased["bias_score"]["significant"] and biased["bias_score"]["flagged"]
+    acc = biased["groupings"]["gender"]["by_label"]["doctor"]["gaps"]["accuracy"]
+    assert acc["flagged"] and acc["min_effect"] == 0.05
+    lines = res.output.splitlines()
+    assert sum("warnings (" in ln for ln in lines) == 2  # one line per model, not one per warning
+    assert all(lines.count(ln) == 1 for ln in lines if ln.startswith("  - Within label"))
+    assert "Small label x group cells" in res.output
+    page = (run / "report.html").read_text()
+    assert page.count("<details class='warn'>") == 2 and page.count("Small label x group cells") == 2
+    # a minimum effect larger than the planted gap: significant, no longer flagged
+    res = CliRunner().invoke(main, ["audit-report", str(run), "--n-boot", "200", "--n-perm", "200",
+                                    "--min-effect", f"accuracy={acc['difference'] + 0.01}"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())
+    acc2 = m["models"]["biased"]["groupings"]["gender"]["by_label"]["doctor"]["gaps"]["accuracy"]
+    assert acc2["status"] == "too small" and not acc2["flagged"] and acc2["p_adjusted"] < 0.05
+    assert m["run"]["metrics_options"]["stereotypical"] == ["doctor:male", "nurse:female"]
+    assert m["run"]["metrics_options"]["min_group_size"] == 50  # stored from the previous call
+    res = CliRunner().invoke(main, ["audit-report", str(run), "--min-effect", "acc=0.1"])
+    assert res.exit_code == 2 and "KIND one of accuracy" in res.output
+
+
+def test_explanation_quality_per_label_x_group(tmp_path) -> None:
+    """With faithfulness, each image stores its deletion/insertion AUC and IG completeness error, equal to what
+    the single-image API computes; the metrics give per label x group means over those images with intervals."""
+    from biasscope.api import explain
+    from biasscope.images import load_image
+
+    csv = write_dataset(tmp_path / "data", n_per_cell=6, seed=1)
+    m = load_manifest(csv, groups=["gender"])
+    cfg = AuditConfig(groups=["gender"], methods=["gradcam", "integrated_gradients"], concepts=CONCEPTS,
+                      faithfulness=True, method_params={"integrated_gradients": {"steps": 16}})
+    adapter = make_adapter(2.0, "biased")
+    res = run_audit(m, [adapter], tmp_path / "run", cfg, metrics_options={"n_boot": 200, "n_perm": 200,
+                                                                            "min_group_size": 2})
+    df = per_image_frame(tmp_path / "run")
+    row = df.iloc[0]
+    exps = explain(adapter, load_image(m.root / row["path"]), ["gradcam", "integrated_gradients"],
+                   target=row["target_class"], params=cfg.method_params)
+    for method, e in exps.items():
+        for k in ("deletion_auc", "insertion_auc"):
+            assert row[f"faith:{method}:{k}"] == pytest.approx(e.checks[k], abs=1e-4)
+    assert row["faith:integrated_gradients:completeness_relative"] == pytest.approx(
+        exps["integrated_gradients"].checks["completeness_relative"], rel=1e-3, abs=1e-4)
+    # agreement between methods: Spearman correlation of the two maps at model resolution (scipy as reference)
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(exps["gradcam"].model_heatmap.ravel(), exps["integrated_gradients"].model_heatmap.ravel())[0]
+    assert row["agree:gradcam~integrated_gradients"] == pytest.approx(rho, abs=1e-3)
+    cells = res.metrics["models"]["biased"]["groupings"]["gender"]["faithfulness"]["cells"]
+    assert set(cells["agree:gradcam~integrated_gradients"]) == {"doctor", "nurse"}
+    assert "faith:gradcam:completeness_relative" not in cells  # only IG has a completeness error
+    for col in ("faith:gradcam:deletion_auc", "faith:integrated_gradients:completeness_relative"):
+        for (lab, grp), part in df.groupby(["label", "gender"]):
+            c = cells[col][lab]["by_group"][grp]
+            assert c["n"] == len(part) and c["mean"] == pytest.approx(part[col].mean(), abs=1e-9)
+            assert c["ci"][0] <= c["mean"] + 1e-12 and c["mean"] <= c["ci"][1] + 1e-12
+        assert cells[col]["doctor"]["gap"]["scope"] == "label=doctor"
+
+
+def test_report_answers_first_and_states_each_finding_once(planted) -> None:
+    import html as html_mod
+    import re
+
+    from biasscope.audit.results import fmt_number, gap_sentence
+
+    run, metrics = planted
+    page = (run / "report.html").read_text()
+    mm = metrics["models"]["biased"]
+    # the answer per model, then how to read it, then the evidence
+    assert page.index("biased: the answer") < page.index("How to read this") < page.index("Model biased: evidence")
+    # every flagged finding is stated exactly once (in the answer or in the evidence's findings list)
+    assert mm["flagged"]
+    for g in mm["flagged"]:
+        assert page.count(html_mod.escape(gap_sentence(g))) == 1, g["metric"]
+    # the answer carries the bias score with its interval, as in metrics.json
+    bs = mm["bias_score"]
+    assert f"bias score {fmt_number(bs['score'])} (95% CI [{fmt_number(bs['ci'][0])}, {fmt_number(bs['ci'][1])}]" \
+        in page
+    # warnings: one grouped, collapsible list per model that has any
+    assert page.count("<details class='warn'>") == sum(bool(m["warnings"]) for m in metrics["models"].values())
+    # removal charts of one model share one scale
+    biased = page[page.index("Model biased: evidence"):page.index("Model fair: evidence")]
+    charts = re.findall(r'aria-label="Removal effect on p\(true\)[^"]*".*?</svg>', biased)
+    assert len(charts) == 2  # regions tool and hair
+    ends = {re.findall(r'text-anchor="end">([^<]+)</text></svg>', c)[0] for c in charts}
+    assert len(ends) == 1
+    # tiles say which class was predicted
+    assert "predicted class <b>" in page
+    assert fmt_number(2.4e-4) == "2.40e-04" and fmt_number(0.0123) == "0.012" and fmt_number(0.0) == "0.000"
+    assert fmt_number(3e-5, pct=True) == "3.0e-03%" and fmt_number(0.25, pct=True) == "25.0%"

@@ -243,3 +243,28 @@ def test_loaded_model_says_which_engine_and_dtype_its_forwards_use(client):
     assert after["loaded"] is True
     assert after["backend"]["active"] in ("torch", "onnxruntime") and after["backend"]["requested"]
     assert after["precision"] == {"requested": "fp32", "active": "fp32", "checked": False, "reason": ""}
+
+
+def test_explain_a_concept_target(client):
+    """A concept ("warm = red, green") is a target: its probability is the summed probability of its classes and,
+    the model being linear, Grad-CAM and IG of the summed logits are the sums of the classes' maps."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:, :8, 0], img[:, 8:, 1], img[4:12, :, 2] = 255, 128, 200
+    rec = upload(client, png(img))
+    r = client.post("/api/explain", json={"image_id": rec["id"], "methods": "gradcam,ig", "heatmaps": True,
+                                          "params": {"ig": {"steps": 8}}, "concept": "warm = red, green"})
+    assert r.status_code == 200, r.get_json()
+    probs = {p["label"]: p["probability"] for p in client.post(
+        "/api/predict", json={"image_id": rec["id"], "top": 3}).get_json()["predictions"]}
+    want = expected_cam(img, 0) + expected_cam(img, 1)
+    for name in ("gradcam", "integrated_gradients"):
+        res = r.get_json()["methods"][name]["result"]
+        assert res["target_name"] == "warm" and res["target"] == 3
+        assert res["target_probability"] == pytest.approx(probs["red"] + probs["green"], rel=1e-5)
+        np.testing.assert_allclose(np.array(res["model_heatmap"]), want, atol=1e-5 * float(np.abs(want).max()))
+    bad = client.post("/api/explain", json={"image_id": rec["id"], "methods": "gradcam",
+                                            "concept": "warm = red, grene"})
+    assert bad.status_code == 400 and "grene" in bad.get_json()["error"]["message"]
+    both = client.post("/api/explain", json={"image_id": rec["id"], "methods": "gradcam", "concept": "warm = red",
+                                             "target": 1})
+    assert both.status_code == 400

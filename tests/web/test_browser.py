@@ -93,6 +93,7 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
         assert kinds == {"gradcam": "sequential", slow_method: "diverging"}
         expect(page.locator(".original-card img.base")).to_be_visible()
         expect(page.locator("#results-target")).to_contain_text("espresso")
+        expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_have_count(0)  # p(espresso) ~ 1
 
         # the opacity slider changes every overlay and the download links
         page.locator("#opacity").fill("0.3")
@@ -120,6 +121,17 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
         expect(page.locator("#target-label")).to_contain_text("stethoscope (#823)")
         expect(page.locator("#results-target")).to_contain_text("stethoscope")
         expect(page.locator(".result-card[data-method='gradcam'] img.heat")).to_be_visible()
+        # a class the model gives p < 0.001 on a coffee cup: its heatmap carries a visible warning
+        expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_contain_text("does not predict")
+
+        # a concept is a target too: its probability sums its classes', said plainly on the page
+        page.fill("#class-search", "coffee = espresso, cup, coffee mug")
+        page.click("#class-pick")
+        expect(page.locator("#target-label")).to_contain_text("coffee (concept: espresso + cup + coffee mug)")
+        page.wait_for_selector("#job[data-status='done']", timeout=120_000)
+        expect(page.locator("#results-target")).to_contain_text("for “coffee”")
+        expect(page.locator("#results-target")).to_contain_text("sum of their logits")
+        expect(page.locator(".result-card[data-method='gradcam'] .caution")).to_have_count(0)
 
         # drag and drop: a photo dropped on the drop zone is uploaded and predicted
         page.evaluate("""async () => {
@@ -202,6 +214,11 @@ def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
         expect(page.locator(".model-block .bias-score")).to_contain_text("stereotypical minus atypical")
         expect(page.locator(".model-block .regions").first).to_contain_text("hair")
         expect(page.locator(".telling .tile")).to_have_count(12)
+        # the answer comes first, with the numbers of metrics.json; every tile names the predicted class
+        answer = page.locator(".model-block[data-model='biased'] .answer li").all_inner_texts()
+        assert answer == metrics["models"]["biased"]["answer"]
+        assert any(a.startswith("Stereotypical cells") for a in answer)
+        expect(page.locator(".telling .tile .pred").first).to_contain_text("predicted ")
         page.screenshot(path=str(tmp_path / "biasscope-audit-dashboard.png"), full_page=True)
         # drill down to the most telling image: its stored Grad-CAM overlay, then a full-resolution explanation
         page.locator(".telling .tile").first.click()

@@ -7,8 +7,9 @@ A label that is not a concept must be a model class (it is then a one-class conc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +21,10 @@ from ..models.adapter import ModelAdapter
 
 __all__ = [
     "NONE_LABEL",
+    "ConceptAdapter",
     "LabelSpace",
     "Match",
+    "concept_adapter",
     "load_concepts",
     "parse_concept",
 ]
@@ -162,3 +165,78 @@ class LabelSpace:
                 }
             )
         return out
+
+
+@dataclass(eq=False)
+class ConceptAdapter(ModelAdapter):
+    """A model with one more output: a concept (``doctor = stethoscope, lab coat``) as a target class.
+
+    The extra column (the last index) is, in :meth:`probabilities`, the summed probability of the concept's
+    classes, and in :meth:`logits` the sum of their logits. So every explainer, unchanged, explains the
+    concept: gradient methods (CAMs, IG, SmoothGrad, ...) explain the sum of the classes' logits (their
+    gradients add up; IG's completeness holds for that sum), perturbation methods (LIME, Kernel SHAP,
+    occlusion on probabilities) and deletion/insertion use the summed probability. The base model's own
+    outputs are unchanged (ONNX Runtime and precision settings still apply to them).
+    """
+
+    base: ModelAdapter | None = field(default=None, repr=False)
+    concept: str = ""
+    concept_classes: tuple[int, ...] = ()
+
+    @property
+    def concept_index(self) -> int:
+        """The index of the concept's column."""
+        return self.num_classes - 1
+
+    def describe(self) -> str:
+        """The concept in words: what its probability is and what its heatmaps explain."""
+        assert self.base is not None
+        names = [self.base.class_names[i] for i in self.concept_classes]
+        return (f"concept {self.concept} = {' + '.join(names)}: its probability is the sum of these classes' "
+                "probabilities; gradient heatmaps explain the sum of their logits, perturbation methods the "
+                "summed probability")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.base is not None
+        z = self.base.logits(x)
+        return torch.cat([z, z[:, list(self.concept_classes)].sum(1, keepdim=True)], dim=1)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, *, batch_size: int | None = None,
+                      fast: bool | None = None) -> torch.Tensor:
+        assert self.base is not None
+        p = self.base.probabilities(x, batch_size=batch_size, fast=fast)
+        return torch.cat([p, p[:, list(self.concept_classes)].sum(1, keepdim=True)], dim=1)
+
+    def batch_size(self, kind: str = "forward", work: int | None = None, engine=None) -> int:
+        assert self.base is not None
+        return self.base.batch_size(kind, work, engine)
+
+    def to_dict(self) -> dict:
+        assert self.base is not None
+        return self.base.to_dict() | {"concept": {"name": self.concept, "classes": [
+            self.base.class_names[i] for i in self.concept_classes]}}
+
+
+def concept_adapter(adapter: ModelAdapter, name: str, classes: Sequence[str | int]) -> ConceptAdapter:
+    """``adapter`` with concept ``name`` (the union of ``classes``) as an extra, last target class.
+
+    Unknown classes raise with did-you-mean suggestions (:meth:`ModelAdapter.class_index`).
+    """
+    if isinstance(adapter, ConceptAdapter):
+        raise BiasscopeError("explain one concept at a time")
+    problems = []
+    idx: list[int] = []
+    for c in classes:
+        try:
+            idx.append(adapter.class_index(c))
+        except BiasscopeError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BiasscopeError(f"concept {name!r}: " + "; ".join(problems))
+    if not idx:
+        raise BiasscopeError(f"concept {name!r} has no classes")
+    kw = {f.name: getattr(adapter, f.name) for f in dataclasses.fields(ModelAdapter)
+          if f.init and not f.name.startswith("_")}
+    kw["class_names"] = [*adapter.class_names, name]
+    return ConceptAdapter(**kw, base=adapter, concept=name, concept_classes=tuple(dict.fromkeys(idx)))

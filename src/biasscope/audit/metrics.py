@@ -8,22 +8,33 @@ a permutation-test p-value (shuffling group labels; the statistic is the range o
 test accounts for picking the extreme pair), Holm's correction over all gaps of a model, small-group
 warnings, and the bias score (stereotypical minus atypical confidence in the true label).
 
-A gap is *flagged* when its interval excludes zero and its Holm-adjusted p-value is below ``alpha``.
+A gap is *flagged* only when it is real and matters: its interval excludes zero, its Holm-adjusted
+p-value is below ``alpha`` AND its difference is at least the minimum effect the user set for that kind
+of metric (:data:`DEFAULT_MIN_EFFECT`). Degenerate comparisons (both groups 0 on every image) are
+reported as such and never flagged; a ratio is given an interval only when the higher group's interval
+excludes 0.
+
+Region findings (attribution share, share / area, removal effect) and explanation quality (deletion /
+insertion AUC, IG relative completeness error) are computed per label x group cell, over the images of that
+label that have the region (or the value), with the group difference tested within each label, and
+split by correct vs wrong prediction.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
+    "DEFAULT_MIN_EFFECT",
     "MetricsOptions",
     "bias_score",
     "compute_model_metrics",
+    "effect_kind",
     "gap_test",
     "holm_adjust",
     "mean_value",
@@ -31,6 +42,37 @@ __all__ = [
 
 MSG_SMALL_GROUP = "{grouping} group {group!r} has only {n} image(s) (< {min}); its metrics are uncertain"
 MSG_SMALL_CELL = "cell {label} x {group} has only {n} image(s) (< {min}); its metrics are uncertain"
+
+#: smallest difference between groups worth flagging, per kind of metric (absolute, same unit as the metric):
+#: accuracy (top-1/top-k), probability (mean true-label probability, concept scores, bias score),
+#: rate (selection rate, FPR, FNR), share (attribution share of a region), removal (change of the true
+#: label's probability when a region is removed), faithfulness (deletion/insertion AUC, IG relative completeness
+#: error, rank agreement between methods)
+DEFAULT_MIN_EFFECT: dict[str, float] = {
+    "accuracy": 0.05,
+    "probability": 0.05,
+    "rate": 0.05,
+    "share": 0.05,
+    "removal": 0.05,
+    "faithfulness": 0.05,
+}
+
+
+def effect_kind(metric: str) -> str:
+    """The kind of a metric name, which selects its minimum effect (see :data:`DEFAULT_MIN_EFFECT`)."""
+    if metric.startswith("share:"):
+        return "share"
+    if metric.startswith("ratio:"):
+        return "share"
+    if metric.startswith("removal:"):
+        return "removal"
+    if metric.startswith(("faith:", "agree:")):
+        return "faithfulness"
+    if metric.startswith("accuracy"):
+        return "accuracy"
+    if metric in ("selection_rate", "fpr", "fnr"):
+        return "rate"
+    return "probability"
 
 
 @dataclass
@@ -48,6 +90,18 @@ class MetricsOptions:
     bias_group: str | None = None
     #: leave images with any of these face quality flags out of every metric (needs face parts)
     exclude_flags: list[str] = field(default_factory=list)
+    #: minimum difference to flag, per kind of metric (missing kinds take :data:`DEFAULT_MIN_EFFECT`)
+    min_effect: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIN_EFFECT))
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.min_effect) - set(DEFAULT_MIN_EFFECT))
+        if unknown:
+            raise ValueError(f"minimum effect for unknown kind(s) {', '.join(unknown)}; "
+                             f"kinds are {', '.join(DEFAULT_MIN_EFFECT)}")
+        bad = [k for k, v in self.min_effect.items() if not (isinstance(v, int | float) and v >= 0)]
+        if bad:
+            raise ValueError(f"minimum effect of {', '.join(bad)} must be a number >= 0")
+        self.min_effect = {**DEFAULT_MIN_EFFECT, **{k: float(v) for k, v in self.min_effect.items()}}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,13 +156,17 @@ def gap_test(
     n_perm: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    signed: bool = False,
 ) -> dict | None:
     """Gap in the mean of ``values`` between groups (NaN values ignored).
 
     Returns the highest and lowest group, ``difference = mean(high) - mean(low)`` and
     ``ratio = mean(low) / mean(high)``, each with a percentile bootstrap interval (images resampled
     within each group, the pair held fixed), and the permutation p-value of the range over groups.
-    ``None`` when fewer than two groups have data.
+    The ratio is ``None`` for signed values or a higher mean of 0, and its interval is ``None`` unless
+    the higher group's own interval excludes 0 (``ratio_note`` says why). ``degenerate`` names a
+    comparison with nothing to compare (both groups 0 on every image). ``None`` when fewer than two
+    groups have data.
     """
     v = np.asarray(values, dtype=np.float64)
     g = np.asarray(groups).astype(str)
@@ -126,13 +184,24 @@ def gap_test(
     b_lo = _group_means_boot(v, np.flatnonzero(codes == lo), rng, n_boot)
     q = ((1 - confidence) / 2, 1 - (1 - confidence) / 2)
     diffs = b_hi - b_lo
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(b_hi > 0, b_lo / b_hi, np.nan)
-    ratios = ratios[~np.isnan(ratios)]
     obs_range = float(means[hi] - means[lo])
     perm = _perm_ranges(v, codes, len(names), rng, n_perm)
     p = (1.0 + float(np.sum(perm >= obs_range - 1e-12))) / (1.0 + n_perm)
-    ratio = float(means[lo] / means[hi]) if means[hi] > 0 else math.nan
+    pair = np.isin(codes, [hi, lo])
+    degenerate = "both groups are 0 on every image" if not np.any(v[pair]) else None
+    ratio, ratio_ci, ratio_note = math.nan, [math.nan, math.nan], None
+    if signed or means[lo] < 0:
+        ratio_note = "no ratio: the values are signed"
+    elif means[hi] <= 0:
+        ratio_note = "no ratio: the higher group's mean is 0"
+    else:
+        ratio = float(means[lo] / means[hi])
+        if float(np.quantile(b_hi, q[0])) <= 0:
+            ratio_note = "no ratio interval: the higher group's interval reaches 0"
+        else:
+            ok = b_hi > 0  # draws with a zero denominator lie beyond the interval's tail; leave them out
+            ratios = b_lo[ok] / b_hi[ok]
+            ratio_ci = [float(np.quantile(ratios, q[0])), float(np.quantile(ratios, q[1]))]
     return {
         "high_group": str(names[hi]),
         "low_group": str(names[lo]),
@@ -141,8 +210,9 @@ def gap_test(
         "difference": obs_range,
         "difference_ci": [float(np.quantile(diffs, q[0])), float(np.quantile(diffs, q[1]))],
         "ratio": ratio,
-        "ratio_ci": ([float(np.quantile(ratios, q[0])), float(np.quantile(ratios, q[1]))]
-                     if ratios.size else [math.nan, math.nan]),
+        "ratio_ci": ratio_ci,
+        "ratio_note": ratio_note,
+        "degenerate": degenerate,
         "p_value": p,
         "n_perm": n_perm,
         "n": {str(names[k]): int(np.sum(codes == k)) for k in range(len(names))},
@@ -296,13 +366,15 @@ def _group_cis(df: pd.DataFrame, sens: pd.Series, cols: dict[str, str], opts: Me
     return out
 
 
-def _gap(values, groups, opts: MetricsOptions, fl: tuple[float | None, float | None], seed_offset: int) -> dict | None:
+def _gap(values, groups, opts: MetricsOptions, fl: tuple[float | None, float | None], seed_offset: int,
+         metric: str = "") -> dict | None:
+    signed = effect_kind(str(metric)) == "removal"
     res = gap_test(values, groups, n_boot=opts.n_boot, n_perm=opts.n_perm, confidence=opts.confidence,
-                   seed=opts.seed + seed_offset)
+                   seed=opts.seed + seed_offset, signed=signed)
     if res is None:
         return None
     res["fairlearn_difference"], res["fairlearn_ratio"] = fl
-    res["_inputs"] = (values, groups, opts.seed + seed_offset)  # to refine the p-value; dropped before output
+    res["_inputs"] = (values, groups, opts.seed + seed_offset, signed)  # to refine the p-value; dropped before output
     return res
 
 
@@ -318,8 +390,9 @@ def _refine_pvalues(gaps: list[dict], opts: MetricsOptions) -> None:
     for g in gaps:
         if g["n_perm"] >= need or g["p_value"] > 1.5 / (g["n_perm"] + 1):
             continue
-        values, groups, seed = g["_inputs"]
-        r = gap_test(values, groups, n_boot=opts.n_boot, n_perm=need, confidence=opts.confidence, seed=seed)
+        values, groups, seed, signed = g["_inputs"]
+        r = gap_test(values, groups, n_boot=opts.n_boot, n_perm=need, confidence=opts.confidence, seed=seed,
+                     signed=signed)
         if r is not None:
             g["p_value"], g["n_perm"] = r["p_value"], r["n_perm"]
 
@@ -374,6 +447,8 @@ def compute_model_metrics(
     for r in regions:
         if f"removal:{r}" in df:
             region_cols[f"removal:{r}"] = f"removal:{r}"
+    faith_cols = [f"faith:{m}:{k}" for m in methods for k in FAITH_KEYS if f"faith:{m}:{k}" in df]
+    faith_cols += [f"agree:{a}~{b}" for i, a in enumerate(methods) for b in methods[i + 1:] if f"agree:{a}~{b}" in df]
 
     groupings: dict[str, pd.Series] = {g: df[g].astype(str) for g in groups}
     if len(groups) > 1:
@@ -481,32 +556,36 @@ def compute_model_metrics(
                 _finite(float(equalized_odds_difference(yt, yp, sensitive_features=sv)))
                 if 0 < yt.sum() < len(yt) else None)
             entry["concepts"][lab] = c_entry
-        # regions: attribution share, share/area ratio, removal effect
+        # regions and explanation quality: per label x group cell, over the images that have the value
         if region_cols:
             entry["regions"] = {"by_group": _records(bg[list(region_cols)]),
-                                "by_label": _records(mfl.by_group[list(region_cols)]), "gaps": {}}
-            for c in region_cols:
-                if c.startswith("ratio:"):
-                    continue  # the ratio is the share over a (per-image) constant; test the share
-                gap = _gap(df[c].to_numpy(dtype=np.float64), sv, opts, fl(c), next_seed())
-                if gap:
-                    gap.update(metric=c, grouping=gname, scope="all")
-                    entry["regions"]["gaps"][c] = gap
-                    all_gaps.append(gap)
+                                "by_label": _records(mfl.by_group[list(region_cols)]),
+                                "cells": _cells(df, list(region_cols), sv, y_true, labels, opts,
+                                                (mfl.by_group, diff_l, ratio_l), gname,
+                                                next_seed, all_gaps, test=lambda c: not c.startswith("ratio:"))}
+        if faith_cols:
+            entry["faithfulness"] = {"cells": _cells(df, faith_cols, sv, y_true, labels, opts, None, gname,
+                                                     next_seed, all_gaps, test=lambda c: True)}
         out["groupings"][gname] = entry
 
     _refine_pvalues(all_gaps, opts)
     adj = holm_adjust([g["p_value"] for g in all_gaps]) if all_gaps else []
     for g, pa in zip(all_gaps, adj):
         g.pop("_inputs", None)
-        lo = g["difference_ci"][0]
         g["p_adjusted"] = pa
-        g["flagged"] = bool(g["difference"] > 0 and lo > 0 and pa < opts.alpha)
+        g["min_effect"] = opts.min_effect[effect_kind(g["metric"])]
+        g["status"] = _gap_status(g, opts)
+        g["flagged"] = g["status"] == "flagged"
+        g.setdefault("label", g["scope"].split("=", 1)[1] if g["scope"].startswith("label=") else None)
+        g["n_images"] = int(sum(g["n"].values()))
     out["flagged"] = [
-        {k: g[k] for k in ("grouping", "scope", "metric", "high_group", "low_group", "high", "low", "difference",
-                           "difference_ci", "ratio", "ratio_ci", "p_value", "p_adjusted")}
+        {k: g.get(k) for k in ("grouping", "scope", "label", "metric", "high_group", "low_group", "high", "low",
+                               "difference", "difference_ci", "ratio", "ratio_ci", "p_value", "p_adjusted",
+                               "min_effect", "n", "n_images")}
         for g in all_gaps if g["flagged"]
     ]
+    out["n_not_flagged"] = {s: sum(g["status"] == s for g in all_gaps)
+                            for s in ("not significant", "too small", "degenerate")}
     out["n_tests"] = len(all_gaps)
     if opts.stereotypical:
         bg_col = opts.bias_group or (groups[0] if groups else None)
@@ -514,5 +593,97 @@ def compute_model_metrics(
             raise ValueError(f"bias score needs a group column; {bg_col!r} is not one")
         out["bias_score"] = bias_score(df, bg_col, opts.stereotypical, n_boot=opts.n_boot, n_perm=opts.n_perm,
                                        confidence=opts.confidence, seed=opts.seed)
+        if out["bias_score"]:
+            bs = out["bias_score"]
+            bs["min_effect"] = opts.min_effect["probability"]
+            bs["flagged"] = bool(bs["significant"] and abs(bs["score"]) >= bs["min_effect"])
     out["warnings"] = list(dict.fromkeys(out["warnings"]))
+    out["warning_groups"] = group_warnings(out["warnings"])
+    return out
+
+
+def _gap_status(g: dict, opts: MetricsOptions) -> str:
+    """``flagged``, ``degenerate``, ``not significant`` or ``too small`` (significant, below the minimum effect)."""
+    if g.get("degenerate"):
+        return "degenerate"
+    lo = g["difference_ci"][0]
+    if not (g["difference"] > 0 and lo is not None and lo > 0 and g["p_adjusted"] < opts.alpha):
+        return "not significant"
+    if g["difference"] < g["min_effect"]:
+        return "too small"
+    return "flagged"
+
+
+def group_warnings(warnings: Sequence[str]) -> list[dict]:
+    """Warnings grouped by kind, each kind once: ``[{"kind", "title", "items"}]`` (small groups, small cells, other)."""
+    kinds = (("small_group", " group ", "Small groups (metrics uncertain)"),
+             ("small_cell", "cell ", "Small label x group cells (metrics uncertain)"))
+    groups: dict[str, dict] = {}
+    for w in dict.fromkeys(warnings):
+        kind, title = "other", "Other warnings"
+        for k, marker, t in kinds:
+            if "image(s) (<" in w and (w.startswith(marker.strip() + " ") if k == "small_cell" else marker in w):
+                kind, title = k, t
+                break
+        item = w.split(" (<", 1)[0] if kind != "other" else w
+        groups.setdefault(kind, {"kind": kind, "title": title, "items": []})["items"].append(item)
+    return list(groups.values())
+
+
+#: per-image explanation-quality columns ``faith:<method>:<key>``
+FAITH_KEYS = ("deletion_auc", "insertion_auc", "completeness_relative")
+
+
+def _mean_ci(v: np.ndarray, idx: np.ndarray, rng: np.random.Generator, opts: MetricsOptions) -> dict:
+    """``{"n", "mean", "ci"}`` of ``v[idx]`` with a percentile bootstrap interval (``None`` when empty)."""
+    if idx.size == 0:
+        return {"n": 0, "mean": None, "ci": [None, None]}
+    q = ((1 - opts.confidence) / 2, 1 - (1 - opts.confidence) / 2)
+    b = _group_means_boot(v, idx, rng, opts.n_boot)
+    return {"n": int(idx.size), "mean": float(v[idx].mean()),
+            "ci": [float(np.quantile(b, q[0])), float(np.quantile(b, q[1]))]}
+
+
+def _cells(df: pd.DataFrame, cols: Sequence[str], sv: np.ndarray, y_true: np.ndarray, labels: Sequence[str],
+           opts: MetricsOptions, mfl: tuple | None, gname: str, next_seed: Callable[[], int], all_gaps: list[dict],
+           test: Callable[[str], bool]) -> dict:
+    """Per column, per label: each group's mean with n and interval over the label's images that have the
+    value, the same split by correct vs wrong prediction, and the within-label group difference (tested
+    when ``test(col)``; appended to ``all_gaps`` for Holm's correction). ``mfl`` is fairlearn's
+    ``(by_group, difference, ratio)`` with the label as control feature, for the fairlearn columns.
+
+    ``{col: {label: {"n_label", "n", "by_group": {g: {n, mean, ci}}, "by_outcome": {"correct"|"wrong":
+    {g: {n, mean, ci}}}, "gap": gap or None}}}``
+    """
+    rng = np.random.default_rng(opts.seed + 104_729)
+    correct = df["correct"].astype(bool).to_numpy()
+    out: dict = {}
+    for c in cols:
+        v = df[c].to_numpy(dtype=np.float64)
+        per_label: dict = {}
+        for lab in labels:
+            in_lab = y_true == lab
+            has = in_lab & ~np.isnan(v)
+            if not has.any():
+                continue
+            cell: dict = {"n_label": int(in_lab.sum()), "n": int(has.sum()), "by_group": {},
+                          "by_outcome": {"correct": {}, "wrong": {}}, "gap": None}
+            for gval in sorted({str(x) for x in sv[in_lab]}):
+                ing = has & (sv == gval)
+                cell["by_group"][gval] = _mean_ci(v, np.flatnonzero(ing), rng, opts)
+                cell["by_outcome"]["correct"][gval] = _mean_ci(v, np.flatnonzero(ing & correct), rng, opts)
+                cell["by_outcome"]["wrong"][gval] = _mean_ci(v, np.flatnonzero(ing & ~correct), rng, opts)
+            if test(c):
+                sub = np.flatnonzero(has)
+                fl: tuple[float | None, float | None] = (None, None)
+                if mfl is not None:
+                    by, dif, rat = mfl
+                    fl = _fl_gap(by.loc[lab][c], dif.loc[lab, c], rat.loc[lab, c])
+                gap = _gap(v[sub], sv[sub], opts, fl, next_seed(), metric=c)
+                if gap:
+                    gap.update(metric=c, grouping=gname, scope=f"label={lab}", label=lab)
+                    cell["gap"] = gap
+                    all_gaps.append(gap)
+            per_label[lab] = cell
+        out[c] = per_label
     return out

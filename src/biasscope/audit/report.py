@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .concepts import NONE_LABEL
 from .face_audit import face_report_section
+from .results import fmt_number, metric_words
 from .store import RunStore
 
 __all__ = ["render_report", "write_report"]
@@ -29,7 +31,15 @@ td:first-child,th:first-child{text-align:left}.flag{color:#b3261e;font-weight:60
 .findings li{margin:4px 0}.gallery{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:340px;font-size:.8em}figure img{width:165px;height:auto;border:1px solid #ccd}
 .warn{background:#fff4e5;border-left:4px solid #f0a030;padding:6px 10px}
+.answer{background:#eef6ff;border-left:5px solid #3b6fb6}.answer li{margin:6px 0;font-size:1.02em}
+details summary{cursor:pointer;font-weight:600}.st-flagged{color:#b3261e;font-weight:600}
+.st-small,.st-degenerate{color:#8a6d00}.howto li{margin:3px 0}section>h2:first-child{margin-top:.4em}
 """
+
+#: below this probability a heatmap explains a class the model does not predict (warned about)
+LOW_PROBABILITY = 1e-3
+#: above this relative completeness error an Integrated Gradients map is flagged as unreliable
+COMPLETENESS_LIMIT = 0.10
 
 _COLORS = ["#3b6fb6", "#d9822b", "#3a9d5d", "#b84a62", "#7d5ba6", "#8c7b3a", "#2f8f9d", "#c0504d"]
 
@@ -39,9 +49,7 @@ def _e(x: object) -> str:
 
 
 def _num(x: float | None, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+    return fmt_number(x, pct)
 
 
 def _svg_bars(title: str, items: list[tuple[str, float | None, float | None, float | None]], *,
@@ -146,9 +154,21 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
                       and not math.isnan(row[c])]
         if share_cols:
             extra = "<br>" + ", ".join(f"{_e(c.split(':', 2)[2])}: {row[c]:.2f}x area" for c in share_cols[:4])
+        cautions = []
+        if isinstance(row.get("p_true"), float) and row["p_true"] < LOW_PROBABILITY:
+            cautions.append(f"the explained label has p = {_num(row['p_true'])} (< {LOW_PROBABILITY:g}): the heatmap "
+                            "explains a class the model does not see here")
+        ce = row.get("faith:integrated_gradients:completeness_relative")
+        if isinstance(ce, float) and not math.isnan(ce) and ce > COMPLETENESS_LIMIT:
+            cautions.append(f"IG completeness error {100 * ce:.0f}% (> {100 * COMPLETENESS_LIMIT:.0f}%): "
+                            "the IG map is unreliable")
+        if cautions:
+            extra += "<br><span class='warn'>" + "; ".join(_e(c) for c in cautions) + "</span>"
         figs.append(
             f"<figure>{''.join(tiles)}<figcaption><b>{_e(row['path'])}</b><br>label {_e(row['label'])} ({grp}); "
-            f"predicted {_e(row['pred_class'])} → {_e(row['pred_label'])} ({verdict}); "
+            f"predicted class <b>{_e(row['pred_class'])}</b> (p {_num(row.get('pred_prob'))}), "
+            f"{'matching no task label' if row['pred_label'] == NONE_LABEL else 'counted as ' + _e(row['pred_label'])}"
+            f" ({verdict}); "
             f"p(true) {_num(row['p_true'])}{'; atypical' if row['_atypical'] else ''}{extra}</figcaption></figure>"
         )
     if not figs:
@@ -156,24 +176,111 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
     return "<div class='gallery'>" + "".join(figs) + "</div>"
 
 
+_STATUS = {"flagged": "<span class='st-flagged'>flagged</span>",
+           "too small": "<span class='st-small'>significant, below minimum effect</span>",
+           "degenerate": "<span class='st-degenerate'>degenerate (both 0)</span>",
+           "not significant": "<span class='muted'>not significant</span>"}
+
+
+def _ratio_cell(g: dict) -> tuple[str, str]:
+    """Ratio and its interval, or why there is none."""
+    ratio = g.get("ratio")
+    if ratio is None or (isinstance(ratio, float) and math.isnan(ratio)):
+        return "n/a", _e(g.get("ratio_note") or "")
+    rci = g.get("ratio_ci") or [None, None]
+    if rci[0] is None or (isinstance(rci[0], float) and math.isnan(rci[0])):
+        return _num(ratio), f"<span class='muted'>{_e(g.get('ratio_note') or 'n/a')}</span>"
+    return _num(ratio), f"[{_num(rci[0])}, {_num(rci[1])}]"
+
+
 def _gap_rows(gaps: dict) -> list[list[str]]:
     rows = []
     for metric, g in gaps.items():
         lo, hi = g["difference_ci"]
-        flag = "<span class='flag'>flagged</span>" if g.get("flagged") else ""
-        rows.append([_e(metric), f"{_e(g['high_group'])} {_num(g['high'])}", f"{_e(g['low_group'])} {_num(g['low'])}",
-                     _num(g["difference"]), f"[{_num(lo)}, {_num(hi)}]", _num(g["ratio"]),
-                     f"[{_num(g['ratio_ci'][0])}, {_num(g['ratio_ci'][1])}]", f"{g['p_value']:.3g}",
-                     f"{g.get('p_adjusted', float('nan')):.3g}", flag])
+        status = _STATUS.get(g.get("status") or ("flagged" if g.get("flagged") else "not significant"), "")
+        pct = g["metric"].startswith("accuracy") or g["metric"] in ("selection_rate", "fpr", "fnr")
+        n = g.get("n") or {}
+        ratio, rci = _ratio_cell(g)
+        rows.append([_e(metric_words(g.get("metric", metric))),
+                     f"{_e(g['high_group'])} {_num(g['high'], pct)} (n={n.get(g['high_group'], '?')})",
+                     f"{_e(g['low_group'])} {_num(g['low'], pct)} (n={n.get(g['low_group'], '?')})",
+                     _num(g["difference"]), f"[{_num(lo)}, {_num(hi)}]", ratio, rci, f"{g['p_value']:.3g}",
+                     f"{g.get('p_adjusted', float('nan')):.3g}", status])
     return rows
 
 
-_GAP_HEAD = ["metric", "highest", "lowest", "difference", "95% CI", "ratio", "ratio CI", "p", "p (Holm)", ""]
+_GAP_HEAD = ["metric", "highest", "lowest", "difference", "95% CI", "ratio", "ratio CI", "p", "p (Holm)", "verdict"]
+
+
+def _cell_value(c: dict | None, pct: bool = False) -> str:
+    if not c or c.get("mean") is None:
+        return "<span class='muted'>-</span>"
+    lo, hi = c.get("ci") or [None, None]
+    return f"{_num(c['mean'], pct)} <span class='muted'>[{_num(lo, pct)}, {_num(hi, pct)}]</span>"
+
+
+def _cells_section(title: str, cells: dict, note: str, pct_share: bool = False) -> str:
+    """A table of per label x group cells (mean [CI], n, correct vs wrong) and a table of the within-label tests."""
+    if not cells:
+        return ""
+    rows, gaps = [], {}
+    for col, per_label in cells.items():
+        for lab, cell in per_label.items():
+            for gval, c in cell["by_group"].items():
+                ok = cell["by_outcome"]["correct"].get(gval) or {}
+                bad = cell["by_outcome"]["wrong"].get(gval) or {}
+                rows.append([_e(metric_words(col)), _e(lab), _e(gval), str(c["n"]), _cell_value(c),
+                             f"{_cell_value(ok)} (n={ok.get('n', 0)})", f"{_cell_value(bad)} (n={bad.get('n', 0)})"])
+            if cell.get("gap"):
+                gaps[f"{lab}|{col}"] = cell["gap"]
+    out = [f"<h4>{_e(title)}</h4><p class='muted'>{_e(note)}</p>",
+           _table(["quantity", "label", "group", "n images", "mean [95% CI]", "when correct", "when wrong"], rows)]
+    if gaps:
+        grows = _gap_rows(gaps)
+        for r, key in zip(grows, gaps):
+            r[0] = f"{_e(key.split('|', 1)[0])}: {r[0]}"
+        out.append("<p class='muted'>Group differences within each label:</p>" + _table(_GAP_HEAD, grows))
+    return "".join(out)
+
+
+def _region_charts(cells: dict) -> str:
+    """Share / area and removal-effect bars per label x group; charts of the same quantity share one scale."""
+    parts = []
+    for prefix, title, signed in (("ratio:", "Share / area", False), ("removal:", "Removal effect on p(true)", True)):
+        cols = [c for c in cells if c.startswith(prefix)]
+        vals = [abs(v) for c in cols for cell in cells[c].values() for g in cell["by_group"].values()
+                for v in (g.get("mean"), *(g.get("ci") or [])) if v is not None]
+        if not vals:
+            continue
+        top = max([*vals, 1.0 if not signed else 0.05])
+        for c in cols:
+            items = [(f"{lab} x {gval} (n={g['n']})", g.get("mean"), *(g.get("ci") or [None, None]))
+                     for lab, cell in cells[c].items() for gval, g in cell["by_group"].items()]
+            where = c.split(":", 2)
+            name = f"region {where[-1]}" + (f" ({where[1]})" if len(where) == 3 else "")
+            parts.append(_svg_bars(f"{title}, {name}, 95% CI (same scale)", items, vmin=-top if signed else 0.0,
+                                   vmax=top, pct=False, color=_COLORS[2]))
+    return "".join(parts)
+
+
+def _warnings_block(mm: dict) -> str:
+    groups = mm.get("warning_groups")
+    if groups is None:
+        groups = [{"title": "Warnings", "items": list(mm.get("warnings", []))}] if mm.get("warnings") else []
+    if not groups:
+        return ""
+    n = sum(len(g["items"]) for g in groups)
+    body = "".join(f"<p><b>{_e(g['title'])}</b> ({len(g['items'])}): " + "; ".join(_e(i) for i in g["items"]) + "</p>"
+                   for g in groups)
+    return f"<details class='warn'><summary>{n} warning(s), grouped</summary>{body}</details>"
 
 
 def _model_section(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics: dict, groups: list[str]) -> str:
-    parts = [f"<section><h2>Model {_e(key)}</h2>"]
-    parts.append("<ul class='findings'>" + "".join(f"<li>{_e(f)}</li>" for f in mm.get("findings", [])) + "</ul>")
+    parts = [f"<section><h2>Model {_e(key)}: evidence</h2>"]
+    answer = set(mm.get("answer", []))
+    rest = [f for f in mm.get("findings", [])[1:] if f not in answer and not f.startswith("Bias score (")]
+    if rest:
+        parts.append("<h3>Findings</h3><ul class='findings'>" + "".join(f"<li>{_e(f)}</li>" for f in rest) + "</ul>")
     for gname, entry in mm.get("groupings", {}).items():
         parts.append(f"<h3>By {_e(gname)}</h3>")
         bg, cis = entry["by_group"], entry.get("by_group_ci", {})
@@ -184,7 +291,7 @@ def _model_section(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics:
                             [[_e(g), str(v.get("n")), _num(v.get("accuracy"), True), _num(v.get("accuracy_top1"), True),
                               _num(v.get("accuracy_topk"), True), _num(v.get("mean_p_true"))] for g, v in bg.items()]))
         if entry.get("gaps"):
-            parts.append("<h4>Gaps between groups</h4>" + _table(_GAP_HEAD, _gap_rows(entry["gaps"])))
+            parts.append("<h4>Gaps between groups (all labels)</h4>" + _table(_GAP_HEAD, _gap_rows(entry["gaps"])))
         cell_rows, cell_gaps = [], []
         for lab, le in entry.get("by_label", {}).items():
             for g, v in le["by_group"].items():
@@ -206,19 +313,23 @@ def _model_section(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics:
         if c_rows:
             parts.append("<h4>Predicted labels (one vs rest)</h4>" + _table(
                 ["label", "group", "selection rate", "FPR", "FNR", "DP difference", "EO difference"], c_rows))
-        regs = entry.get("regions", {})
-        if regs.get("by_group"):
-            cols = sorted({c for v in regs["by_group"].values() for c in v if c.startswith(("ratio:", "removal:"))})
-            for c in cols:
-                items = [(g, v.get(c), None, None) for g, v in regs["by_group"].items()]
-                vals = [abs(v) for _, v, _, _ in items if v is not None]
-                top = max([*vals, 1.0]) if c.startswith("ratio:") else max([*vals, 0.05])
-                title = (f"Attribution share / area share, region {c.split(':', 2)[2]} ({c.split(':')[1]})"
-                         if c.startswith("ratio:") else f"Removal effect on p(true), region {c.split(':', 1)[1]}")
-                parts.append(_svg_bars(title, items, vmin=0.0 if c.startswith("ratio:") else -top, vmax=top,
-                                       pct=False, color=_COLORS[2]))
-            if regs.get("gaps"):
-                parts.append(_table(_GAP_HEAD, _gap_rows(regs["gaps"])))
+        cells = (entry.get("regions") or {}).get("cells") or {}
+        if cells:
+            parts.append(_cells_section(
+                "Regions per label × group", cells,
+                "Counted only over the images of each label that have the region. Share: fraction of the positive "
+                "attribution inside the region; share / area: 1 means as much as its size; removal effect: change "
+                "of the true label's probability when the region is removed (negative: the model needed it)."))
+            parts.append(_region_charts(cells))
+        faith = (entry.get("faithfulness") or {}).get("cells") or {}
+        if faith:
+            parts.append(_cells_section(
+                "Explanation quality per label × group", faith,
+                "Deletion AUC (lower: removing the most attributed pixels first destroys the prediction faster, "
+                "more faithful), insertion AUC (higher is more faithful), IG relative completeness error "
+                "(|sum of attributions - (f(x) - f(baseline))| / |f(x) - f(baseline)|; above 0.1 the IG map is "
+                "not trustworthy), rank agreement (Spearman) between the maps of two methods on the same image. "
+                "A share gap that comes with a quality gap may reflect the explanations."))
     bs = mm.get("bias_score")
     if bs:
         parts.append("<h3>Bias score</h3>" + _svg_bars(
@@ -229,22 +340,45 @@ def _model_section(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics:
     if mm.get("errors"):
         parts.append("<h3>Images that could not be read</h3><ul>" + "".join(
             f"<li>{_e(e['path'])}: {_e(e['error'])}</li>" for e in mm["errors"]) + "</ul>")
-    for w in mm.get("warnings", [])[:20]:
-        parts.append(f"<p class='warn'>{_e(w)}</p>")
+    parts.append(_warnings_block(mm))
     parts.append("</section>")
     return "".join(parts)
 
 
+_HOWTO = """<section class='howto'><h2>How to read this</h2><ul>
+<li><b>Answer first</b>: the blue box per model states the result in sentences; everything below is the evidence.</li>
+<li><b>Groups and cells</b>: a <i>group</i> is a value of an attribute column (gender = female); a <i>cell</i> is a
+label × group pair (doctor × female). Region and explanation-quality numbers are per cell, counted only over the
+images that have the region; <i>n</i> is always the number of images behind a number.</li>
+<li><b>Intervals</b>: [a, b] is a 95% bootstrap interval (images resampled within each group). Wide intervals
+mean few images.</li>
+<li><b>Flagged</b> means both real and large: the interval of the difference excludes 0, the permutation p-value
+survives Holm's correction over all tests of the model, <i>and</i> the difference is at least the minimum effect
+(default 0.05 absolute; <code>--min-effect KIND=VALUE</code>). Differences that are significant but smaller are
+listed as such; comparisons where both groups are 0 are marked degenerate. A ratio has no interval when its
+denominator's interval reaches 0.</li>
+<li><b>Bias score</b>: mean true-label probability on stereotypical cells minus atypical cells of the same labels.
+Positive: the model is more confident when the picture matches the stereotype.</li>
+<li>Numbers too small for 3 decimals are written in scientific notation (2.4e-04).</li>
+</ul></section>"""
+
+
 def render_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> str:
-    """The report as one HTML string."""
+    """The report as one HTML string: the answer per model first, a how-to-read section, then the evidence."""
     run_dir = Path(run_dir)
     cfg = metrics["run"]["config"]
     groups = list(cfg.get("groups", []))
     models = metrics["models"]
+    opts = metrics["run"].get("metrics_options") or {}
     head = (f"<h1>biasscope audit</h1><p class='muted'>Run {_e(run_dir.name)} · status {_e(metrics['run']['status'])}"
             f" · manifest {_e(metrics['run']['manifest'].get('path'))} · groups {_e(', '.join(groups))} · methods "
             f"{_e(', '.join(cfg.get('methods', [])) or 'none')} · match {_e(cfg.get('match'))}"
-            f" (top-k = {_e(cfg.get('top_k'))})</p>")
+            f" (top-k = {_e(cfg.get('top_k'))}) · stereotypical cells "
+            f"{_e(', '.join(opts.get('stereotypical') or []) or 'none')}</p>")
+    answer = "".join(
+        f"<section class='answer'><h2>{_e(k)}: the answer</h2><ul>"
+        + "".join(f"<li>{_e(f)}</li>" for f in (mm.get("answer") or mm.get("findings", [])))
+        + "</ul></section>" for k, mm in models.items())
     comp = metrics.get("comparison", {})
     comp_rows = []
     for key, c in comp.items():
@@ -268,18 +402,16 @@ def render_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> str:
                      for g, v in entry["by_group"].items()]
             comparison += _svg_bars(f"{key}: accuracy by {gname}", items, color=_COLORS[i % len(_COLORS)])
     comparison += "</section>"
-    summary = "<section><h2>Summary of findings</h2>" + "".join(
-        f"<h3>{_e(k)}</h3><ul class='findings'>" + "".join(f"<li>{_e(f)}</li>" for f in mm.get("findings", [])[:8])
-        + "</ul>" for k, mm in models.items()) + "</section>"
     body = "".join(_model_section(run_dir, k, mm, df, metrics, groups) for k, mm in models.items())
     method_note = ("<p class='muted'>Gaps: difference between the highest and lowest group (fairlearn MetricFrame), "
                    "95% percentile bootstrap interval resampling images within groups, permutation-test p-value of "
                    "the range over groups, Holm-adjusted over all gaps of a model. A gap is flagged when its interval "
-                   "excludes zero and the adjusted p-value is below alpha.</p>")
+                   "excludes zero, the adjusted p-value is below alpha and the difference is at least the minimum "
+                   f"effect ({_e(', '.join(f'{k} {v:g}' for k, v in (opts.get('min_effect') or {}).items()))}).</p>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>biasscope audit report</title>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
             f"<style>{_CSS}</style></head><body><main>"
-            f"{head}{summary}{comparison}{body}{method_note}</main></body></html>")
+            f"{head}{answer}{_HOWTO}{comparison}{body}{method_note}</main></body></html>")
 
 
 def write_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> Path:

@@ -22,14 +22,19 @@ __all__ = [
     "METRICS_JSON",
     "PER_IMAGE_CSV",
     "REPORT_HTML",
+    "answer",
     "finalize_run",
     "findings",
+    "fmt_number",
+    "gap_sentence",
     "image_detail",
     "list_runs",
     "load_heatmap",
     "load_metrics",
+    "metric_words",
     "per_image_frame",
     "run_info",
+    "where_explanations_fall",
 ]
 
 METRICS_JSON = "metrics.json"
@@ -115,13 +120,19 @@ def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFra
                     row[f"area:{r}"] = d.get("area_share")
                     row[f"share:{method}:{r}"] = d.get("share")
                     row[f"ratio:{method}:{r}"] = d.get("ratio")
+            for method, checks in (rec.get("quality") or {}).items():
+                for k, v in checks.items():
+                    row[f"faith:{method}:{k}"] = v
+            for pair, rho in (rec.get("agreement") or {}).items():
+                row[f"agree:{pair}"] = rho
             for r, d in rec.get("removal", {}).items():
                 row[f"removal:{r}"] = d.get("effect")
             row.update(face_columns(rec.get("face")))
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in df.columns:  # JSON null -> NaN for numeric columns
-        if c.startswith(("share:", "ratio:", "area:", "removal:", "score:")) or c in ("p_true", "pred_prob"):
+        if (c.startswith(("share:", "ratio:", "area:", "removal:", "score:", "faith:", "agree:"))
+                or c in ("p_true", "pred_prob")):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
@@ -149,11 +160,16 @@ def load_metrics(run_dir: str | Path) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def _fmt(x: float | None, pct: bool = False) -> str:
+def fmt_number(x: float | None, pct: bool = False) -> str:
+    """A number for people: 3 decimals (or a percentage with 1), scientific notation when that would read 0."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+    if pct:
+        return f"{100 * x:.1f}%" if x == 0 or abs(100 * x) >= 0.05 else f"{100 * x:.1e}%"
+    return f"{x:.3f}" if x == 0 or abs(x) >= 0.0005 else f"{x:.2e}"
 
+
+_fmt = fmt_number
 
 _METRIC_WORDS = {
     "accuracy": "accuracy",
@@ -166,18 +182,96 @@ _METRIC_WORDS = {
     "mean_score": "mean score",
 }
 
+_FAITH_WORDS = {"deletion_auc": "deletion AUC (lower is more faithful)",
+                "insertion_auc": "insertion AUC (higher is more faithful)",
+                "completeness_relative": "relative completeness error (lower is more faithful)"}
 
-def _metric_words(metric: str) -> str:
-    if metric.startswith("share:"):
-        _, method, region = metric.split(":", 2)
-        return f"{method} attribution share on region '{region}'"
+
+def metric_words(metric: str) -> str:
+    """A metric name (``share:gradcam:hair``, ``removal:hair``, ``accuracy``...) in words."""
+    if metric.startswith(("share:", "ratio:")):
+        kind, method, region = metric.split(":", 2)
+        what = "attribution share" if kind == "share" else "attribution share / area share"
+        return f"{method} {what} on region '{region}'"
     if metric.startswith("removal:"):
         return f"effect of removing region '{metric.split(':', 1)[1]}' on the true label's probability"
+    if metric.startswith("faith:"):
+        _, method, key = metric.split(":", 2)
+        return f"{method} {_FAITH_WORDS.get(key, key)}"
+    if metric.startswith("agree:"):
+        a, _, b = metric.split(":", 1)[1].partition("~")
+        return f"rank agreement (Spearman) of {a} and {b} maps"
     return _METRIC_WORDS.get(metric, metric)
 
 
+_metric_words = metric_words
+
+
+def _pct_metric(metric: str) -> bool:
+    return metric.startswith("accuracy") or metric in ("selection_rate", "fpr", "fnr")
+
+
+def scope_words(g: dict) -> str:
+    """What a gap is computed over: label, groups with their n, images."""
+    n = g.get("n") or {}
+    sizes = ", ".join(f"{k} n={v}" for k, v in n.items())
+    scope = g.get("scope", "all")
+    where = ("all labels" if scope == "all" else f"label {scope.split('=', 1)[1]}" if scope.startswith("label=")
+             else scope.replace("=", " "))
+    return f"over {where}; {g.get('grouping')} groups {sizes}; {sum(n.values())} images"
+
+
+def gap_sentence(g: dict) -> str:
+    """One gap (flagged or not) as a sentence with its numbers and what it is computed over."""
+    pct = _pct_metric(g["metric"])
+    lo, hi = g["difference_ci"]
+    lab = g.get("label")
+    where = f"Within label {lab}, the" if lab else ("The" if g.get("scope", "all") == "all"
+                                                     else f"For {g['scope'].replace('=', ' ')}, the")
+    ratio = ""
+    if g.get("ratio") is not None and not (isinstance(g["ratio"], float) and math.isnan(g["ratio"])):
+        rci = g.get("ratio_ci") or [None, None]
+        ratio = f", ratio {_fmt(g['ratio'])}" + (f" [{_fmt(rci[0])}, {_fmt(rci[1])}]" if rci[0] is not None else "")
+    return (f"{where} {metric_words(g['metric'])} differs between {g['grouping']} groups: "
+            f"{g['high_group']} {_fmt(g['high'], pct)} vs {g['low_group']} {_fmt(g['low'], pct)} "
+            f"(difference {_fmt(g['difference'])}, 95% CI [{_fmt(lo)}, {_fmt(hi)}]{ratio}, "
+            f"permutation p = {g['p_value']:.3g}, Holm-adjusted {g['p_adjusted']:.3g}; "
+            f"{scope_words(g)}).")
+
+
+def _faith_notes(model_metrics: dict) -> dict[tuple[str, str, str], str]:
+    """(grouping, label, method) -> a note when that method's explanations differ in faithfulness by group."""
+    notes: dict[tuple[str, str, str], str] = {}
+    for gname, entry in model_metrics.get("groupings", {}).items():
+        for col, per_label in (entry.get("faithfulness") or {}).get("cells", {}).items():
+            if not col.startswith("faith:"):
+                continue
+            _, method, key = col.split(":", 2)
+            for lab, cell in per_label.items():
+                g = cell.get("gap")
+                if g and g.get("flagged"):
+                    worse = g["low_group"] if key == "insertion_auc" else g["high_group"]
+                    notes[(gname, lab, method)] = (
+                        f" Caution: {method} explanations are less faithful for {gname} = {worse} within label "
+                        f"{lab} ({_FAITH_WORDS.get(key, key)}: {g['high_group']} {_fmt(g['high'])} vs "
+                        f"{g['low_group']} {_fmt(g['low'])}), so part of this gap may reflect explanation quality.")
+    return notes
+
+
+def _no_gap_sentence(model_metrics: dict, alpha: float) -> str:
+    counts = model_metrics.get("n_not_flagged") or {}
+    return (f"No gap between groups is significant and large enough to flag: of the "
+            f"{model_metrics.get('n_tests', 0)} gaps tested, {counts.get('not significant', 0)} are not significant "
+            f"(95% interval or Holm-adjusted permutation p-value at level {alpha}), "
+            f"{counts.get('too small', 0)} are significant but below the minimum effect, "
+            f"{counts.get('degenerate', 0)} are degenerate (both groups 0).")
+
+
 def findings(model_metrics: dict, *, alpha: float = 0.05) -> list[str]:
-    """The findings of one model in plain sentences with their numbers."""
+    """The findings of one model in plain sentences with their numbers: each flagged gap once, then the bias score.
+
+    Warnings are not findings: they are in ``warnings`` / ``warning_groups``.
+    """
     out: list[str] = []
     ov = model_metrics.get("overall")
     if not ov:
@@ -186,47 +280,88 @@ def findings(model_metrics: dict, *, alpha: float = 0.05) -> list[str]:
                f"(top-k {_fmt(ov['accuracy_topk'], True)}), "
                f"mean probability of the true label {_fmt(ov['mean_p_true'])}.")
     flagged = model_metrics.get("flagged", [])
+    notes = _faith_notes(model_metrics)
     for g in sorted(flagged, key=lambda g: g["p_adjusted"]):
-        pct = not g["metric"].startswith(("share:", "removal:", "mean_"))
-        lo, hi = g["difference_ci"]
-        scope = "" if g["scope"] == "all" else f" ({g['scope'].replace('=', ' ')})"
-        out.append(
-            f"The {_metric_words(g['metric'])}{scope} differs between {g['grouping']} groups: "
-            f"{g['high_group']} {_fmt(g['high'], pct)} vs {g['low_group']} {_fmt(g['low'], pct)} "
-            f"(difference {_fmt(g['difference'])}, 95% CI [{_fmt(lo)}, {_fmt(hi)}], ratio {_fmt(g['ratio'])}, "
-            f"permutation p = {g['p_value']:.3g}, Holm-adjusted {g['p_adjusted']:.3g})."
-        )
+        s = gap_sentence(g)
+        if g["metric"].startswith(("share:", "ratio:")) and g.get("label"):
+            s += notes.get((g["grouping"], g["label"], g["metric"].split(":")[1]), "")
+        out.append(s)
+    counts = model_metrics.get("n_not_flagged") or {}
     if not flagged and model_metrics.get("n_tests"):
-        out.append(f"No gap between groups is significant: none of the {model_metrics['n_tests']} gaps tested has "
-                   f"a 95% interval excluding zero and a Holm-adjusted permutation p-value below {alpha}.")
+        out.append(_no_gap_sentence(model_metrics, alpha))
+    elif counts.get("too small"):
+        out.append(f"{counts['too small']} more gap(s) are significant but below the minimum effect; "
+                   "they are listed in the tables, not flagged.")
     bs = model_metrics.get("bias_score")
     if bs:
-        verdict = "significant" if bs["significant"] else "not significant"
+        verdict = ("flagged" if bs.get("flagged") else "significant but below the minimum effect"
+                   if bs["significant"] else "not significant")
         out.append(
             f"Bias score ({bs['group']}): stereotypical images get mean true-label probability "
             f"{_fmt(bs['stereotypical_mean'])}, atypical ones {_fmt(bs['atypical_mean'])}: difference "
             f"{_fmt(bs['score'])}, 95% CI [{_fmt(bs['ci'][0])}, {_fmt(bs['ci'][1])}], "
-            f"p = {bs['p_value']:.3g} ({verdict})."
+            f"p = {bs['p_value']:.3g} ({verdict}; {bs['n_stereotypical']} stereotypical, "
+            f"{bs['n_atypical']} atypical images)."
         )
+    return out
+
+
+def where_explanations_fall(model_metrics: dict, grouping: str | None = None, limit: int = 6) -> list[str]:
+    """Per label x group cell, the region drawing the most attribution relative to its area (with n)."""
+    out: list[str] = []
     for gname, entry in model_metrics.get("groupings", {}).items():
-        regs = entry.get("regions", {}).get("by_group", {})
-        for gval, vals in regs.items():
-            ratios = {k: v for k, v in vals.items() if k.startswith("ratio:") and v is not None}
-            if not ratios:
+        if grouping is not None and gname != grouping:
+            continue
+        cells = (entry.get("regions") or {}).get("cells", {})
+        best: dict[tuple[str, str, str], tuple[float, str, dict]] = {}
+        for col, per_label in cells.items():
+            if not col.startswith("ratio:"):
                 continue
-            top = max(ratios, key=lambda k: ratios[k])
-            _, method, region = top.split(":", 2)
-            share = vals.get(f"share:{method}:{region}")
-            if ratios[top] > 1.5:
-                out.append(f"For {gname} = {gval}, {method} attribution concentrates on region '{region}': "
-                           f"{_fmt(share, True)} of the positive attribution, {ratios[top]:.2f}x its area share.")
-            rem = vals.get(f"removal:{region}")
-            if rem is not None and abs(rem) >= 0.05:
-                direction = "lowers" if rem < 0 else "raises"
-                out.append(f"For {gname} = {gval}, removing region '{region}' {direction} the true label's "
-                           f"probability by {abs(rem):.3f} on average.")
-    for w in model_metrics.get("warnings", []):
-        out.append(f"Warning: {w}.")
+            _, method, region = col.split(":", 2)
+            for lab, cell in per_label.items():
+                for gval, c in cell["by_group"].items():
+                    if c.get("mean") is None:
+                        continue
+                    key = (method, lab, gval)
+                    if key not in best or c["mean"] > best[key][0]:
+                        best[key] = (c["mean"], region, c)
+        for (method, lab, gval), (ratio, region, c) in sorted(best.items()):
+            share = cells.get(f"share:{method}:{region}", {}).get(lab, {}).get("by_group", {}).get(gval, {})
+            out.append(f"{lab} x {gname} = {gval} ({method}, {c['n']} images with region '{region}'): "
+                       f"'{region}' holds {_fmt(share.get('mean'), True)} of the positive attribution, "
+                       f"{_fmt(ratio)}x its area share.")
+        break  # the first grouping only: the others repeat the question
+    return out[:limit] if limit else out
+
+
+def answer(model_metrics: dict, stereotypical: list[str] | None = None, *, alpha: float = 0.05) -> list[str]:
+    """The answer to the audit's question in a few sentences with numbers (top of report and dashboard)."""
+    ov = model_metrics.get("overall")
+    if not ov:
+        return ["No image could be evaluated."]
+    out = [f"Accuracy {_fmt(ov['accuracy'], True)} over {ov['n']} images "
+           f"(mean probability of the true label {_fmt(ov['mean_p_true'])})."]
+    bs = model_metrics.get("bias_score")
+    if bs:
+        word = "higher" if bs["score"] > 0 else "lower"
+        verdict = ("a flagged difference" if bs.get("flagged") else
+                   "significant but below the minimum effect" if bs["significant"] else "not significant")
+        out.append(f"Stereotypical cells ({', '.join(bs['stereotypical'])}; {bs['n_stereotypical']} images) get a "
+                   f"{word} true-label probability than atypical ones ({bs['n_atypical']} images): "
+                   f"{_fmt(bs['stereotypical_mean'])} vs {_fmt(bs['atypical_mean'])}, bias score "
+                   f"{_fmt(bs['score'])} (95% CI [{_fmt(bs['ci'][0])}, {_fmt(bs['ci'][1])}], p = {bs['p_value']:.3g}):"
+                   f" {verdict}.")
+    elif stereotypical:
+        out.append("No bias score: the stereotypical cells given have no atypical counterpart in the data.")
+    flagged = model_metrics.get("flagged", [])
+    if flagged:
+        out.append(f"{len(flagged)} of {model_metrics.get('n_tests', 0)} gaps are flagged (significant after Holm "
+                   f"and at least the minimum effect); the largest:")
+        top = sorted(flagged, key=lambda g: -g["difference"] / max(g.get("min_effect") or 1e-9, 1e-9))[:3]
+        out += [gap_sentence(g) for g in top]
+    elif model_metrics.get("n_tests"):
+        out.append(_no_gap_sentence(model_metrics, alpha))
+    out += where_explanations_fall(model_metrics, limit=6)
     return out
 
 
@@ -272,6 +407,7 @@ def finalize_run(
                                                                    sub.loc[sub["status"] == "error", "error"])]
                         if not sub.empty else [])
         mm["findings"] = findings(mm, alpha=options.alpha)
+        mm["answer"] = answer(mm, options.stereotypical, alpha=options.alpha)
         if with_faces:
             mm["faces"] = face_summary(run_dir, key, sub, groups=groups, methods=methods,
                                        model_index=models.index(key))

@@ -39,6 +39,7 @@ __all__ = [
     "ModelSource",
     "RunResult",
     "check_stereotypical",
+    "method_agreement",
     "run_audit",
 ]
 
@@ -48,6 +49,9 @@ MSG_OTHER_AUDIT = (
 )
 
 CancelFlag = threading.Event | Callable[[], bool]
+
+#: per-explanation checks stored with each image (explanation quality by group)
+QUALITY_CHECKS = ("deletion_auc", "insertion_auc", "completeness_relative")
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,15 @@ class AuditConfig:
     heatmap_size: int = 64
     #: detect faces: face-part regions and quality flags per image (see :mod:`.face_audit`)
     face_parts: bool = False
+    #: deletion/insertion AUC of every explanation (explanation quality per label x group; costs forwards)
+    faithfulness: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["removal"] = self.removal.to_dict() if self.removal else None
-        if not self.face_parts:
-            d.pop("face_parts")  # runs stored before the option existed resume unchanged
+        for flag in ("face_parts", "faithfulness"):
+            if not d[flag]:
+                d.pop(flag)  # runs stored before the option existed resume unchanged
         return d
 
     @classmethod
@@ -464,6 +471,28 @@ def _view(adapter: ModelAdapter, img) -> dict | None:
             "landmarks": np.asarray(lm, dtype=float).tolist()}
 
 
+def method_agreement(maps: Mapping[str, np.ndarray | None]) -> dict[str, float]:
+    """Spearman rank correlation between every pair of methods' maps of one image (``"a~b"`` keys).
+
+    Maps are compared at model resolution; a constant map has no ranking (the pair is left out).
+    """
+    from scipy.stats import rankdata
+
+    names = [m for m, v in maps.items() if v is not None]
+    ranks = {}
+    for m in names:
+        v = np.asarray(maps[m], dtype=np.float64).ravel()
+        if np.ptp(v) > 0:
+            r = rankdata(v)
+            ranks[m] = (r - r.mean()) / np.linalg.norm(r - r.mean())
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a in ranks and b in ranks and ranks[a].shape == ranks[b].shape:
+                out[f"{a}~{b}"] = float(ranks[a] @ ranks[b])
+    return out
+
+
 def _process_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
@@ -530,12 +559,17 @@ def _process_batch(
     else:
         targets = [choose(p, i) for i, p in enumerate(probs)]
     shares: list[dict] = [{} for _ in images]
+    quality: list[dict] = [{} for _ in images]
+    agreement: list[dict] = [{} for _ in images]
     if cfg.methods:
         fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
         exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
-                             faithfulness=False, inputs=x, probabilities=fp32_probs, precomputed=precomputed)
+                             faithfulness=cfg.faithfulness, inputs=x, probabilities=fp32_probs,
+                             precomputed=precomputed)
         for i, (row, e) in enumerate(zip(rows, exps)):
+            agreement[i] = method_agreement({m: ex.model_heatmap for m, ex in e.items()})
             for method, ex in e.items():
+                quality[i][method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
                 shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
                 # the model's own map (a face chip's map is placed back with the record's "view")
                 src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
@@ -571,6 +605,8 @@ def _process_batch(
             "target_index": targets[i],
             "target_class": names[targets[i]],
             "shares": shares[i],
+            "quality": quality[i],
+            "agreement": agreement[i],
             "removal": removal[i],
             "seconds": per_image,
             **({"face": face_info[i]} if cfg.face_parts else {}),

@@ -8,40 +8,101 @@ import click
 
 from ._common import handle_errors, model_options, parse_method_params, split_model_options
 
-__all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd"]
+__all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd", "demo_cmd"]
 
 
-def _metrics_options(stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int, seed: int,
-                     min_group_size: int, alpha: float, exclude_flags: str = "") -> dict:
+_STATS_DEFAULTS = {"bias_group": None, "n_boot": 1000, "n_perm": 1000, "seed": 0, "min_group_size": 30,
+                   "alpha": 0.05}
+
+
+def _parse_min_effect(items: tuple[str, ...]) -> dict[str, float]:
+    from ..audit.metrics import DEFAULT_MIN_EFFECT
+
+    out: dict[str, float] = {}
+    for item in items:
+        kind, sep, value = item.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in DEFAULT_MIN_EFFECT:
+            raise click.BadParameter(f"{item!r}: expected KIND=VALUE with KIND one of {', '.join(DEFAULT_MIN_EFFECT)}",
+                                     param_hint="--min-effect")
+        try:
+            out[kind] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {value!r} is not a number", param_hint="--min-effect") from None
+        if not out[kind] >= 0:
+            raise click.BadParameter(f"{item!r}: the minimum effect must be >= 0", param_hint="--min-effect")
+    return out
+
+
+def _metrics_options(stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int | None,
+                     n_perm: int | None, seed: int | None, min_group_size: int | None, alpha: float | None,
+                     exclude_flags: str | None = None, min_effect: tuple[str, ...] = (), *,
+                     stored: dict | None = None) -> dict:
+    """Statistics options from the command line; with ``stored`` (audit-report), what is not given keeps the
+    run's stored value (its stereotypical cells included), else the default."""
     for s in stereotypical:
         if ":" not in s:
             raise click.BadParameter(f"{s!r}: expected LABEL:GROUP, e.g. doctor:male", param_hint="--stereotypical")
-    return {"stereotypical": list(stereotypical), "bias_group": bias_group, "n_boot": n_boot, "n_perm": n_perm,
-            "seed": seed, "min_group_size": min_group_size, "alpha": alpha,
-            "exclude_flags": [f.strip() for f in exclude_flags.split(",") if f.strip()]}
+    base = dict(stored or {})
+    given = {"bias_group": bias_group, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,
+             "min_group_size": min_group_size, "alpha": alpha}
+    out = {k: (v if v is not None else base.get(k, _STATS_DEFAULTS[k])) for k, v in given.items()}
+    out["stereotypical"] = list(stereotypical) if stereotypical else list(base.get("stereotypical", []))
+    out["exclude_flags"] = ([f.strip() for f in exclude_flags.split(",") if f.strip()] if exclude_flags is not None
+                            else list(base.get("exclude_flags", [])))
+    out["min_effect"] = {**(base.get("min_effect") or {}), **_parse_min_effect(min_effect)}
+    for k, v in base.items():  # options this CLI does not set (confidence, ...)
+        out.setdefault(k, v)
+    return out
 
 
 def _stats_options(fn):
     opts = [
         click.option("--stereotypical", multiple=True, metavar="LABEL:GROUP",
-                     help="a stereotypical label x group cell for the bias score, e.g. doctor:male (repeatable)"),
+                     help="a stereotypical label x group cell for the bias score, e.g. doctor:male (repeatable; "
+                          "audit-report keeps the run's cells unless given)"),
         click.option("--bias-group", default=None, help="group column of the stereotypical cells (default: first)"),
-        click.option("--n-boot", type=click.IntRange(100, 100_000), default=1000, show_default=True,
-                     help="bootstrap resamples for confidence intervals"),
-        click.option("--n-perm", type=click.IntRange(100, 100_000), default=1000, show_default=True,
-                     help="permutations for p-values"),
-        click.option("--seed", type=int, default=0, show_default=True, help="seed of bootstrap and permutations"),
-        click.option("--min-group-size", type=click.IntRange(1), default=30, show_default=True,
-                     help="warn about groups smaller than this"),
-        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
-                     show_default=True, help="significance level (Holm-adjusted)"),
-        click.option("--exclude-flags", default="", metavar="FLAG,FLAG",
+        click.option("--n-boot", type=click.IntRange(100, 100_000), default=None,
+                     help="bootstrap resamples for confidence intervals  [default: 1000]"),
+        click.option("--n-perm", type=click.IntRange(100, 100_000), default=None,
+                     help="permutations for p-values  [default: 1000]"),
+        click.option("--seed", type=int, default=None, help="seed of bootstrap and permutations  [default: 0]"),
+        click.option("--min-group-size", type=click.IntRange(1), default=None,
+                     help="warn about groups smaller than this  [default: 30]"),
+        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="significance level (Holm-adjusted)  [default: 0.05]"),
+        click.option("--min-effect", "min_effect", multiple=True, metavar="KIND=VALUE",
+                     help="smallest group difference flagged, per kind (repeatable): accuracy, probability, rate, "
+                          "share, removal, faithfulness  [default: 0.05 each, absolute]"),
+        click.option("--exclude-flags", default=None, metavar="FLAG,FLAG",
                      help="leave images with these face quality flags out of the metrics (needs --face-parts): "
                           "no_face, several_faces, turned_head, tiny_face, blurry"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def _echo_summary(metrics: dict, run_dir: object) -> None:
+    """A compact summary: each model's answer and flagged findings once, warnings counted by kind."""
+    for key, mm in metrics.get("models", {}).items():
+        click.echo(f"\n== {key}")
+        answer = mm.get("answer") or mm.get("findings", [])
+        for f in answer:
+            click.echo(f"  - {f}")
+        shown = sum(f in answer for f in mm.get("findings", []))
+        rest = len(mm.get("flagged", [])) - shown
+        if rest > 0:
+            click.echo(f"  ({rest} more flagged finding(s) in report.html and metrics.json)")
+        groups = mm.get("warning_groups") or []
+        if groups:
+            parts = []
+            for g in groups:
+                items = g["items"]
+                shown = "; ".join(items[:3]) + (f"; +{len(items) - 3} more" if len(items) > 3 else "")
+                parts.append(f"{g['title']}: {shown}")
+            click.echo(f"  warnings ({sum(len(g['items']) for g in groups)}): " + " | ".join(parts))
+    click.echo(f"\nwrote {run_dir}/metrics.json, per_image.csv, report.html")
 
 
 @click.command("audit")
@@ -66,6 +127,9 @@ def _stats_options(fn):
 @click.option("--face-parts", is_flag=True,
               help="detect faces: face-part regions (eyes, nose, mouth, hair band, ...), quality flags and aligned "
                    "group heatmaps (needs the faces extra)")
+@click.option("--faithfulness", is_flag=True,
+              help="also measure deletion/insertion AUC of every explanation: explanation quality per label x "
+                   "group (costs forward passes)")
 @_stats_options
 @model_options(several=True)
 @click.option("--overwrite", is_flag=True, help="replace a different audit already in --out")
@@ -81,8 +145,9 @@ def _stats_options(fn):
 def audit_cmd(manifest: str, groups: tuple[str, ...], concepts_file: str | None, concept_items: tuple[str, ...],
               methods: str, param_items: tuple[str, ...], out_dir: str, top_k: int, match: str, explain_target: str,
               removal: str, fill: str, blur_radius: float | None, batch_size: int, face_parts: bool,
-              stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int, seed: int,
-              min_group_size: int, alpha: float, exclude_flags: str, overwrite: bool, as_json: bool,
+              faithfulness: bool, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int | None,
+              n_perm: int | None, seed: int | None, min_group_size: int | None, alpha: float | None,
+              min_effect: tuple[str, ...], exclude_flags: str | None, overwrite: bool, as_json: bool,
               engine: str = "local", address: str | None = None, workers: int | None = None,
               cpus_per_worker: float | None = None, **model_kw) -> None:
     """Audit MANIFEST (CSV: path,label,attributes,region:NAME) on one or more models.
@@ -120,8 +185,10 @@ def audit_cmd(manifest: str, groups: tuple[str, ...], concepts_file: str | None,
         removal=None if removal == "none" else RemovalConfig(mode=removal, fill=fill_value,  # type: ignore[arg-type]
                                                              blur_radius=blur_radius),
         face_parts=face_parts,
+        faithfulness=faithfulness,
     )
-    mopts = _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size, alpha, exclude_flags)
+    mopts = _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size, alpha, exclude_flags,
+                             min_effect)
     sources = [ModelSource(spec, options=opts) for spec, opts in split_model_options(model_kw)]
     man = load_manifest(manifest, groups=list(groups))
     bar = tqdm(total=len(man) * len(sources), desc="audit", unit="img", disable=as_json, dynamic_ncols=True)
@@ -154,25 +221,27 @@ def audit_cmd(manifest: str, groups: tuple[str, ...], concepts_file: str | None,
                                "flagged": {k: v.get("flagged", []) for k, v in metrics.get("models", {}).items()}},
                               indent=2))
         return
-    for key, mm in metrics.get("models", {}).items():
-        click.echo(f"\n== {key}")
-        for f in mm.get("findings", []):
-            click.echo(f"  - {f}")
-    click.echo(f"\nwrote {result.run_dir}/metrics.json, per_image.csv, report.html")
+    _echo_summary(metrics, result.run_dir)
 
 
 @click.command("audit-report")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @_stats_options
 @handle_errors
-def audit_report_cmd(run_dir: str, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int,
-                     seed: int, min_group_size: int, alpha: float, exclude_flags: str) -> None:
-    """Recompute metrics.json, per_image.csv and report.html of RUN_DIR (no model is run)."""
-    from ..audit import finalize_run
+def audit_report_cmd(run_dir: str, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int | None,
+                     n_perm: int | None, seed: int | None, min_group_size: int | None, alpha: float | None,
+                     min_effect: tuple[str, ...], exclude_flags: str | None) -> None:
+    """Recompute metrics.json, per_image.csv and report.html of RUN_DIR (no model is run).
 
-    finalize_run(run_dir, _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size, alpha,
-                                           exclude_flags))
-    click.echo(f"wrote {run_dir}/metrics.json, per_image.csv, report.html")
+    Options not given keep the run's stored values (its stereotypical cells included).
+    """
+    from ..audit import finalize_run
+    from ..audit.store import RunStore
+
+    stored = RunStore(run_dir).get_meta("metrics_options") or {}
+    metrics = finalize_run(run_dir, _metrics_options(stereotypical, bias_group, n_boot, n_perm, seed, min_group_size,
+                                                     alpha, exclude_flags, min_effect, stored=stored))
+    _echo_summary(metrics, run_dir)
 
 
 @click.command("audit-manifest")
@@ -207,4 +276,34 @@ def audits_cmd(root: str, as_json: bool) -> None:
                    f"models: {', '.join(r.get('models', []))}  ({r.get('progress', 0):.0%})")
 
 
-AUDIT_COMMANDS = [audit_cmd, audit_report_cmd, audit_manifest_cmd, audits_cmd]
+@click.command("demo")
+@click.argument("data_root", type=click.Path(file_okay=False), default="data")
+@click.option("--model", default="mobilenet_v2", show_default=True, help="model to audit")
+@click.option("--views", type=click.IntRange(1, 6), default=6, show_default=True,
+              help="crops/flips per photo (x 2 styles x 4 photos = images)")
+@click.option("--force", is_flag=True, help="rebuild and rerun even if a complete demo run exists")
+@handle_errors
+def demo_cmd(data_root: str, model: str, views: int, force: bool) -> None:
+    """Build the offline demo audit under DATA_ROOT (photos shipped with scikit-image and matplotlib).
+
+    Colour vs grayscale photos of a cat, an espresso, Grace Hopper in uniform and a rocket: the run lands in
+    DATA_ROOT/demo-audit, where `biasscope serve --data-root DATA_ROOT` shows its dashboard.
+    """
+    from tqdm import tqdm
+
+    from ..audit.demo import ensure_demo
+
+    bar = tqdm(desc="demo audit", unit="img", dynamic_ncols=True)
+
+    def progress(p) -> None:
+        bar.total = p.total_all
+        bar.update(p.done_all - bar.n)
+
+    try:
+        run = ensure_demo(data_root, model, views=views, force=force, progress=progress)
+    finally:
+        bar.close()
+    click.echo(f"demo audit: {run} (report: {run}/report.html)")
+
+
+AUDIT_COMMANDS = [audit_cmd, audit_report_cmd, audit_manifest_cmd, audits_cmd, demo_cmd]

@@ -57,7 +57,10 @@ def predict_cmd(images: tuple[str, ...], top: int, as_json: bool, **kw) -> None:
 @model_options
 @click.option("--method", "methods", default="gradcam", show_default=True,
               help="comma-separated methods (see `biasscope methods`)")
-@click.option("--target", default=None, help="class index or name to explain (default: top-1)")
+@click.option("--target", default=None, help="class index or name, or a --concept name, to explain (default: top-1)")
+@click.option("--concept", "concept_items", multiple=True, metavar="'NAME = class, class'",
+              help="a concept target (repeatable): --target NAME explains the summed probability of its classes "
+                   "(gradient methods: the sum of their logits)")
 @click.option("--param", "param_items", multiple=True, metavar="METHOD.NAME=VALUE",
               help="method parameter, e.g. lime.num_samples=500 (repeatable)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
@@ -65,12 +68,14 @@ def predict_cmd(images: tuple[str, ...], top: int, as_json: bool, **kw) -> None:
 @click.option("--no-faithfulness", is_flag=True, help="skip deletion/insertion AUCs")
 @click.option("--json", "as_json", is_flag=True, help="print the JSON summary")
 @handle_errors
-def explain_cmd(image: str, methods: str, target: str | None, param_items: tuple[str, ...], out_dir: str,
-                top: int, no_faithfulness: bool, as_json: bool, **kw) -> None:
+def explain_cmd(image: str, methods: str, target: str | None, concept_items: tuple[str, ...],
+                param_items: tuple[str, ...], out_dir: str, top: int, no_faithfulness: bool, as_json: bool,
+                **kw) -> None:
     """Explain IMAGE with one or more methods: overlays (PNG), raw heatmaps (.npy), summary.json."""
     from tqdm import tqdm
 
-    from ..api import explain
+    from ..api import explain, explanation_warnings, with_concept
+    from ..audit.concepts import ConceptAdapter, load_concepts
     from ..images import load_image
     from ..render import render_overlay
 
@@ -87,7 +92,9 @@ def explain_cmd(image: str, methods: str, target: str | None, param_items: tuple
             bar.update(1)
 
     tgt = int(target) if target is not None and target.isdigit() else target
-    exps = explain(adapter, img, method_list, target=tgt, params=parse_method_params(param_items),
+    concepts = load_concepts(list(concept_items)) if concept_items else {}
+    target_adapter, tgt = with_concept(adapter, tgt, concepts)
+    exps = explain(target_adapter, img, method_list, target=tgt, params=parse_method_params(param_items),
                    faithfulness=not no_faithfulness, progress=progress)
     bar.close()
     out = Path(out_dir)
@@ -99,17 +106,30 @@ def explain_cmd(image: str, methods: str, target: str | None, param_items: tuple
         "predictions": [p.to_dict() for p in adapter.predict(img, top=top)[0]],
         "methods": {},
     }
+    if isinstance(target_adapter, ConceptAdapter):
+        summary["concept"] = {"name": target_adapter.concept, "classes": target_adapter.to_dict()["concept"]["classes"],
+                              "explained": target_adapter.describe()}
+    warnings: list[str] = []
     for name, e in exps.items():
         render_overlay(img, e).save(out / f"{name}.png")
         np.save(out / f"{name}.npy", e.heatmap)
-        summary["methods"][name] = e.to_dict() | {"overlay": f"{name}.png", "heatmap": f"{name}.npy"}
+        warns = explanation_warnings(e)
+        warnings += warns
+        summary["methods"][name] = e.to_dict() | {"overlay": f"{name}.png", "heatmap": f"{name}.npy",
+                                                  "warnings": warns}
+    summary["warnings"] = warnings
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
+        if "concept" in summary:
+            click.echo(f"target: {summary['concept']['explained']}")
         for e in exps.values():
             extra = ", ".join(f"{k}={v:.3g}" for k, v in e.checks.items() if isinstance(v, float))
-            click.echo(f"{e.label:24s} {e.seconds:7.2f}s  target={e.target_name}  {extra}")
+            click.echo(f"{e.label:24s} {e.seconds:7.2f}s  target={e.target_name} (p={e.target_probability:.3g})  "
+                       f"{extra}")
+        for w in warnings:
+            click.echo(f"warning: {w}")
         click.echo(f"wrote {out}")
 
 

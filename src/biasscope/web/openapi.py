@@ -49,6 +49,12 @@ _EXPLAIN_FIELDS = _IMAGE_FIELDS | {
         "oneOf": [{"type": "integer"}, {"type": "string"}],
         "description": "class index or class name to explain; default: the top-1 class",
     },
+    "concept": {
+        "type": "string",
+        "description": "a concept to explain instead of a class, 'NAME = class, class' (e.g. 'doctor = stethoscope, "
+                       "lab coat'): its probability is the summed probability of its classes; gradient methods "
+                       "explain the sum of their logits",
+    },
     "faithfulness": {"type": "boolean", "default": True, "description": "compute deletion/insertion AUCs"},
 }
 

@@ -167,6 +167,14 @@ def _prepare_job(data: dict[str, Any]):
     adapter = st.models.get(key)
     params = _params(data, methods, adapter)
     target = _target(data, adapter)
+    if data.get("concept"):  # "doctor = stethoscope, lab coat": the concept is the target (see ConceptAdapter)
+        from ..audit.concepts import concept_adapter, parse_concept
+
+        if not isinstance(data["concept"], str) or data.get("target") not in (None, ""):
+            raise BiasscopeError("'concept' is one string 'NAME = class, class' and replaces 'target'")
+        name, concept_classes = parse_concept(data["concept"])
+        adapter = concept_adapter(adapter, name, concept_classes)
+        target = adapter.concept_index
     faith = _as_bool(data.get("faithfulness"), "faithfulness", True)
     rec, img = _image(data)
     adapter.check_image(img)  # e.g. no face for a face model: a 422 now, not a failed job

@@ -245,8 +245,20 @@ function fillClassList(model) {
 }
 
 function pickClassFromSearch() {
-  const q = $("#class-search").value.trim().toLowerCase();
+  const raw = $("#class-search").value.trim();
+  const q = raw.toLowerCase();
   if (!q) return;
+  if (q.includes("=")) {  // a concept, "doctor = stethoscope, lab coat": checked by the server
+    const [name, rest] = [raw.slice(0, raw.indexOf("=")).trim(), raw.slice(raw.indexOf("=") + 1)];
+    const parts = rest.split(",").map((c) => c.trim()).filter(Boolean);
+    if (!name || !parts.length) { showError("a concept is NAME = class, class, e.g. doctor = stethoscope, lab coat"); return; }
+    clearError();
+    S.target = { concept: `${name} = ${parts.join(", ")}`, label: name, classes: parts };
+    renderPredictions();
+    updateTarget();
+    if (!S.busy && S.image) runExplain();
+    return;
+  }
   const classes = S.classes[S.model] || [];
   const hit = classes.find((c) => c.label.toLowerCase() === q) || classes.find((c) => c.label.toLowerCase().includes(q));
   if (!hit) { showError(`no class of ${S.model} matches “${q}”`); return; }
@@ -263,7 +275,8 @@ function setTarget(p, isTop) {
 
 function updateTarget() {
   const t = S.target;
-  $("#target-label").textContent = t ? `${t.label} (#${t.index})` : (S.predictions[0] ? `${S.predictions[0].label} (top-1)` : "top-1 prediction");
+  $("#target-label").textContent = t ? (t.concept ? `${t.label} (concept: ${t.classes.join(" + ")})` : `${t.label} (#${t.index})`)
+    : (S.predictions[0] ? `${S.predictions[0].label} (top-1)` : "top-1 prediction");
   $("#target-reset").classList.toggle("hidden", !t);
   $("#explain-btn").disabled = !S.image || S.busy;
 }
@@ -285,7 +298,8 @@ async function runExplain() {
   resetResults();
   const body = { image_id: S.image.id, model: S.model, methods, params: collectParams(methods),
     faithfulness: $("#faithfulness").checked };
-  if (S.target) body.target = S.target.index;
+  if (S.target && S.target.concept) body.concept = S.target.concept;
+  else if (S.target) body.target = S.target.index;
   setBusy(true);
   try {
     const job = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -362,7 +376,13 @@ function ensureOriginalCard(job) {
     el("div", { class: "stack" }, el("img", { src: job.image.url, alt: "original", class: "base" })),
     el("figcaption", {}, el("div", { class: "rc-title" }, el("h3", { text: "Original" })),
       el("div", { class: "muted", text: `${job.image.width}×${job.image.height} · ${job.model.name}` }))));
-  $("#results-target").textContent = t ? `for “${t.result.target_name}” (p = ${fmt(t.result.target_probability)})` : "";
+  $("#results-target").textContent = t ? `for “${t.result.target_name}” (p = ${fmt(t.result.target_probability)})${conceptNote()}` : "";
+}
+
+function conceptNote() {
+  const t = S.target;
+  return t && t.concept ? ` — concept: p is the sum of p(${t.classes.join(") + p(")}); gradient heatmaps explain the sum of their logits, ` +
+    "LIME, Kernel SHAP and occlusion the summed probability" : "";
 }
 
 function renderResult(job, m) {
@@ -375,7 +395,7 @@ function renderResult(job, m) {
     return;
   }
   const r = m.result;
-  if (!$("#results-target").textContent) $("#results-target").textContent = `for “${r.target_name}” (p = ${fmt(r.target_probability)})`;
+  if (!$("#results-target").textContent) $("#results-target").textContent = `for “${r.target_name}” (p = ${fmt(r.target_probability)})${conceptNote()}`;
   const heat = el("img", { src: r.heatmap_url, alt: `${m.label} heatmap`, class: "heat" });
   heat.style.opacity = $("#opacity").value;
   const checks = el("dl", { class: "checks" }, el("dt", { text: "Time" }), el("dd", { text: `${fmt(r.seconds)} s` }));
@@ -390,6 +410,13 @@ function renderResult(job, m) {
     checks.append(el("dt", { text: "Completeness error", title: "|sum(attr) - (f(x) - f(baseline))|" }),
       el("dd", { text: `${fmt(c.completeness_error)} (${fmt(100 * c.completeness_relative, 2)}%)` }));
   }
+  // what a reader must know before trusting the map (the same limits as the CLI and the audit report)
+  const cautions = [];
+  if (r.target_probability < 1e-3) cautions.push(`The target “${r.target_name}” has p = ${fmt(r.target_probability)} (< 0.001): ` +
+    "this heatmap explains a class the model does not predict here.");
+  if (c.completeness_relative > 0.1) cautions.push(`Completeness error ${fmt(100 * c.completeness_relative, 2)}% (> 10%): ` +
+    "the attributions do not add up to the output; use more steps.");
+  const cautionEl = cautions.length ? el("div", { class: "caution", role: "note" }, ...cautions.map((t) => el("p", { text: `⚠ ${t}` }))) : null;
   const overlayLink = el("a", { class: "button secondary small", href: `${r.overlay_url}?download=1&alpha=${$("#opacity").value}`,
     download: `${m.name}-overlay.png`, "data-kind": "overlay", text: "Overlay PNG" });
   box.append(el("figure", { class: "card result-card", "data-method": m.name },
@@ -398,6 +425,7 @@ function renderResult(job, m) {
       el("div", { class: "rc-title" }, el("h3", { text: m.label }),
         el("span", { class: `badge ${m.signed ? "badge-signed" : "badge-unsigned"}`, text: r.legend.kind })),
       legendEl(r.legend),
+      cautionEl,
       checks,
       el("div", { class: "downloads" }, overlayLink,
         el("a", { class: "button secondary small", href: r.npy_url, download: `${m.name}-heatmap.npy`, text: "Heatmap .npy" })))));

@@ -24,8 +24,10 @@ function svg(tag, attrs = {}, text = null) {
 }
 const isNum = (x) => typeof x === "number" && Number.isFinite(x);
 function num(x, pct = false) {
+  // 3 decimals (percentages: 1); scientific notation where that would read 0 (as the report and CLI)
   if (!isNum(x)) return "n/a";
-  return pct ? `${(100 * x).toFixed(1)}%` : x.toFixed(3);
+  if (pct) return x === 0 || Math.abs(100 * x) >= 0.05 ? `${(100 * x).toFixed(1)}%` : `${(100 * x).toExponential(1)}%`;
+  return x === 0 || Math.abs(x) >= 0.0005 ? x.toFixed(3) : x.toExponential(2);
 }
 function ci(c, pct = false) { return c && isNum(c[0]) ? `[${num(c[0], pct)}, ${num(c[1], pct)}]` : ""; }
 
@@ -202,29 +204,105 @@ function bars(title, items, { pct = true, vmin = 0, vmax = 1 } = {}) {
   return s;
 }
 
-function gapRows(gaps, prefix = "") {
-  return Object.entries(gaps || {}).map(([metric, g]) => [prefix + metric, `${g.high_group} ${num(g.high)}`, `${g.low_group} ${num(g.low)}`,
-    num(g.difference), ci(g.difference_ci), num(g.ratio), isNum(g.p_adjusted) ? g.p_adjusted.toPrecision(3) : "n/a",
-    g.flagged ? el("span", { class: "flagged", text: "flagged" }) : ""]);
+const VERDICT = { flagged: "flagged", "too small": "significant, below minimum effect", degenerate: "degenerate (both 0)",
+  "not significant": "not significant" };
+function verdict(g) {
+  const st = g.status || (g.flagged ? "flagged" : "not significant");
+  return el("span", { class: st === "flagged" ? "flagged" : "verdict", text: VERDICT[st] || st });
 }
-const GAP_HEAD = ["metric", "highest", "lowest", "difference", "95% CI", "ratio", "p (Holm)", ""];
+function metricWords(m) {
+  const p = m.split(":");
+  if (p[0] === "share") return `${p[1]} share on '${p.slice(2).join(":")}'`;
+  if (p[0] === "ratio") return `${p[1]} share/area on '${p.slice(2).join(":")}'`;
+  if (p[0] === "removal") return `removing '${p.slice(1).join(":")}'`;
+  if (p[0] === "faith") return `${p[1]} ${p[2].replace("_", " ")}`;
+  if (p[0] === "agree") return `agreement ${p.slice(1).join(":").replace("~", " vs ")}`;
+  return m;
+}
+function gapRows(gaps, prefix = "") {
+  return Object.entries(gaps || {}).map(([metric, g]) => {
+    const n = g.n || {};
+    const ratio = isNum(g.ratio) ? num(g.ratio) + (g.ratio_ci && isNum(g.ratio_ci[0]) ? ` ${ci(g.ratio_ci)}` : "") : "n/a";
+    return [prefix + metricWords(g.metric || metric), `${g.high_group} ${num(g.high)} (n=${n[g.high_group] ?? "?"})`,
+      `${g.low_group} ${num(g.low)} (n=${n[g.low_group] ?? "?"})`, num(g.difference), ci(g.difference_ci),
+      el("span", { title: g.ratio_note || "", text: ratio }), isNum(g.p_adjusted) ? g.p_adjusted.toPrecision(3) : "n/a", verdict(g)];
+  });
+}
+const GAP_HEAD = ["metric", "highest", "lowest", "difference", "95% CI", "ratio", "p (Holm)", "verdict"];
+
+function cellValue(c) { return c && isNum(c.mean) ? `${num(c.mean)} ${ci(c.ci)}` : "-"; }
+
+function cellsTable(cells) {
+  // per quantity x label x group: n, mean [CI], and the same when the prediction is correct / wrong
+  const rows = [], gaps = [];
+  for (const [col, perLabel] of Object.entries(cells)) {
+    for (const [lab, cell] of Object.entries(perLabel)) {
+      for (const [g, c] of Object.entries(cell.by_group)) {
+        const ok = cell.by_outcome.correct[g] || {}, bad = cell.by_outcome.wrong[g] || {};
+        rows.push([metricWords(col), lab, g, c.n, cellValue(c), `${cellValue(ok)} (n=${ok.n ?? 0})`, `${cellValue(bad)} (n=${bad.n ?? 0})`]);
+      }
+      if (cell.gap) gaps.push(...gapRows({ [col]: cell.gap }, `${lab}: `));
+    }
+  }
+  const out = [table(["quantity", "label", "group", "n images", "mean [95% CI]", "when correct", "when wrong"], rows)];
+  if (gaps.length) out.push(el("p", { class: "muted", text: "Group differences within each label:" }), table(GAP_HEAD, gaps));
+  return out;
+}
+
+function sharedScaleCharts(cells) {
+  // share/area and removal effect per label x group; charts of one quantity share one scale
+  const out = [];
+  for (const [prefix, title, signed] of [["ratio:", "Share / area", false], ["removal:", "Removal effect on p(true)", true]]) {
+    const cols = Object.keys(cells).filter((c) => c.startsWith(prefix));
+    const vals = cols.flatMap((c) => Object.values(cells[c]).flatMap((cell) => Object.values(cell.by_group)
+      .flatMap((g) => [g.mean, ...(g.ci || [])]))).filter(isNum).map(Math.abs);
+    if (!vals.length) continue;
+    const top = Math.max(...vals, signed ? 0.05 : 1);
+    for (const c of cols) {
+      const items = Object.entries(cells[c]).flatMap(([lab, cell]) => Object.entries(cell.by_group)
+        .map(([g, v]) => [`${lab} × ${g} (n=${v.n})`, v.mean, ...(v.ci || [])]));
+      out.push(bars(`${title}: ${c.split(":").slice(-1)[0]}${c.split(":").length === 3 ? ` (${c.split(":")[1]})` : ""} (same scale)`, items,
+        { pct: false, vmin: signed ? -top : 0, vmax: top }));
+    }
+  }
+  return out;
+}
 
 function regionSection(regs) {
-  const by = regs.by_group || {};
-  const groups = Object.keys(by);
-  if (!groups.length) return null;
-  const cols = [...new Set(groups.flatMap((g) => Object.keys(by[g])))].filter((c) => c.startsWith("share:") || c.startsWith("ratio:") || c.startsWith("removal:")).sort();
-  const regions = [...new Set(cols.map((c) => c.split(":").slice(c.startsWith("removal:") ? 1 : 2).join(":")))];
-  const methods = [...new Set(cols.filter((c) => !c.startsWith("removal:")).map((c) => c.split(":")[1]))];
-  const head = ["region", ...groups.flatMap((g) => methods.map((m) => `${g}: ${m} share (×area)`)), ...groups.map((g) => `${g}: removal effect`)];
-  const rows = regions.map((r) => [r, ...groups.flatMap((g) => methods.map((m) => {
-    const sh = by[g][`share:${m}:${r}`], ra = by[g][`ratio:${m}:${r}`];
-    return isNum(sh) ? `${num(sh, true)} (${isNum(ra) ? ra.toFixed(2) : "n/a"}×)` : "n/a";
-  })), ...groups.map((g) => num(by[g][`removal:${r}`]))]);
-  const box = el("div", { class: "regions" }, el("h4", { text: "Where the explanation falls, and what removing a region does" }), table(head, rows));
-  if (regs.gaps && Object.keys(regs.gaps).length) box.append(table(GAP_HEAD, gapRows(regs.gaps)));
+  const cells = regs.cells || {};
+  if (!Object.keys(cells).length) return null;
+  const box = el("div", { class: "regions" }, el("h4", { text: "Where the explanation falls, and what removing a region does (per label × group)" }),
+    el("p", { class: "muted", text: "Counted only over the images of each label that have the region. Share: fraction of the positive " +
+      "attribution inside the region; share/area: 1 = as much as its size; removal: change of p(true) when the region is removed." }));
+  box.append(...cellsTable(cells), ...sharedScaleCharts(cells));
   return box;
 }
+
+function faithSection(faith) {
+  const cells = (faith || {}).cells || {};
+  if (!Object.keys(cells).length) return null;
+  const box = el("div", { class: "faithfulness" }, el("h4", { text: "Explanation quality per label × group" }),
+    el("p", { class: "muted", text: "Deletion AUC (lower is more faithful), insertion AUC (higher is more faithful), IG relative " +
+      "completeness error (above 0.1 the IG map is unreliable), rank agreement (Spearman) of two methods' maps on the same image. " +
+      "A share gap that comes with a quality gap may reflect the explanations." }));
+  box.append(...cellsTable(cells));
+  return box;
+}
+
+function warningsBlock(mm) {
+  const groups = mm.warning_groups || ((mm.warnings || []).length ? [{ title: "Warnings", items: mm.warnings }] : []);
+  if (!groups.length) return null;
+  const n = groups.reduce((a, g) => a + g.items.length, 0);
+  return el("details", { class: "warnings" }, el("summary", { text: `${n} warning(s), grouped` }),
+    ...groups.map((g) => el("p", {}, el("b", { text: `${g.title} (${g.items.length}): ` }), g.items.join("; "))));
+}
+
+const HOWTO = [
+  "Answer first: the blue box per model states the result; everything below is the evidence.",
+  "A cell is a label × group pair (doctor × female). Region and explanation-quality numbers are per cell, over the images that have the region; n is the number of images behind a number.",
+  "[a, b] is a 95% bootstrap interval. Flagged = the interval excludes 0, the permutation p-value survives Holm's correction, and the difference is at least the minimum effect (default 0.05). Significant but smaller differences and degenerate ones (both groups 0) are listed, never flagged.",
+  "Bias score: mean p(true) on stereotypical cells minus atypical cells of the same labels.",
+];
 
 function facesSection(runId, faces) {
   if (!faces || (!Object.keys(faces.quality || {}).length && !Object.keys(faces.heatmaps || {}).length)) return null;
@@ -269,6 +347,8 @@ function groupingSection(gname, entry) {
   if (cells.length) box.append(el("h4", { text: "Label × group cells" }), table(["label", "group", "n", "accuracy", "mean p(true)"], cells));
   const reg = regionSection(entry.regions || {});
   if (reg) box.append(reg);
+  const faith = faithSection(entry.faithfulness);
+  if (faith) box.append(faith);
   return box;
 }
 
@@ -280,8 +360,9 @@ async function tellingImages(runId, model) {
     grid.append(el("button", { class: "tile", type: "button", "data-image": r.image_id, onclick: () => drill(runId, r.image_id) },
       el("img", { alt: r.path, src: `/api/audits/${encodeURIComponent(runId)}/images/${r.image_id}/image.png?max=200` }),
       el("div", {}, el("b", { text: r.path })),
-      el("div", { text: `label ${r.label} → ${ok ? r.pred_label : "error"}` }),
-      ok ? el("div", { class: r.correct ? "" : "wrong", text: `${r.correct ? "correct" : "wrong"} · p(true) ${num(r.p_true)}` })
+      el("div", { class: "pred", text: ok ? `label ${r.label} · predicted ${r.pred_class} (${num(r.pred_prob)}) → ${r.pred_label}` : `label ${r.label}` }),
+      ok ? el("div", { class: r.correct ? "" : "wrong", text: `${r.correct ? "correct" : "wrong"} · p(true) ${num(r.p_true)}` +
+        (isNum(r.p_true) && r.p_true < 1e-3 ? " · explained label has p < 0.001: its heatmap explains a class the model does not see" : "") })
         : el("div", { class: "wrong", text: r.error || "error" })));
   }
   return grid;
@@ -292,22 +373,29 @@ async function renderDashboard(runId) {
   D.metrics = m;
   const dash = $("#dashboard");
   dash.textContent = "";
+  dash.append(el("details", { class: "panel howto" }, el("summary", { text: "How to read this" }),
+    el("ul", {}, ...HOWTO.map((t) => el("li", { text: t })))));
   for (const [key, mm] of Object.entries(m.models)) {
+    const answer = mm.answer || mm.findings || [];
+    const rest = (mm.findings || []).slice(1).filter((f) => !answer.includes(f) && !f.startsWith("Bias score ("));
     const block = el("section", { class: "panel model-block", "data-model": key }, el("h2", { text: `Model ${key}` }),
-      el("ul", { class: "findings" }, ...(mm.findings || []).map((f) => el("li", { text: f }))));
+      el("div", { class: "answer" }, el("h3", { text: "The answer" }), el("ul", {}, ...answer.map((f) => el("li", { text: f })))));
+    const wb = warningsBlock(mm);
+    if (wb) block.append(wb);
+    if (rest.length) block.append(el("h3", { text: "More findings" }), el("ul", { class: "findings" }, ...rest.map((f) => el("li", { text: f }))));
     for (const [gname, entry] of Object.entries(mm.groupings || {})) block.append(groupingSection(gname, entry));
     const bs = mm.bias_score;
     if (bs) {
       block.append(el("h3", { text: "Bias score" }), el("p", { class: "bias-score", text:
         `stereotypical minus atypical p(true) (${bs.group}): ${num(bs.score)} ${ci(bs.ci)}, p = ${bs.p_value.toPrecision(3)} ` +
-        `(${bs.significant ? "significant" : "not significant"})` }),
+        `(${bs.flagged ? "flagged" : bs.significant ? "significant, below the minimum effect" : "not significant"}; ` +
+        `${bs.n_stereotypical} stereotypical, ${bs.n_atypical} atypical images)` }),
       bars("Bias score (95% CI)", [["bias score", bs.score, ...bs.ci]], { pct: false, vmin: -1, vmax: 1 }));
     }
     const faces = facesSection(runId, mm.faces);
     if (faces) block.append(faces);
     block.append(el("h3", { text: "Most telling images (misclassified first; click for explanations)" }));
     block.append(await tellingImages(runId, key));
-    for (const w of (mm.warnings || []).slice(0, 10)) block.append(el("p", { class: "banner", text: w }));
     dash.append(block);
   }
 }
