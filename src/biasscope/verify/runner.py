@@ -303,7 +303,7 @@ def _write_pairs_csv(path: Path, pairs: PairSet, scores: pd.DataFrame, threshold
             match = "" if not ok or threshold is None else int(sc > threshold)
             w.writerow([d["pair_id"], paths[d["a"]], paths[d["b"]], int(d["same"]), d["kind"], d["subgroup"],
                         d["identity_a"], d["identity_b"], *[d[f"{g}_{s}"] for g in pairs.groups for s in ("a", "b")],
-                        f"{sc:.6f}" if ok else "", match])
+                        repr(float(sc)) if ok else "", match])
 
 
 def run_verify_audit(
