@@ -87,7 +87,7 @@ def _windows(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def _occlusion(model: EmbeddingModel, chip: np.ndarray, other_emb: np.ndarray, base: float, patch: int,
+def _occlusion(model: EmbeddingModel, chip: np.ndarray, other_emb: np.ndarray, patch: int,
                stride: int) -> np.ndarray:
     s = chip.shape[0]
     patch = min(patch, s)
@@ -100,8 +100,9 @@ def _occlusion(model: EmbeddingModel, chip: np.ndarray, other_emb: np.ndarray, b
             v[y : y + patch, x : x + patch] = fill
             variants.append(v)
             boxes.append((y, x))
-    emb = model.embed(variants)
-    drops = base - cosine_similarity(emb, np.broadcast_to(other_emb, emb.shape))
+    emb = model.embed([chip, *variants])  # the intact chip in the same batch: drops free of batch-size rounding
+    sims = cosine_similarity(emb, np.broadcast_to(other_emb, emb.shape))
+    drops = sims[0] - sims[1:]
     total = np.zeros((s, s))
     count = np.zeros((s, s))
     for (y, x), d in zip(boxes, drops):
@@ -145,8 +146,8 @@ def explain_pair(
     else:
         p = patch or max(2, a.shape[0] // 6)
         st = stride or p
-        ha = _occlusion(model, a, emb[1], score, p, st)
-        hb = _occlusion(model, b, emb[0], score, p, st)
+        ha = _occlusion(model, a, emb[1], p, st)
+        hb = _occlusion(model, b, emb[0], p, st)
     return PairExplanation(
         score=score,
         heat_a=ha.astype(np.float32),

@@ -195,8 +195,10 @@ class TorchEmbeddingModel(EmbeddingModel):
     differentiable = True
 
     def __init__(self, module: torch.nn.Module, recipe: ChipRecipe, *, name: str = "embedding",
-                 device: str = "cpu", batch_size: int = 64, fingerprint: str | None = None) -> None:
-        self.module = module.eval().to(device)
+                 device: str = "cpu", batch_size: int = 64, fingerprint: str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.module = module.eval().to(device=device, dtype=dtype)
+        self.dtype = dtype
         self.recipe = recipe
         self.name = name
         self.device = torch.device(device)
@@ -213,7 +215,7 @@ class TorchEmbeddingModel(EmbeddingModel):
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div(255.0)
         mean = torch.tensor(self.recipe.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.recipe.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        return ((x - mean) / std).to(device=self.device, dtype=self.dtype)
 
     def torch_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings of normalised chips, differentiable."""
