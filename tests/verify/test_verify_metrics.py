@@ -167,3 +167,32 @@ def test_subgroup_thresholds_hit_target_fmr_on_continuous_scores():
     subs = m["groupings"]["g"]["subgroups"]
     assert subs["Q"]["fmr"] > m["overall"]["fmr"] > subs["R"]["fmr"]
     assert m["overall"]["fmr"] == pytest.approx(0.01)
+
+
+def test_why_shares_per_subgroup_by_hand():
+    from biasscope.faces import FACE_PARTS
+    from biasscope.verify import why_metrics
+
+    explained, rows = [], []
+    for k in range(60):
+        gender = "female" if k < 30 else "male"
+        hair = (0.4 if gender == "female" else 0.1) + (0.02 if k % 2 else -0.02)
+        shares = {p: 0.0 for p in FACE_PARTS}
+        shares.update(hair_band=hair, eyes=0.2, face_skin=0.8 - hair)
+        explained.append({"pair_id": k, "method": "occlusion", "shares": shares, "areas": {"hair_band": 0.1}})
+        rows.append({"pair_id": k, "gender_a": gender})
+    scores = pd.DataFrame(rows)
+    why = why_metrics(explained, scores, ["gender"], VerifyOptions(n_boot=500), min_share_difference=0.05)
+    subs = why["groupings"]["gender"]["subgroups"]
+    assert subs["female"]["hair_band"]["mean"] == pytest.approx(0.4)
+    assert subs["male"]["hair_band"]["mean"] == pytest.approx(0.1)
+    assert subs["female"]["hair_band"]["area"] == pytest.approx(0.1)
+    lo, hi = subs["female"]["hair_band"]["ci"]
+    assert 0.39 <= lo < 0.4 < hi <= 0.41  # 30 values of 0.38 or 0.42
+    flagged = {(f["part"], f["high_group"]) for f in why["flagged"]}
+    assert flagged == {("hair_band", "female"), ("face_skin", "male")}
+    tests = why["groupings"]["gender"]["tests"]
+    assert tests["eyes"]["degenerate"] and not tests["eyes"]["flagged"]  # 0.2 everywhere
+    assert tests["hair_band"]["difference"] == pytest.approx(0.3)
+    strict = why_metrics(explained, scores, ["gender"], VerifyOptions(n_boot=500), min_share_difference=0.5)
+    assert strict["flagged"] == []

@@ -83,9 +83,13 @@ def verify_audit_cmd(manifest: str, out: str, model: str, groups: tuple[str, ...
     def progress(stage: str, done: int, total: int) -> None:
         if as_json:
             return
-        bar = bars.setdefault(stage, tqdm(desc=stage, unit="item", total=total))
+        if stage not in bars:
+            bars[stage] = tqdm(desc=stage, unit="image" if stage == "embedding" else "pair", total=total)
+        bar = bars[stage]
         bar.n = done
         bar.refresh()
+        if done >= total:
+            bar.close()
 
     res = run_verify_audit(manifest, out=out, model=emb, groups=list(groups), options=opts,
                            impostors_per_subgroup=impostors, cross_impostors=cross_impostors,

@@ -37,7 +37,7 @@ from .models import (
 )
 from .pairs import CROSS, PairSet, load_pairs, subgroup_key
 from .report import verify_report_section, write_verify_report
-from .runner import VerifyResult, VerifyStore, run_verify_audit
+from .runner import VerifyResult, VerifyStore, run_verify_audit, why_metrics
 
 __all__ = [
     "CROSS",
@@ -72,5 +72,6 @@ __all__ = [
     "tar_at_far",
     "threshold_at_far",
     "verify_report_section",
+    "why_metrics",
     "write_verify_report",
 ]

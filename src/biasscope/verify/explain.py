@@ -53,6 +53,8 @@ class PairExplanation:
     shares_a: dict[str, float]
     shares_b: dict[str, float]
     method: str
+    areas_a: dict[str, float] | None = None  # each part's share of the chip's pixels
+    areas_b: dict[str, float] | None = None
 
     @property
     def shares(self) -> dict[str, float]:
@@ -148,13 +150,16 @@ def explain_pair(
         st = stride or p
         ha = _occlusion(model, a, emb[1], p, st)
         hb = _occlusion(model, b, emb[0], p, st)
+    ma, mb = chip_part_masks(chip_a), chip_part_masks(chip_b)
     return PairExplanation(
         score=score,
         heat_a=ha.astype(np.float32),
         heat_b=hb.astype(np.float32),
-        shares_a=part_shares(ha, chip_part_masks(chip_a)),
-        shares_b=part_shares(hb, chip_part_masks(chip_b)),
+        shares_a=part_shares(ha, ma),
+        shares_b=part_shares(hb, mb),
         method=method,
+        areas_a={p: float(m.mean()) for p, m in ma.items()},
+        areas_b={p: float(m.mean()) for p, m in mb.items()},
     )
 
 

@@ -33,7 +33,7 @@ from ..errors import BiasscopeError, ModelError
 from ..faces._deps import dlib_module, package_file
 from ..faces.attribute import FaceChip, extract_chip
 from ..faces.detect import Face, detect_faces
-from ..faces.parts import MSG_NO_FACE, NoFaceError
+from ..faces.parts import NoFaceError
 
 __all__ = [
     "DLIB_FACE",
@@ -53,6 +53,7 @@ MSG_NO_DLIB_RESNET = (
     "dlib's face recognition model is missing: pip install 'biasscope[faces]' "
     "(face-recognition-models==0.3.0 ships dlib_face_recognition_resnet_model_v1.dat)"
 )
+MSG_NO_FACE = "no face found (dlib's frontal face detector); the image cannot be matched"
 MSG_UNKNOWN_MODEL = (
     "unknown embedding model {name!r}: use 'dlib-face' or a TorchScript (.pt) / ONNX (.onnx) file "
     "with --chip-size, --padding, --landmarks, --mean and --std"

@@ -122,6 +122,7 @@ def write_plots(metrics: dict, scores: pd.DataFrame, folder: Path, *, explained:
         ax.barh(y - 0.2, after, 0.4, color="#d9822b", label="own threshold")
         ax.set_yticks(y, list(subs), fontsize=8)
         ax.set_title(metric.upper(), fontsize=10)
+        ax.set_xlim(left=0)
         if metric == "fmr":
             ax.axvline(metrics["options"]["far"], color="k", lw=0.8, ls=":")
     axes2[0].legend(fontsize=7)

@@ -33,7 +33,7 @@ from .metrics import VerifyOptions, compute_verify_metrics, scores_frame
 from .models import EmbeddingModel, cosine_similarity, load_embedding_model
 from .pairs import PairSet, load_pairs
 
-__all__ = ["DB_NAME", "VerifyResult", "VerifyStore", "explain_subgroups", "run_verify_audit"]
+__all__ = ["DB_NAME", "VerifyResult", "VerifyStore", "explain_subgroups", "run_verify_audit", "why_metrics"]
 
 DB_NAME = "verify.sqlite"
 MSG_CHANGED = ("{out} holds a verification run of a different {what}; use a new --out folder "
@@ -219,8 +219,9 @@ def explain_subgroups(
         ca = model.chip(load_image(files[int(row["a"])]))
         cb = model.chip(load_image(files[int(row["b"])]))
         ex = explain_pair(model, ca, cb, method=method, patch=patch, stride=stride)
+        areas = {p: (ex.areas_a[p] + ex.areas_b[p]) / 2 for p in ex.areas_a} if ex.areas_a and ex.areas_b else {}
         store.write_explanation(pid, method, {"score": ex.score, "shares": ex.shares, "shares_a": ex.shares_a,
-                                              "shares_b": ex.shares_b, "subgroup": row["subgroup"]},
+                                              "shares_b": ex.shares_b, "areas": areas, "subgroup": row["subgroup"]},
                                 ex.heat_a, ex.heat_b)
         if progress:
             progress("explaining", len(chosen) - len(todo) + k + 1, len(chosen))
@@ -228,7 +229,7 @@ def explain_subgroups(
     return [e for e in store.explanations() if e["pair_id"] in keep]
 
 
-def _why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[str], opts: VerifyOptions,
+def why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[str], opts: VerifyOptions,
                  min_share_difference: float) -> dict:
     """Face-part shares per subgroup (mean, bootstrap interval) and Holm-adjusted gap tests."""
     from ..audit.metrics import gap_test, holm_adjust
@@ -240,6 +241,7 @@ def _why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[s
     for e in explained:
         r = by_id.loc[e["pair_id"]]
         rows.append({**{f"share:{p}": e["shares"].get(p, math.nan) for p in FACE_PARTS},
+                     **{f"area:{p}": e.get("areas", {}).get(p, math.nan) for p in FACE_PARTS},
                      **{g: r[f"{g}_a"] for g in groups}})
     df = pd.DataFrame(rows)
     groupings = {g: df[g].astype(str) for g in groups}
@@ -251,6 +253,8 @@ def _why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[s
     q = ((1 - opts.confidence) / 2, 1 - (1 - opts.confidence) / 2)
     out: dict = {"method": explained[0]["method"], "n_pairs": len(df), "groupings": {}}
     tests: list[dict] = []
+    # permutations enough for a p-value to survive Holm over every possible test
+    n_perm = max(opts.n_boot, math.ceil(2 * len(groupings) * len(FACE_PARTS) / opts.alpha))
     for k, (gname, sens) in enumerate(groupings.items()):
         entry: dict = {"subgroups": {}, "tests": {}}
         for v in sorted(set(sens)):
@@ -263,12 +267,14 @@ def _why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[s
                     e[p] = {"mean": None, "ci": [None, None], "n": 0}
                     continue
                 boot = x[rng.integers(0, x.size, size=(opts.n_boot, x.size))].mean(1)
+                area = sub[f"area:{p}"].to_numpy(dtype=np.float64)
+                area = area[~np.isnan(area)]
                 e[p] = {"mean": float(x.mean()), "ci": [float(np.quantile(boot, q[0])), float(np.quantile(boot, q[1]))],
-                        "n": int(x.size)}
+                        "n": int(x.size), "area": float(area.mean()) if area.size else None}
             entry["subgroups"][v] = e
         for j, p in enumerate(FACE_PARTS):
             res = gap_test(df[f"share:{p}"].to_numpy(dtype=np.float64), sens.to_numpy(), n_boot=opts.n_boot,
-                           n_perm=opts.n_boot, confidence=opts.confidence, seed=opts.seed + 100 * k + j)
+                           n_perm=n_perm, confidence=opts.confidence, seed=opts.seed + 100 * k + j)
             if res is None:
                 continue
             res.update(grouping=gname, part=p)
@@ -356,7 +362,7 @@ def run_verify_audit(
     if explain > 0:
         explained = explain_subgroups(emb_model, pairs, scores, store, per_subgroup=explain, method=explain_method,
                                       patch=patch, stride=stride, seed=opts.seed, progress=progress)
-        metrics["why"] = _why_metrics(explained, scores, pairs.groups, opts, min_share_difference)
+        metrics["why"] = why_metrics(explained, scores, pairs.groups, opts, min_share_difference)
     files: dict[str, Path] = {}
     files["metrics"] = out_dir / "metrics.json"
     files["metrics"].write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False), encoding="utf-8")
