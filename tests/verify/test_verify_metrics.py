@@ -196,3 +196,19 @@ def test_why_shares_per_subgroup_by_hand():
     assert tests["hair_band"]["difference"] == pytest.approx(0.3)
     strict = why_metrics(explained, scores, ["gender"], VerifyOptions(n_boot=500), min_share_difference=0.5)
     assert strict["flagged"] == []
+
+
+def test_without_groups_and_report(tmp_path):
+    from biasscope.verify import verify_report_section
+    from biasscope.verify.report import write_plots
+
+    df = _synthetic()
+    df = df[df["kind"] != "cross"]
+    m = compute_verify_metrics(df, [], VerifyOptions(far=0.1, n_boot=100))
+    assert list(m["groupings"]) == ["all"]
+    e = m["groupings"]["all"]["subgroups"]["all"]
+    assert e["fmr"] == m["overall"]["fmr"] == pytest.approx(0.1) and e["n_genuine"] == 12
+    plots = write_plots(m, df, tmp_path)
+    html = verify_report_section(m, plots)
+    assert f"{m['overall']['threshold']:.4f}" in html
+    assert html.count("data:image/png;base64,") == 3

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from ..audit.metrics import holm_adjust
-from .pairs import CROSS, SUBGROUP_SEP
+from .pairs import CROSS, join_columns
 
 __all__ = [
     "DEFAULT_FARS",
@@ -145,18 +145,21 @@ def identity_bootstrap_rates(
     if e.size == 0:
         return np.full(n_boot, np.nan)
     uniq, inv = np.unique(np.concatenate([id_a, id_b]), return_inverse=True)
-    ca, cb = inv[: e.size], inv[e.size :]
-    same = ca == cb
     n_id = uniq.size
+    # pairs of the same two identities share their weight: sum them once (errors and counts per key)
+    keys, kinv = np.unique(inv[: e.size] * n_id + inv[e.size :], return_inverse=True)
+    ca, cb = keys // n_id, keys % n_id
+    err_k = np.bincount(kinv, weights=e, minlength=keys.size)
+    n_k = np.bincount(kinv, minlength=keys.size).astype(np.float64)
+    same = ca == cb
     out = np.empty(n_boot)
-    chunk = max(1, 4_000_000 // max(e.size + n_id, 1))
+    chunk = max(1, 4_000_000 // max(keys.size + n_id, 1))
     for s in range(0, n_boot, chunk):
         b = min(chunk, n_boot - s)
         m = rng.multinomial(n_id, np.full(n_id, 1.0 / n_id), size=b).astype(np.float64)
         w = np.where(same, m[:, ca], m[:, ca] * m[:, cb])
-        tot = w.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[s : s + b] = (w @ e) / tot
+            out[s : s + b] = (w @ err_k) / (w @ n_k)
     return out
 
 
@@ -187,8 +190,7 @@ def _groupings(pairs: pd.DataFrame, groups: Sequence[str]) -> dict[str, np.ndarr
     for g in groups:
         out[g] = pairs[f"{g}_a"].astype(str).to_numpy()
     if len(groups) > 1:
-        cols = pairs[[f"{g}_a" for g in groups]].astype(str)
-        out[" x ".join(groups)] = cols.agg(SUBGROUP_SEP.join, axis=1).to_numpy()
+        out[" x ".join(groups)] = join_columns(pairs, [f"{g}_a" for g in groups]).to_numpy()
     if not groups:
         out["all"] = np.full(len(pairs), "all", dtype=object)
     return out

@@ -35,6 +35,7 @@ from ..errors import ManifestError
 __all__ = [
     "CROSS",
     "PairSet",
+    "join_columns",
     "load_pairs",
     "subgroup_key",
 ]
@@ -82,6 +83,14 @@ class PairSet:
     @property
     def n_impostor(self) -> int:
         return int((self.pairs["kind"] == "impostor").sum())
+
+
+def join_columns(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """Row-wise ``" & "``-joined string values of ``columns`` (vectorised; an intersection's name)."""
+    out = df[columns[0]].astype(str)
+    for c in columns[1:]:
+        out = out + SUBGROUP_SEP + df[c].astype(str)
+    return out.reset_index(drop=True)
 
 
 def subgroup_key(values: Sequence[str]) -> str:
@@ -290,7 +299,7 @@ def _from_identities(src: Path, header: list[str], body: list, groups: list[str]
         imgs[g] = [attrs[i][g] for i in imgs["image_id"]]
     rng = np.random.default_rng(seed)
     ids = imgs["identity"].to_numpy().astype(str)
-    sub = (imgs[groups].astype(str).agg(SUBGROUP_SEP.join, axis=1).to_numpy() if groups
+    sub = (join_columns(imgs, groups).to_numpy() if groups
            else np.full(len(imgs), "all", dtype=object))
     pairs: list[tuple[int, int]] = []
     # genuine: every pair of an identity's images, a seeded sample when there are too many
@@ -384,7 +393,7 @@ def _finish(ps: PairSet) -> PairSet:
         a = p[[f"{g}_a" for g in ps.groups]].astype(str)
         b = p[[f"{g}_b" for g in ps.groups]].astype(str)
         same_group = (a.to_numpy() == b.to_numpy()).all(axis=1)
-        key = a.agg(SUBGROUP_SEP.join, axis=1)
+        key = join_columns(a, list(a.columns))
     else:
         same_group = np.ones(len(p), dtype=bool)
         key = pd.Series(["all"] * len(p))

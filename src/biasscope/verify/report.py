@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..faces.parts import FACE_PART_COLOURS, FACE_PARTS
+from .pairs import join_columns
 
 __all__ = ["verify_report_section", "write_plots", "write_verify_report"]
 
@@ -65,8 +66,8 @@ def write_plots(metrics: dict, scores: pd.DataFrame, folder: Path, *, explained:
         return files
     subs = metrics["groupings"][gname]["subgroups"]
     t = metrics["overall"]["threshold"]
-    vals = scores[f"{gname.split(' x ')[0]}_a"].astype(str) if " x " not in gname else scores[
-        [f"{g}_a" for g in gname.split(" x ")]].astype(str).agg(" & ".join, axis=1)
+    vals = (np.full(len(scores), "all", dtype=object) if "all_a" not in scores and gname == "all"
+            else join_columns(scores, [f"{g}_a" for g in gname.split(" x ")]).to_numpy())
     ok = ~scores["score"].isna()
     # 1. genuine and impostor score distributions per subgroup
     n = len(subs)

@@ -31,7 +31,7 @@ from ..faces.parts import FACE_PARTS
 from ..images import load_image
 from .metrics import VerifyOptions, compute_verify_metrics, scores_frame
 from .models import EmbeddingModel, cosine_similarity, load_embedding_model
-from .pairs import PairSet, load_pairs
+from .pairs import PairSet, join_columns, load_pairs
 
 __all__ = ["DB_NAME", "VerifyResult", "VerifyStore", "explain_subgroups", "run_verify_audit", "why_metrics"]
 
@@ -246,7 +246,7 @@ def why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[st
     df = pd.DataFrame(rows)
     groupings = {g: df[g].astype(str) for g in groups}
     if len(groups) > 1:
-        groupings[" x ".join(groups)] = df[list(groups)].astype(str).agg(" & ".join, axis=1)
+        groupings[" x ".join(groups)] = join_columns(df, list(groups))
     if not groups:
         groupings["all"] = pd.Series(["all"] * len(df))
     rng = np.random.default_rng(opts.seed)
