@@ -102,3 +102,13 @@ def test_occlusion_window_equals_manual_drop(dlib_model, photos):
     for shares in (ex.shares_a, ex.shares_b):
         vals = [v for v in shares.values() if not np.isnan(v)]
         assert sum(vals) == pytest.approx(1.0)
+
+
+def test_gradient_on_dlib_refused_before_any_work(identity_folder, tmp_path, dlib_model):
+    from biasscope.errors import ExplainerError
+    from biasscope.verify import run_verify_audit
+
+    with pytest.raises(ExplainerError, match="needs a torch embedding model; dlib-face is not one"):
+        run_verify_audit(identity_folder / "identities.csv", out=tmp_path / "r", model=dlib_model,
+                         explain=1, explain_method="gradient")
+    assert not (tmp_path / "r").exists()

@@ -69,13 +69,16 @@ def verify_audit_cmd(manifest: str, out: str, model: str, groups: tuple[str, ...
 
     recipe = None
     if any(v is not None for v in (chip_size, padding, landmarks, mean, std)):
-        recipe = ChipRecipe(
-            size=chip_size or 150,
-            padding=0.25 if padding is None else padding,
-            landmarks=int(landmarks or 5),
-            mean=_triple(mean, "--mean") or (0.0, 0.0, 0.0),
-            std=_triple(std, "--std") or (1.0, 1.0, 1.0),
-        )
+        try:
+            recipe = ChipRecipe(
+                size=chip_size or 150,
+                padding=0.25 if padding is None else padding,
+                landmarks=int(landmarks or 5),
+                mean=_triple(mean, "--mean") or (0.0, 0.0, 0.0),
+                std=_triple(std, "--std") or (1.0, 1.0, 1.0),
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
     emb = load_embedding_model(model, recipe=recipe, device=device)
     opts = VerifyOptions(far=far, n_boot=n_boot, seed=seed, min_ratio=min_ratio)
     bars: dict[str, tqdm] = {}

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..audit.store import json_safe
-from ..errors import BiasscopeError
+from ..errors import BiasscopeError, ExplainerError
 from ..faces.parts import FACE_PARTS
 from ..images import load_image
 from .metrics import VerifyOptions, compute_verify_metrics, scores_frame
@@ -147,7 +147,8 @@ class VerifyResult:
 
 def _embed_images(model: EmbeddingModel, pairs: PairSet, store: VerifyStore, batch_size: int,
                   progress: Callable[[str, int, int], None] | None) -> None:
-    todo = [r for r in pairs.images.itertuples() if r.image_id not in store.done_images()]
+    done_ids = store.done_images()
+    todo = [r for r in pairs.images.itertuples() if r.image_id not in done_ids]
     total = len(pairs.images)
     done = total - len(todo)
     if progress:
@@ -341,6 +342,14 @@ def run_verify_audit(
     pairs = load_pairs(manifest, groups=groups, seed=opts.seed, impostors_per_subgroup=impostors_per_subgroup,
                        cross_impostors=cross_impostors, max_genuine_per_identity=max_genuine_per_identity)
     emb_model = model if isinstance(model, EmbeddingModel) else load_embedding_model(model)
+    if explain > 0:
+        from .explain import EXPLAIN_METHODS, MSG_NO_GRADIENT
+
+        if explain_method not in EXPLAIN_METHODS:
+            raise ExplainerError(f"unknown pair explanation {explain_method!r}; choose from "
+                                 f"{', '.join(EXPLAIN_METHODS)}")
+        if explain_method == "gradient" and not emb_model.differentiable:
+            raise ExplainerError(MSG_NO_GRADIENT.format(name=emb_model.name))
     out_dir = Path(out)
     store = VerifyStore(out_dir)
     store.init()
