@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..audit.store import json_safe
-from ..errors import BiasscopeError, ExplainerError
+from ..errors import BiasscopeError, CancelledError, ExplainerError
 from ..faces.parts import FACE_PARTS
 from ..images import load_image
 from .metrics import VerifyOptions, compute_verify_metrics, scores_frame
@@ -145,8 +146,13 @@ class VerifyResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("the verification audit was cancelled; run it again to resume")
+
+
 def _embed_images(model: EmbeddingModel, pairs: PairSet, store: VerifyStore, batch_size: int,
-                  progress: Callable[[str, int, int], None] | None) -> None:
+                  progress: Callable[[str, int, int], None] | None, cancel: threading.Event | None = None) -> None:
     done_ids = store.done_images()
     todo = [r for r in pairs.images.itertuples() if r.image_id not in done_ids]
     total = len(pairs.images)
@@ -154,6 +160,7 @@ def _embed_images(model: EmbeddingModel, pairs: PairSet, store: VerifyStore, bat
     if progress:
         progress("embedding", done, total)
     for s in range(0, len(todo), batch_size):
+        _check(cancel)
         batch = todo[s : s + batch_size]
         chips, rows = [], []
         for r in batch:
@@ -196,6 +203,7 @@ def explain_subgroups(
     stride: int | None = None,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[dict]:
     """Explain up to ``per_subgroup`` genuine pairs per subgroup (at most one per identity, so the
     explained pairs are independent), storing each as it is done; returns every stored explanation."""
@@ -216,6 +224,7 @@ def explain_subgroups(
         progress("explaining", len(chosen) - len(todo), len(chosen))
     by_id = scores.set_index("pair_id")
     for k, pid in enumerate(todo):
+        _check(cancel)
         row = by_id.loc[pid]
         ca = model.chip(load_image(files[int(row["a"])]))
         cb = model.chip(load_image(files[int(row["b"])]))
@@ -331,6 +340,7 @@ def run_verify_audit(
     min_share_difference: float = 0.05,
     plots: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> VerifyResult:
     """Audit a face matcher: per-subgroup FMR/FNMR/TAR with intervals, thresholds and gap tests.
 
@@ -356,7 +366,7 @@ def run_verify_audit(
     store.check_or_set("model_fingerprint", emb_model.fingerprint, "model")
     store.check_or_set("pairs_fingerprint", pairs.fingerprint, "manifest or pair sampling")
     store.set_meta("model", emb_model.info())
-    _embed_images(emb_model, pairs, store, batch_size, progress)
+    _embed_images(emb_model, pairs, store, batch_size, progress, cancel)
     vecs, errors = store.embeddings()
     scores = scores_frame(pairs.pairs, _score_pairs(pairs, vecs))
     metrics = compute_verify_metrics(scores, pairs.groups, opts)
@@ -370,7 +380,8 @@ def run_verify_audit(
     explained: list[dict] = []
     if explain > 0:
         explained = explain_subgroups(emb_model, pairs, scores, store, per_subgroup=explain, method=explain_method,
-                                      patch=patch, stride=stride, seed=opts.seed, progress=progress)
+                                      patch=patch, stride=stride, seed=opts.seed, progress=progress,
+                                      cancel=cancel)
         metrics["why"] = why_metrics(explained, scores, pairs.groups, opts, min_share_difference)
     files: dict[str, Path] = {}
     files["metrics"] = out_dir / "metrics.json"

@@ -1,0 +1,74 @@
+"""Face verification audits in the web app: start, follow, results equal to a direct run, path safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+pytest.importorskip("dlib", reason="needs the faces extra: pip install 'biasscope[faces]'")
+
+
+@pytest.fixture(scope="module")
+def face_root(tmp_path_factory) -> Path:
+    import matplotlib.cbook as cb
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("faceroot")
+    (root / "faces").mkdir()
+    with Image.open(cb.get_sample_data("grace_hopper.jpg", asfileobj=False)) as g:
+        photos = {"astronaut": Image.fromarray(data.astronaut()), "hopper": g.convert("RGB")}
+    rows = ["path,identity,group"]
+    for name, im in photos.items():
+        w, h = im.size
+        for k, v in (("orig", im), ("flip", ImageOps.mirror(im)), ("crop", im.crop((w // 10, h // 12, w, h)))):
+            v.save(root / "faces" / f"{name}_{k}.png")
+            rows.append(f"{name}_{k}.png,{name},g")
+    (root / "faces" / "identities.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _error(resp, status: int) -> dict:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    return resp.get_json()["error"]
+
+
+def test_verification_run_in_the_web_app_equals_a_direct_run(make_app, face_root, tmp_path):
+    from biasscope.audit.store import json_safe
+    from biasscope.verify import VerifyOptions, run_verify_audit
+
+    app = make_app(DATA_ROOT=str(face_root), RUNS_DIR=str(tmp_path / "runs"))
+    client = app.test_client()
+    page = client.get("/audits").get_data(as_text=True)
+    assert 'id="verify-section"' in page and "verify.js" in page
+    with client.get("/static/verify.js") as js:
+        assert js.status_code == 200 and b"/api/verify-audits" in js.data
+    r = client.post("/api/verify-audits", json={"manifest": "faces/identities.csv", "groups": "group",
+                                                "far": 0.1, "name": "faces1"})
+    assert r.status_code == 202, r.get_data(as_text=True)
+    app.extensions["biasscope_verify"].futures["faces1"].result(timeout=600)
+    got = client.get("/api/verify-audits/faces1").get_json()
+    assert got["status"] == "done" and got["summary"]["n_genuine"] == 6 and got["summary"]["n_impostor"] == 9
+    direct = run_verify_audit(face_root / "faces" / "identities.csv", out=tmp_path / "direct", groups=["group"],
+                              options=VerifyOptions(far=0.1), plots=False)
+    assert got["metrics"]["groupings"] == json.loads(json.dumps(json_safe(direct.metrics["groupings"])))
+    assert [r["id"] for r in client.get("/api/verify-audits").get_json()["runs"]] == ["faces1"]
+    with client.get("/api/verify-audits/faces1/report.html") as rep:
+        assert rep.status_code == 200 and "default-src 'none'" in rep.headers["Content-Security-Policy"]
+        assert "Face verification" in rep.get_data(as_text=True)
+
+
+def test_verification_inputs_are_checked(make_app, face_root, tmp_path, client):
+    app = make_app(DATA_ROOT=str(face_root), RUNS_DIR=str(tmp_path / "runs"))
+    c = app.test_client()
+    assert "'..'" in _error(c.post("/api/verify-audits", json={"manifest": "../x.csv"}), 400)["message"]
+    assert "absolute" in _error(c.post("/api/verify-audits", json={"manifest": "/etc/passwd"}), 400)["message"]
+    assert "'far'" in _error(c.post("/api/verify-audits", json={"manifest": "faces/identities.csv",
+                                                                "far": 2}), 400)["message"]
+    assert "group" in _error(c.post("/api/verify-audits", json={"manifest": "faces/identities.csv",
+                                                                "groups": "ethnicity"}), 400)["message"]
+    _error(c.get("/api/verify-audits/nope"), 404)
+    # without a data root, verification audits are disabled like classifier audits
+    assert "--data-root" in _error(client.get("/api/verify-audits"), 409)["message"]
