@@ -72,3 +72,25 @@ def test_verification_inputs_are_checked(make_app, face_root, tmp_path, client):
     _error(c.get("/api/verify-audits/nope"), 404)
     # without a data root, verification audits are disabled like classifier audits
     assert "--data-root" in _error(client.get("/api/verify-audits"), 409)["message"]
+
+
+def test_a_foreign_verification_run_is_listed_but_not_served(make_app, face_root, tmp_path):
+    import shutil
+
+    from biasscope.verify import VerifyOptions, run_verify_audit
+
+    outside = tmp_path / "outside"
+    shutil.copytree(face_root / "faces", outside)
+    runs = tmp_path / "runs"
+    run_verify_audit(outside / "identities.csv", out=runs / ".verify" / "foreign", groups=["group"],
+                     options=VerifyOptions(far=0.1, n_boot=100))
+    root = tmp_path / "root"
+    root.mkdir()
+    c = make_app(DATA_ROOT=str(root), RUNS_DIR=str(runs)).test_client()
+    listed = c.get("/api/verify-audits").get_json()["runs"]
+    assert [(r["id"], r["status"]) for r in listed] == [("foreign", "outside data root")]
+    for url in ("/api/verify-audits/foreign", "/api/verify-audits/foreign/report.html"):
+        resp = c.get(url)
+        assert resp.status_code == 403 and b"astronaut" not in resp.data
+        resp.close()
+    assert c.post("/api/verify-audits/foreign/cancel").status_code == 403

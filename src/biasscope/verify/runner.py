@@ -366,6 +366,7 @@ def run_verify_audit(
     store.check_or_set("model_fingerprint", emb_model.fingerprint, "model")
     store.check_or_set("pairs_fingerprint", pairs.fingerprint, "manifest or pair sampling")
     store.set_meta("model", emb_model.info())
+    store.set_meta("manifest", str(Path(manifest).resolve()))
     _embed_images(emb_model, pairs, store, batch_size, progress, cancel)
     vecs, errors = store.embeddings()
     scores = scores_frame(pairs.pairs, _score_pairs(pairs, vecs))

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Blueprint, jsonify, send_file
 
 from ..errors import BiasscopeError, CancelledError
-from .audits import RUN_ID_RE, _int, _list, _payload, audits, resolve_in_root
+from .audits import MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, _int, _list, _payload, audits, resolve_in_root
 from .jobs import TERMINAL
 from .state import NotFoundError
 
@@ -132,6 +132,30 @@ def _run_dir(run_id: str, *, exists: bool = True) -> Path:
     return d
 
 
+def _files_allowed(d: Path) -> bool:
+    """Whether the run audited a manifest inside this server's data root (else none of it is served)."""
+    db = d / "verify.sqlite"
+    if not db.is_file():
+        return True  # started by this server, nothing written yet
+    from ..verify import VerifyStore
+
+    manifest = VerifyStore(d).get_meta("manifest")
+    if not isinstance(manifest, str):
+        return False
+    try:
+        Path(manifest).resolve().relative_to(audits().root())
+    except ValueError:
+        return False
+    return True
+
+
+def _served_run_dir(run_id: str) -> Path:
+    d = _run_dir(run_id)
+    if not _files_allowed(d):
+        raise PathRefusedError(MSG_RUN_OUTSIDE.format(run_id=run_id))
+    return d
+
+
 def _summary(d: Path) -> dict[str, Any]:
     job = _manager().job(d.name)
     out: dict[str, Any] = {"id": d.name, "job": job}
@@ -157,6 +181,10 @@ def list_verify_audits():
         for d in sorted(p for p in root.iterdir() if p.is_dir() and RUN_ID_RE.match(p.name)):
             if (d / "verify.sqlite").is_file() or _manager().job(d.name):
                 try:
+                    if not _files_allowed(d):
+                        runs.append({"id": d.name, "status": "outside data root",
+                                     "error": MSG_RUN_OUTSIDE.format(run_id=d.name)})
+                        continue
                     runs.append(_summary(d))
                 except Exception as exc:  # one broken run must not hide the others
                     runs.append({"id": d.name, "status": "unreadable", "error": str(exc)})
@@ -191,27 +219,27 @@ def create_verify_audit():
     return resp
 
 
-@verify_api.get("/verify-audits/<run_id>")
-def get_verify_audit(run_id: str):
-    d = _run_dir(run_id)
+@verify_api.get("/verify-audits/<verify_id>")
+def get_verify_audit(verify_id: str):
+    d = _served_run_dir(verify_id)
     out = _summary(d)
     if out["status"] == "done":
         out["metrics"] = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
     return jsonify(out)
 
 
-@verify_api.post("/verify-audits/<run_id>/cancel")
-def cancel_verify_audit(run_id: str):
-    _run_dir(run_id)
-    _manager().cancel(run_id)
-    return jsonify(_summary(_run_dir(run_id)))
+@verify_api.post("/verify-audits/<verify_id>/cancel")
+def cancel_verify_audit(verify_id: str):
+    d = _served_run_dir(verify_id)
+    _manager().cancel(verify_id)
+    return jsonify(_summary(d))
 
 
-@verify_api.get("/verify-audits/<run_id>/report.html")
-def verify_report(run_id: str):
-    p = _run_dir(run_id) / "report.html"
+@verify_api.get("/verify-audits/<verify_id>/report.html")
+def verify_report(verify_id: str):
+    p = _served_run_dir(verify_id) / "report.html"
     if not p.is_file():
-        raise NotFoundError(f"verification run {run_id!r} has no report yet")
+        raise NotFoundError(f"verification run {verify_id!r} has no report yet")
     resp = send_file(io.BytesIO(p.read_bytes()), mimetype="text/html")
     resp.headers["Content-Security-Policy"] = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
