@@ -94,3 +94,44 @@ def test_a_foreign_verification_run_is_listed_but_not_served(make_app, face_root
         assert resp.status_code == 403 and b"astronaut" not in resp.data
         resp.close()
     assert c.post("/api/verify-audits/foreign/cancel").status_code == 403
+
+
+def test_verification_audit_from_the_audits_page(make_app, face_root, tmp_path):
+    """Start a verification audit from the page's section, follow it to 'done', open its report."""
+    import os
+
+    from .conftest import live_server
+    from .test_browser import ARGS, CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (make browser)")
+    from playwright.sync_api import expect, sync_playwright
+
+    app = make_app(DATA_ROOT=str(face_root), RUNS_DIR=str(tmp_path / "runs"))
+    with live_server(app) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.set_default_timeout(120_000)
+        page.goto(base + "/audits")
+        expect(page.locator("#verify-none")).to_be_visible()
+        page.fill("#verify-manifest", "faces/identities.csv")
+        page.fill("#verify-groups", "group")
+        page.fill("#verify-far", "0.1")
+        page.fill("#verify-name", "page-run")
+        page.click("#verify-start")
+        row = page.locator("#verify-runs tbody tr", has_text="page-run")
+        expect(page.locator("#verify-message")).to_have_text("started page-run")
+        expect(row.locator(".status")).to_have_text("done", timeout=120_000)
+        summary = page.evaluate("() => fetch('/api/verify-audits/page-run').then(r => r.json())")["summary"]
+        cells = row.locator("td").all_inner_texts()
+        assert cells[5] == f"{summary['n_genuine']} / {summary['n_impostor']}" == "6 / 9"
+        assert cells[3].startswith(f"{summary['threshold']:.4f} @ FAR 0.1")
+        with page.expect_popup() as pop:
+            row.get_by_role("link", name="report").click()
+        report = pop.value
+        expect(report.locator("h2")).to_have_text("Face verification")
+        browser.close()
+    assert problems == []

@@ -51,6 +51,10 @@ class VerifyManager:
                 self._model = load_embedding_model("dlib-face")
             return self._model
 
+    def job_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._jobs)
+
     def job(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:
             j = self._jobs.get(run_id)
@@ -134,9 +138,11 @@ def _run_dir(run_id: str, *, exists: bool = True) -> Path:
 
 def _files_allowed(d: Path) -> bool:
     """Whether the run audited a manifest inside this server's data root (else none of it is served)."""
+    if _manager().job(d.name) is not None:
+        return True  # started by this server on a manifest checked to be inside the root (maybe still writing)
     db = d / "verify.sqlite"
     if not db.is_file():
-        return True  # started by this server, nothing written yet
+        return False
     from ..verify import VerifyStore
 
     manifest = VerifyStore(d).get_meta("manifest")
@@ -177,17 +183,20 @@ def _summary(d: Path) -> dict[str, Any]:
 def list_verify_audits():
     root = _runs_dir()
     runs = []
+    names = set(_manager().job_ids())  # a run just started may not have its folder yet
     if root.is_dir():
-        for d in sorted(p for p in root.iterdir() if p.is_dir() and RUN_ID_RE.match(p.name)):
-            if (d / "verify.sqlite").is_file() or _manager().job(d.name):
-                try:
-                    if not _files_allowed(d):
-                        runs.append({"id": d.name, "status": "outside data root",
-                                     "error": MSG_RUN_OUTSIDE.format(run_id=d.name)})
-                        continue
-                    runs.append(_summary(d))
-                except Exception as exc:  # one broken run must not hide the others
-                    runs.append({"id": d.name, "status": "unreadable", "error": str(exc)})
+        names |= {p.name for p in root.iterdir() if p.is_dir() and RUN_ID_RE.match(p.name)}
+    for d in (root / n for n in sorted(names)):
+        if not (d / "verify.sqlite").is_file() and not _manager().job(d.name):
+            continue
+        try:
+            if not _files_allowed(d):
+                runs.append({"id": d.name, "status": "outside data root",
+                             "error": MSG_RUN_OUTSIDE.format(run_id=d.name)})
+                continue
+            runs.append(_summary(d))
+        except Exception as exc:  # one broken run must not hide the others
+            runs.append({"id": d.name, "status": "unreadable", "error": str(exc)})
     return jsonify({"runs": runs})
 
 
