@@ -159,6 +159,9 @@ def test_cli_verify_audit_with_user_model_and_why(model_files, identity_folder, 
     shares = [why["portrait"][p]["mean"] for p in ("eyes", "eyebrows", "mouth", "nose", "jaw_chin", "face_skin",
                                                    "hair_band", "background")]
     assert sum(s for s in shares if s is not None) == pytest.approx(1.0)
+    # the parts partition each chip: their mean areas add up to the whole chip
+    assert sum(v["area"] for k, v in why["portrait"].items() if k != "n") == pytest.approx(1.0)
+    assert "share of the positive attribution on each face part" in (out / "report.html").read_text()
     # a malformed --mean is a usage error, not a traceback
     bad = CliRunner().invoke(main, [*args[:10], "--mean", "0.5,0.4", *args[12:]])
     assert bad.exit_code == 2 and "expected three numbers" in bad.output

@@ -224,6 +224,22 @@ def verify_report_section(metrics: dict, plots: Mapping[str, Path] | None = None
     why = metrics.get("why")
     if why:
         parts.append(f"<h3>Why faces match ({_e(why['method'])}, {why['n_pairs']} genuine pairs)</h3>")
+        for gname, g in why["groupings"].items():
+            parts.append(f"<p><b>{_e(gname)}</b>: share of the positive attribution on each face part, mean "
+                         "[95% interval] <span class=muted>(part's share of the chip's area)</span></p><table><tr>"
+                         "<th>subgroup</th><th>n</th>" + "".join(f"<th>{_e(p)}</th>" for p in FACE_PARTS) + "</tr>")
+            for name, e in g["subgroups"].items():
+                cells = []
+                for p in FACE_PARTS:
+                    v = e[p]
+                    if v["mean"] is None:
+                        cells.append("<td>n/a</td>")
+                        continue
+                    area = f" <span class=muted>({v['area']:.0%})</span>" if v.get("area") is not None else ""
+                    cells.append(f"<td>{v['mean']:.1%} <span class=muted>[{v['ci'][0]:.1%}, {v['ci'][1]:.1%}]"
+                                 f"</span>{area}</td>")
+                parts.append(f"<tr><td>{_e(name)}</td><td>{e['n']}</td>{''.join(cells)}</tr>")
+            parts.append("</table>")
         parts.append(_img(plots.get("plot_parts"), "face-part shares"))
         parts.append(_img(plots.get("plot_heatmaps"), "mean heatmaps"))
         for f in why.get("flagged", []):
