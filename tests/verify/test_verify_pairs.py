@@ -16,18 +16,18 @@ def _touch(root, names):
 
 
 def test_pairs_manifest_sides_and_kinds(tmp_path):
-    _touch(tmp_path, ["a1.png", "a2.png", "b1.png"])
+    _touch(tmp_path, ["a1.png", "a2.png", "b1.png", "c1.png"])
     (tmp_path / "pairs.csv").write_text(
         "path_a,path_b,same,identity_a,identity_b,ethnicity_a,ethnicity_b,gender\n"
         "a1.png,a2.png,1,A,A,asian,asian,female\n"
         "a1.png,b1.png,0,A,B,asian,asian,female\n"
-        "a2.png,b1.png,no,A,B,asian,black,female\n")
+        "a2.png,c1.png,no,A,C,asian,black,female\n")
     ps = load_pairs(tmp_path / "pairs.csv", groups=["ethnicity", "gender"])
     p = ps.pairs
     assert list(p["kind"]) == ["genuine", "impostor", "cross"]
     assert list(p["subgroup"]) == ["asian & female", "asian & female", CROSS]
     assert list(p["gender_a"]) == list(p["gender_b"]) == ["female"] * 3  # one column serves both sides
-    assert len(ps.images) == 3 and (ps.n_genuine, ps.n_impostor) == (1, 1)
+    assert len(ps.images) == 4 and (ps.n_genuine, ps.n_impostor) == (1, 1)
     assert not ps.identity_from_path
 
 
@@ -126,3 +126,19 @@ def test_identity_manifest_problems(tmp_path):
     with pytest.raises(ManifestError, match="expected a pairs manifest"):
         load_pairs(tmp_path / "bad.csv")
 
+
+
+def test_pairs_manifest_identity_and_image_consistency(tmp_path):
+    _touch(tmp_path, ["a.png", "b.png", "c.png"])
+    (tmp_path / "p.csv").write_text(
+        "path_a,path_b,same,identity_a,identity_b,g_a,g_b\n"
+        "a.png,b.png,1,A,B,x,x\n"  # genuine with two identities
+        "a.png,c.png,0,A,A,x,x\n"  # impostor with one identity
+        "a.png,c.png,0,A,C,x,y\n"
+        "c.png,b.png,0,C,B,x,x\n")  # c.png was group y on line 4
+    with pytest.raises(ManifestError) as err:
+        load_pairs(tmp_path / "p.csv", groups=["g"])
+    text = "\n".join(err.value.problems)
+    assert "line 2: same='1' but identity_a='A' and identity_b='B'" in text
+    assert "line 3: same='0' but identity_a='A' and identity_b='A'" in text
+    assert "line 5: image 'c.png' has g 'x' here but 'y' on line 4" in text

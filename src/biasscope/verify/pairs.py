@@ -52,6 +52,9 @@ MSG_GROUP_COLUMN = "group {g!r}: expected a column {g!r} or both {g}_a and {g}_b
 MSG_SAME = "line {line}: 'same' must be 1/0, true/false or yes/no, not {value!r}"
 MSG_GENUINE_GROUPS = "line {line}: a genuine pair (same person) with different {g!r} on its two sides ({a!r}, {b!r})"
 MSG_ID_GROUPS = "line {line}: identity {ident!r} has {g!r} = {v!r} here but {w!r} on line {first}"
+MSG_SAME_ID = ("line {line}: same={same!r} but identity_a={a!r} and identity_b={b!r}; a genuine pair has one "
+               "identity, an impostor pair two")
+MSG_IMAGE_CLASH = "line {line}: image {path!r} has {col} {v!r} here but {w!r} on line {first}"
 MSG_SAME_IMAGE = "line {line}: both sides are the same file {path!r}; a pair needs two images"
 MSG_NO_PAIRS = "no pairs: the manifest has no rows"
 MSG_NO_GENUINE = "no genuine pairs: every identity has a single image; genuine pairs need two images of one person"
@@ -227,14 +230,25 @@ def _from_pairs(src: Path, header: list[str], body: list, groups: list[str], bas
                 problems.append(MSG_GENUINE_GROUPS.format(line=line, g=g, a=rec[ca], b=rec[cb]))
         if has_ids and rec.get("identity_a") and rec.get("identity_b"):
             row["identity_a"], row["identity_b"] = rec["identity_a"], rec["identity_b"]
+            if (rec["identity_a"] == rec["identity_b"]) != bool(same):
+                problems.append(MSG_SAME_ID.format(line=line, same=rec["same"], a=rec["identity_a"],
+                                                   b=rec["identity_b"]))
+                continue
         else:
             # no identity: each image is its own unit (a genuine pair's two images are one unit)
             row["identity_a"] = "image:" + rec["path_a"]
             row["identity_b"] = row["identity_a"] if same else "image:" + rec["path_b"]
+        clash = False
         for side, img in (("a", a), ("b", b)):
-            img_attr.setdefault(img, {"identity": row[f"identity_{side}"],
-                                      **{g: row[f"{g}_{side}"] for g in sides}})
-        out.append(row)
+            attrs = {"identity": row[f"identity_{side}"], **{g: row[f"{g}_{side}"] for g in sides}}
+            first = img_attr.setdefault(img, {**attrs, "_line": line})
+            for k, v in attrs.items():
+                if first[k] != v and not (k == "identity" and not has_ids):
+                    problems.append(MSG_IMAGE_CLASH.format(line=line, path=rec[f"path_{side}"], col=k, v=v,
+                                                           w=first[k], first=first["_line"]))
+                    clash = True
+        if not clash:
+            out.append(row)
     if not out and not problems:
         problems.append(MSG_NO_PAIRS)
     if problems:
