@@ -5,7 +5,10 @@ folder (``verify.sqlite``, WAL) receives each batch of image embeddings in one t
 each explained pair's heatmaps as soon as they are computed. A killed run restarted with the same
 command skips what is stored. The stored unit is the image's embedding, not the pair's score: a
 score is one dot product of two stored embeddings, while one image takes part in many pairs.
-The run refuses to continue with a different model or a different manifest/pair sampling.
+Embeddings are keyed by the image file and its size and modification time, explanations by the two
+files and the method's settings, so a re-run with other groups, FAR, pair sampling or an extended
+manifest reuses everything still valid, and a replaced image is embedded again. A run folder
+refuses a different model (its embeddings would be mixed).
 
 Writes ``metrics.json``, ``pairs.csv`` (every pair and its score), ``plots/*.png`` and a
 self-contained ``report.html``.
@@ -43,11 +46,9 @@ MSG_CHANGED = ("{out} holds a verification run of a different {what}; use a new 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS embeddings (
-    image_id INTEGER PRIMARY KEY, path TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
-    dim INTEGER, vector BLOB);
+    file TEXT PRIMARY KEY, stamp TEXT NOT NULL, status TEXT NOT NULL, error TEXT, dim INTEGER, vector BLOB);
 CREATE TABLE IF NOT EXISTS explanations (
-    pair_id INTEGER PRIMARY KEY, method TEXT NOT NULL, size INTEGER NOT NULL, record TEXT NOT NULL,
-    heat_a BLOB NOT NULL, heat_b BLOB NOT NULL);
+    key TEXT PRIMARY KEY, size INTEGER NOT NULL, record TEXT NOT NULL, heat_a BLOB NOT NULL, heat_b BLOB NOT NULL);
 """
 
 
@@ -89,51 +90,51 @@ class VerifyStore:
         elif old != value:
             raise BiasscopeError(MSG_CHANGED.format(out=self.run_dir, what=what, db=self.path))
 
-    def done_images(self) -> set[int]:
+    def stamps(self) -> dict[str, str]:
+        """``{resolved image file: stamp}`` of every stored embedding (or error)."""
         with self.connect() as conn:
-            return {r[0] for r in conn.execute("SELECT image_id FROM embeddings")}
+            return dict(conn.execute("SELECT file, stamp FROM embeddings").fetchall())
 
-    def write_embeddings(self, rows: Sequence[tuple[int, str, np.ndarray | None, str | None]]) -> None:
-        """One transaction: ``(image_id, path, vector or None, error or None)`` per image."""
+    def write_embeddings(self, rows: Sequence[tuple[str, str, np.ndarray | None, str | None]]) -> None:
+        """One transaction: ``(file, stamp, vector or None, error or None)`` per image (replacing older ones)."""
         with self.connect() as conn:
             conn.executemany(
-                "INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
-                [(i, p, "ok" if v is not None else "error", e, None if v is None else int(v.size),
-                  None if v is None else np.asarray(v, dtype="<f8").tobytes()) for i, p, v, e in rows],
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
+                [(f, st, "ok" if v is not None else "error", e, None if v is None else int(v.size),
+                  None if v is None else np.asarray(v, dtype="<f8").tobytes()) for f, st, v, e in rows],
             )
 
-    def embeddings(self) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-        vecs: dict[int, np.ndarray] = {}
-        errors: dict[int, str] = {}
+    def embeddings(self, files: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Stored vectors and errors of ``files``."""
+        want = set(files)
+        vecs: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
         with self.connect() as conn:
-            for i, status, err, blob in conn.execute("SELECT image_id, status, error, vector FROM embeddings"):
+            for f, status, err, blob in conn.execute("SELECT file, status, error, vector FROM embeddings"):
+                if f not in want:
+                    continue
                 if status == "ok":
-                    vecs[i] = np.frombuffer(blob, dtype="<f8").copy()
+                    vecs[f] = np.frombuffer(blob, dtype="<f8").copy()
                 else:
-                    errors[i] = err or "error"
+                    errors[f] = err or "error"
         return vecs, errors
 
-    def done_explanations(self) -> set[int]:
+    def explanation(self, key: str) -> dict | None:
         with self.connect() as conn:
-            return {r[0] for r in conn.execute("SELECT pair_id FROM explanations")}
+            row = conn.execute("SELECT size, record, heat_a, heat_b FROM explanations WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        size, rec, ha, hb = row
+        d = json.loads(rec)
+        d.update(heat_a=np.frombuffer(ha, dtype="<f4").reshape(size, size),
+                 heat_b=np.frombuffer(hb, dtype="<f4").reshape(size, size))
+        return d
 
-    def write_explanation(self, pair_id: int, method: str, record: dict, heat_a: np.ndarray,
-                          heat_b: np.ndarray) -> None:
+    def write_explanation(self, key: str, record: dict, heat_a: np.ndarray, heat_b: np.ndarray) -> None:
         with self.connect() as conn:
-            conn.execute("INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?)",
-                         (int(pair_id), method, int(heat_a.shape[0]), json.dumps(json_safe(record)),
+            conn.execute("INSERT OR REPLACE INTO explanations VALUES (?, ?, ?, ?, ?)",
+                         (key, int(heat_a.shape[0]), json.dumps(json_safe(record)),
                           np.asarray(heat_a, dtype="<f4").tobytes(), np.asarray(heat_b, dtype="<f4").tobytes()))
-
-    def explanations(self) -> list[dict]:
-        out = []
-        with self.connect() as conn:
-            for pid, method, size, rec, ha, hb in conn.execute("SELECT * FROM explanations ORDER BY pair_id"):
-                d = json.loads(rec)
-                d.update(pair_id=pid, method=method,
-                         heat_a=np.frombuffer(ha, dtype="<f4").reshape(size, size),
-                         heat_b=np.frombuffer(hb, dtype="<f4").reshape(size, size))
-                out.append(d)
-        return out
 
 
 @dataclass
@@ -151,10 +152,16 @@ def _check(cancel: threading.Event | None) -> None:
         raise CancelledError("the verification audit was cancelled; run it again to resume")
 
 
+def _stamp(file: str) -> str:
+    """Size and modification time: an image replaced under the same name is embedded again."""
+    st = Path(file).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _embed_images(model: EmbeddingModel, pairs: PairSet, store: VerifyStore, batch_size: int,
                   progress: Callable[[str, int, int], None] | None, cancel: threading.Event | None = None) -> None:
-    done_ids = store.done_images()
-    todo = [r for r in pairs.images.itertuples() if r.image_id not in done_ids]
+    stored = store.stamps()
+    todo = [r for r in pairs.images.itertuples() if stored.get(r.file) != _stamp(r.file)]
     total = len(pairs.images)
     done = total - len(todo)
     if progress:
@@ -168,17 +175,19 @@ def _embed_images(model: EmbeddingModel, pairs: PairSet, store: VerifyStore, bat
                 chip = model.chip(load_image(r.file))
                 chips.append((r, np.asarray(chip.image.convert("RGB"))))
             except BiasscopeError as exc:
-                rows.append((int(r.image_id), r.path, None, str(exc)))
+                rows.append((r.file, _stamp(r.file), None, str(exc)))
         if chips:
             vecs = model.embed([c for _, c in chips])
-            rows.extend((int(r.image_id), r.path, v, None) for (r, _), v in zip(chips, vecs))
+            rows.extend((r.file, _stamp(r.file), v, None) for (r, _), v in zip(chips, vecs))
         store.write_embeddings(rows)
         done += len(batch)
         if progress:
             progress("embedding", done, total)
 
 
-def _score_pairs(pairs: PairSet, vecs: dict[int, np.ndarray]) -> np.ndarray:
+def _score_pairs(pairs: PairSet, by_file: dict[str, np.ndarray]) -> np.ndarray:
+    files = dict(zip(pairs.images["image_id"], pairs.images["file"]))
+    vecs = {int(i): by_file[f] for i, f in files.items() if f in by_file}
     a = pairs.pairs["a"].to_numpy()
     b = pairs.pairs["b"].to_numpy()
     ok = np.array([i in vecs and j in vecs for i, j in zip(a, b)], dtype=bool)
@@ -217,26 +226,30 @@ def explain_subgroups(
         ids = first["pair_id"].to_numpy()
         take = min(per_subgroup, len(ids))
         chosen.extend(sorted(rng.choice(ids, size=take, replace=False).tolist()))
-    done = store.done_explanations()
     files = dict(zip(pairs.images["image_id"], pairs.images["file"]))
-    todo = [p for p in chosen if p not in done]
-    if progress:
-        progress("explaining", len(chosen) - len(todo), len(chosen))
     by_id = scores.set_index("pair_id")
-    for k, pid in enumerate(todo):
+    settings = json.dumps([method, patch, stride])
+    out: list[dict] = []
+    for k, pid in enumerate(chosen):
         _check(cancel)
         row = by_id.loc[pid]
-        ca = model.chip(load_image(files[int(row["a"])]))
-        cb = model.chip(load_image(files[int(row["b"])]))
-        ex = explain_pair(model, ca, cb, method=method, patch=patch, stride=stride)
-        areas = {p: (ex.areas_a[p] + ex.areas_b[p]) / 2 for p in ex.areas_a} if ex.areas_a and ex.areas_b else {}
-        store.write_explanation(pid, method, {"score": ex.score, "shares": ex.shares, "shares_a": ex.shares_a,
-                                              "shares_b": ex.shares_b, "areas": areas, "subgroup": row["subgroup"]},
-                                ex.heat_a, ex.heat_b)
+        fa, fb = files[int(row["a"])], files[int(row["b"])]
+        # keyed by the two files, their stamps and the settings: reused across groupings and samplings
+        key = json.dumps([fa, _stamp(fa), fb, _stamp(fb), settings])
+        rec = store.explanation(key)
+        if rec is None:
+            ca = model.chip(load_image(fa))
+            cb = model.chip(load_image(fb))
+            ex = explain_pair(model, ca, cb, method=method, patch=patch, stride=stride)
+            areas = {p: (ex.areas_a[p] + ex.areas_b[p]) / 2 for p in ex.areas_a} if ex.areas_a and ex.areas_b else {}
+            rec = {"method": method, "score": ex.score, "shares": ex.shares, "shares_a": ex.shares_a,
+                   "shares_b": ex.shares_b, "areas": areas}
+            store.write_explanation(key, rec, ex.heat_a, ex.heat_b)
+            rec = {**rec, "heat_a": ex.heat_a, "heat_b": ex.heat_b}
+        out.append({**rec, "pair_id": int(pid), "subgroup": row["subgroup"]})
         if progress:
-            progress("explaining", len(chosen) - len(todo) + k + 1, len(chosen))
-    keep = set(chosen)
-    return [e for e in store.explanations() if e["pair_id"] in keep]
+            progress("explaining", k + 1, len(chosen))
+    return out
 
 
 def why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[str], opts: VerifyOptions,
@@ -364,11 +377,11 @@ def run_verify_audit(
     store = VerifyStore(out_dir)
     store.init()
     store.check_or_set("model_fingerprint", emb_model.fingerprint, "model")
-    store.check_or_set("pairs_fingerprint", pairs.fingerprint, "manifest or pair sampling")
+    store.set_meta("pairs_fingerprint", pairs.fingerprint)
     store.set_meta("model", emb_model.info())
     store.set_meta("manifest", str(Path(manifest).resolve()))
     _embed_images(emb_model, pairs, store, batch_size, progress, cancel)
-    vecs, errors = store.embeddings()
+    vecs, errors = store.embeddings(pairs.images["file"].tolist())
     scores = scores_frame(pairs.pairs, _score_pairs(pairs, vecs))
     metrics = compute_verify_metrics(scores, pairs.groups, opts)
     metrics["model"] = emb_model.info()
@@ -376,7 +389,8 @@ def run_verify_audit(
                            "n_images": len(pairs.images), "n_images_failed": len(errors)}
     metrics["warnings"] = pairs.notes + metrics["warnings"]
     if errors:
-        sample = "; ".join(f"{pairs.images.loc[i, 'path']}: {e}" for i, e in list(errors.items())[:5])
+        paths = dict(zip(pairs.images["file"], pairs.images["path"]))
+        sample = "; ".join(f"{paths[f]}: {e}" for f, e in list(errors.items())[:5])
         metrics["warnings"].append(f"{len(errors)} image(s) gave no embedding and their pairs are left out ({sample})")
     explained: list[dict] = []
     if explain > 0:
