@@ -165,3 +165,12 @@ def test_cli_verify_audit_with_user_model_and_why(model_files, identity_folder, 
     # a malformed --mean is a usage error, not a traceback
     bad = CliRunner().invoke(main, [*args[:10], "--mean", "0.5,0.4", *args[12:]])
     assert bad.exit_code == 2 and "expected three numbers" in bad.output
+
+
+def test_onnx_model_with_the_wrong_chip_size_is_refused(model_files):
+    pytest.importorskip("onnx2torch")
+    from biasscope.errors import ModelError
+    from biasscope.verify import ChipRecipe, load_embedding_model
+
+    with pytest.raises(ModelError, match="check --chip-size"):
+        load_embedding_model(model_files["onnx"], recipe=ChipRecipe(size=20))  # 20 px pools to a 2x2 grid
