@@ -87,3 +87,32 @@ def test_scores_are_the_cosines_of_the_embeddings_and_resume(folder, tmp_path):
     with pytest.raises(BiasscopeError, match="different model"):
         run_verify_audit(folder / "ids.csv", out=out, model=MeanColour("other"), plots=False)
     assert json.loads((out / "metrics.json").read_text())["manifest"]["n_images"] == 8
+
+
+def test_impostor_explanations_pick_the_top_scoring_pairs(folder, tmp_path, monkeypatch):
+    import biasscope.verify.explain as explain_mod
+    from biasscope.verify import PairExplanation, VerifyStore, explain_subgroups, load_pairs
+
+    model = MeanColour()
+    res = run_verify_audit(folder / "ids.csv", out=tmp_path / "r", model=model, groups=["group"],
+                           options=VerifyOptions(far=0.5, n_boot=50), plots=False)
+    calls = []
+
+    def fake_explain(model, ca, cb, **kw):
+        calls.append(kw)
+        z = np.zeros((8, 8), np.float32)
+        return PairExplanation(score=0.0, heat_a=z, heat_b=z, shares_a={"eyes": 1.0}, shares_b={"eyes": 1.0},
+                               method=kw["method"], areas_a={"eyes": 0.5}, areas_b={"eyes": 0.5})
+
+    monkeypatch.setattr(explain_mod, "explain_pair", fake_explain)
+    pairs = load_pairs(folder / "ids.csv", groups=["group"])
+    store = VerifyStore(tmp_path / "r")
+    got = explain_subgroups(model, pairs, res.scores, store, per_subgroup=2, kind="impostor")
+    imp = res.scores[res.scores["kind"] == "impostor"]
+    # each subgroup has two people: its best impostor pair uses both, so a second pair is impossible
+    want = sorted(int(imp.loc[imp[imp["subgroup"] == s]["score"].idxmax(), "pair_id"]) for s in ("a", "b"))
+    assert sorted(e["pair_id"] for e in got) == want and all(e["kind"] == "impostor" for e in got)
+    assert len(calls) == 2
+    # stored: asking again explains nothing new
+    again = explain_subgroups(model, pairs, res.scores, store, per_subgroup=2, kind="impostor")
+    assert len(calls) == 2 and [e["pair_id"] for e in again] == [e["pair_id"] for e in got]

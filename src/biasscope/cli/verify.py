@@ -48,6 +48,8 @@ def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
               help="explain this many genuine pairs per subgroup (face-part shares of the match score)")
 @click.option("--explain-method", type=click.Choice(["occlusion", "gradient"]), default="occlusion",
               show_default=True, help="gradient needs a torch model; dlib-face uses occlusion")
+@click.option("--explain-pairs", type=click.Choice(["genuine", "impostor"]), default="genuine", show_default=True,
+              help="genuine: why one person matches; impostor: the top-scoring impostor pairs (false matches)")
 @click.option("--patch", type=click.IntRange(2), default=None, help="occlusion patch side (default: chip / 6)")
 @click.option("--n-boot", type=click.IntRange(50), default=1000, show_default=True,
               help="bootstrap replicates (resampling identities)")
@@ -59,7 +61,8 @@ def _triple(value: str | None, name: str) -> tuple[float, float, float] | None:
 def verify_audit_cmd(manifest: str, out: str, model: str, groups: tuple[str, ...], far: float,
                      chip_size: int | None, padding: float | None, landmarks: str | None, mean: str | None,
                      std: str | None, device: str, impostors: int, cross_impostors: int, max_genuine: int,
-                     explain: int, explain_method: str, patch: int | None, n_boot: int, min_ratio: float,
+                     explain: int, explain_method: str, explain_pairs: str, patch: int | None, n_boot: int,
+                     min_ratio: float,
                      seed: int, as_json: bool) -> None:
     """Audit a face matcher on MANIFEST (pairs: path_a,path_b,same,...; or identities: path,identity,...):
     FMR/FNMR at one global threshold per subgroup, TAR at FAR, per-subgroup thresholds, gap tests."""
@@ -97,7 +100,7 @@ def verify_audit_cmd(manifest: str, out: str, model: str, groups: tuple[str, ...
     res = run_verify_audit(manifest, out=out, model=emb, groups=list(groups), options=opts,
                            impostors_per_subgroup=impostors, cross_impostors=cross_impostors,
                            max_genuine_per_identity=max_genuine, explain=explain, explain_method=explain_method,
-                           patch=patch, progress=progress)
+                           explain_pairs=explain_pairs, patch=patch, progress=progress)
     for bar in bars.values():
         bar.close()
     m = res.metrics

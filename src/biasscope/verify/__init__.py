@@ -37,13 +37,14 @@ from .models import (
 )
 from .pairs import CROSS, PairSet, load_pairs, subgroup_key
 from .report import verify_report_section, write_verify_report
-from .runner import VerifyResult, VerifyStore, run_verify_audit, why_metrics
+from .runner import EXPLAIN_KINDS, VerifyResult, VerifyStore, explain_subgroups, run_verify_audit, why_metrics
 
 __all__ = [
     "CROSS",
     "DEFAULT_FARS",
     "DLIB_FACE",
     "DLIB_RECIPE",
+    "EXPLAIN_KINDS",
     "EXPLAIN_METHODS",
     "ChipRecipe",
     "DlibFaceModel",
@@ -58,6 +59,7 @@ __all__ = [
     "compute_verify_metrics",
     "cosine_similarity",
     "explain_pair",
+    "explain_subgroups",
     "face_chip",
     "fmr",
     "fnmr",

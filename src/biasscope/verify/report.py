@@ -141,7 +141,8 @@ def write_plots(metrics: dict, scores: pd.DataFrame, folder: Path, *, explained:
             v = np.array([why["subgroups"][s][p]["mean"] or 0.0 for s in names])
             ax.barh(names, v, left=left, color=np.array(FACE_PART_COLOURS[p]) / 255, label=p)
             left += v
-        ax.set_xlabel("share of the positive attribution of genuine match scores")
+        kind = metrics["why"].get("pairs", "genuine")
+        ax.set_xlabel(f"share of the positive attribution of {kind} match scores")
         ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
         fig.tight_layout()
         files["plot_parts"] = folder / "part_shares.png"
@@ -223,7 +224,9 @@ def verify_report_section(metrics: dict, plots: Mapping[str, Path] | None = None
         parts.append(_img(plots.get(key), alt))
     why = metrics.get("why")
     if why:
-        parts.append(f"<h3>Why faces match ({_e(why['method'])}, {why['n_pairs']} genuine pairs)</h3>")
+        kind = why.get("pairs", "genuine")
+        what = "genuine pairs" if kind == "genuine" else "top-scoring impostor pairs: why different people match"
+        parts.append(f"<h3>Why faces match ({_e(why['method'])}, {why['n_pairs']} {what})</h3>")
         for gname, g in why["groupings"].items():
             parts.append(f"<p><b>{_e(gname)}</b>: share of the positive attribution on each face part, mean "
                          "[95% interval] <span class=muted>(part's share of the chip's area)</span></p><table><tr>"

@@ -37,9 +37,19 @@ from .metrics import VerifyOptions, compute_verify_metrics, scores_frame
 from .models import EmbeddingModel, cosine_similarity, load_embedding_model
 from .pairs import PairSet, join_columns, load_pairs
 
-__all__ = ["DB_NAME", "VerifyResult", "VerifyStore", "explain_subgroups", "run_verify_audit", "why_metrics"]
+__all__ = [
+    "DB_NAME",
+    "EXPLAIN_KINDS",
+    "VerifyResult",
+    "VerifyStore",
+    "explain_subgroups",
+    "run_verify_audit",
+    "why_metrics",
+]
 
 DB_NAME = "verify.sqlite"
+#: which pairs ``explain`` picks: genuine pairs (why one person matches) or the top impostors (false matches)
+EXPLAIN_KINDS = ("genuine", "impostor")
 MSG_CHANGED = ("{out} holds a verification run of a different {what}; use a new --out folder "
                "(or delete {db}) to audit this one")
 
@@ -211,21 +221,40 @@ def explain_subgroups(
     patch: int | None = None,
     stride: int | None = None,
     seed: int = 0,
+    kind: str = "genuine",
     progress: Callable[[str, int, int], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> list[dict]:
-    """Explain up to ``per_subgroup`` genuine pairs per subgroup (at most one per identity, so the
-    explained pairs are independent), storing each as it is done; returns every stored explanation."""
+    """Explain up to ``per_subgroup`` pairs per subgroup, storing each as it is done.
+
+    ``kind="genuine"``: a seeded sample of genuine pairs, at most one per identity (so the explained
+    pairs are independent). ``kind="impostor"``: the highest-scoring impostor pairs (the false
+    matches and near misses: what makes two different people look alike to the matcher), no
+    identity used twice.
+    """
     from .explain import explain_pair
 
+    if kind not in EXPLAIN_KINDS:
+        raise ExplainerError(f"unknown kind of pairs to explain {kind!r}; choose from {', '.join(EXPLAIN_KINDS)}")
     rng = np.random.default_rng(seed)
-    gen = scores[(scores["kind"] == "genuine") & ~scores["score"].isna()]
+    pool = scores[(scores["kind"] == kind) & ~scores["score"].isna()]
     chosen: list[int] = []
-    for _sub, df in gen.groupby("subgroup", sort=True):
-        first = df.groupby("identity_a", sort=True).head(1)  # one genuine pair per identity
-        ids = first["pair_id"].to_numpy()
-        take = min(per_subgroup, len(ids))
-        chosen.extend(sorted(rng.choice(ids, size=take, replace=False).tolist()))
+    for _sub, df in pool.groupby("subgroup", sort=True):
+        if kind == "genuine":
+            ids = df.groupby("identity_a", sort=True).head(1)["pair_id"].to_numpy()  # one pair per identity
+            take = min(per_subgroup, len(ids))
+            chosen.extend(sorted(rng.choice(ids, size=take, replace=False).tolist()))
+            continue
+        used: set[str] = set()
+        picked = 0
+        for r in df.sort_values(["score", "pair_id"], ascending=[False, True]).itertuples():
+            if picked >= per_subgroup:
+                break
+            if r.identity_a in used or r.identity_b in used:
+                continue
+            used |= {r.identity_a, r.identity_b}
+            chosen.append(int(r.pair_id))
+            picked += 1
     files = dict(zip(pairs.images["image_id"], pairs.images["file"]))
     by_id = scores.set_index("pair_id")
     settings = json.dumps([method, patch, stride])
@@ -246,7 +275,7 @@ def explain_subgroups(
                    "shares_b": ex.shares_b, "areas": areas}
             store.write_explanation(key, rec, ex.heat_a, ex.heat_b)
             rec = {**rec, "heat_a": ex.heat_a, "heat_b": ex.heat_b}
-        out.append({**rec, "pair_id": int(pid), "subgroup": row["subgroup"]})
+        out.append({**rec, "pair_id": int(pid), "subgroup": row["subgroup"], "kind": kind})
         if progress:
             progress("explaining", k + 1, len(chosen))
     return out
@@ -274,7 +303,8 @@ def why_metrics(explained: list[dict], scores: pd.DataFrame, groups: Sequence[st
         groupings["all"] = pd.Series(["all"] * len(df))
     rng = np.random.default_rng(opts.seed)
     q = ((1 - opts.confidence) / 2, 1 - (1 - opts.confidence) / 2)
-    out: dict = {"method": explained[0]["method"], "n_pairs": len(df), "groupings": {}}
+    out: dict = {"method": explained[0]["method"], "pairs": explained[0].get("kind", "genuine"), "n_pairs": len(df),
+                 "groupings": {}}
     tests: list[dict] = []
     # permutations enough for a p-value to survive Holm over every possible test
     n_perm = max(opts.n_boot, math.ceil(2 * len(groupings) * len(FACE_PARTS) / opts.alpha))
@@ -348,6 +378,7 @@ def run_verify_audit(
     batch_size: int = 32,
     explain: int = 0,
     explain_method: str = "occlusion",
+    explain_pairs: str = "genuine",
     patch: int | None = None,
     stride: int | None = None,
     min_share_difference: float = 0.05,
@@ -358,8 +389,10 @@ def run_verify_audit(
     """Audit a face matcher: per-subgroup FMR/FNMR/TAR with intervals, thresholds and gap tests.
 
     ``manifest`` is a pairs or identity CSV (:func:`~biasscope.verify.load_pairs`). ``explain`` > 0
-    explains that many genuine pairs per subgroup (``explain_method``) and adds face-part shares
-    per subgroup to the findings.
+    explains that many pairs per subgroup (``explain_method``; ``explain_pairs="impostor"``: the
+    highest-scoring impostor pairs, i.e. what makes different people match) and adds face-part shares
+    per subgroup to the findings. Setting ``cancel`` stops between batches (what is stored stays;
+    running again resumes).
     """
     opts = options or VerifyOptions()
     pairs = load_pairs(manifest, groups=groups, seed=opts.seed, impostors_per_subgroup=impostors_per_subgroup,
@@ -373,6 +406,9 @@ def run_verify_audit(
                                  f"{', '.join(EXPLAIN_METHODS)}")
         if explain_method == "gradient" and not emb_model.differentiable:
             raise ExplainerError(MSG_NO_GRADIENT.format(name=emb_model.name))
+        if explain_pairs not in EXPLAIN_KINDS:
+            raise ExplainerError(f"unknown kind of pairs to explain {explain_pairs!r}; choose from "
+                                 f"{', '.join(EXPLAIN_KINDS)}")
     out_dir = Path(out)
     store = VerifyStore(out_dir)
     store.init()
@@ -395,8 +431,8 @@ def run_verify_audit(
     explained: list[dict] = []
     if explain > 0:
         explained = explain_subgroups(emb_model, pairs, scores, store, per_subgroup=explain, method=explain_method,
-                                      patch=patch, stride=stride, seed=opts.seed, progress=progress,
-                                      cancel=cancel)
+                                      patch=patch, stride=stride, seed=opts.seed, kind=explain_pairs,
+                                      progress=progress, cancel=cancel)
         metrics["why"] = why_metrics(explained, scores, pairs.groups, opts, min_share_difference)
     files: dict[str, Path] = {}
     files["metrics"] = out_dir / "metrics.json"
