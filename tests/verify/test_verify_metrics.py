@@ -40,6 +40,7 @@ def test_threshold_rates_by_hand():
     # a FAR the data cannot resolve (10 impostors, 1e-2) has no TAR
     assert tar_at_far(gen, imp, 1e-2) is None
     assert math.isnan(threshold_at_far([], 0.1))
+    assert math.isnan(fmr(imp, math.nan)) and math.isnan(fnmr(gen, math.nan))  # no threshold, no rate
 
 
 def test_roc_points_by_hand():
@@ -212,3 +213,14 @@ def test_without_groups_and_report(tmp_path):
     html = verify_report_section(m, plots)
     assert f"{m['overall']['threshold']:.4f}" in html
     assert html.count("data:image/png;base64,") == 3
+
+
+def test_no_impostors_means_no_threshold_and_no_rates():
+    df = _synthetic()
+    df = df[df["kind"] == "genuine"]
+    m = compute_verify_metrics(df, ["g"], VerifyOptions(far=0.1, n_boot=50))
+    assert m["overall"]["threshold"] is None and m["overall"]["fnmr"] is None
+    a = m["groupings"]["g"]["subgroups"]["A"]
+    assert a["fnmr"] is None and a["fnmr_ci"] == [None, None] and a["n_impostor"] == 0
+    assert all(t["degenerate"] for t in m["groupings"]["g"]["tests"]) and m["flagged"] == []
+    assert any("need both genuine and same-group impostor pairs" in w for w in m["warnings"])

@@ -119,15 +119,17 @@ def verify_audit_cmd(manifest: str, out: str, model: str, groups: tuple[str, ...
         click.echo(json.dumps(summary, indent=2))
         return
     o = m["overall"]
-    click.echo(f"global threshold {o['threshold']:.4f} at FAR {far:g}: FMR {o['fmr']:.4g}, FNMR {o['fnmr']:.4g} "
-               f"({o['n_genuine']} genuine, {o['n_impostor']} impostor pairs)")
+
+    def num(x: float | None, spec: str = ".4g") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    click.echo(f"global threshold {num(o['threshold'], '.4f')} at FAR {far:g}: FMR {num(o['fmr'])}, "
+               f"FNMR {num(o['fnmr'])} ({o['n_genuine']} genuine, {o['n_impostor']} impostor pairs)")
     for g, entry in summary["subgroups"].items():
         click.echo(f"{g}:")
         for s, e in entry.items():
-            fm = "n/a" if e["fmr"] is None else f"{e['fmr']:.4g}"
-            fn = "n/a" if e["fnmr"] is None else f"{e['fnmr']:.4g}"
-            click.echo(f"  {s}: FMR {fm}  FNMR {fn}  own threshold {e['threshold']}  "
-                       f"({e['n_genuine']} genuine, {e['n_impostor']} impostor)")
+            click.echo(f"  {s}: FMR {num(e['fmr'])}  FNMR {num(e['fnmr'])}  own threshold "
+                       f"{num(e['threshold'], '.4f')}  ({e['n_genuine']} genuine, {e['n_impostor']} impostor)")
     for f in m["flagged"]:
         click.echo(f"FLAGGED {f['grouping']}: {f['metric']} {f['high_group']} {f['high']:.4g} vs "
                    f"{f['low_group']} {f['low']:.4g} (Holm p {f['p_adjusted']:.3g})")

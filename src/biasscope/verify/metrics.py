@@ -92,13 +92,13 @@ def threshold_at_far(impostor: Sequence[float], far: float) -> float:
 def fmr(impostor: Sequence[float], t: float) -> float:
     """Share of impostor scores strictly above ``t``."""
     s = np.asarray(impostor, dtype=np.float64)
-    return float(np.mean(s > t)) if s.size else math.nan
+    return float(np.mean(s > t)) if s.size and not math.isnan(t) else math.nan
 
 
 def fnmr(genuine: Sequence[float], t: float) -> float:
     """Share of genuine scores at or below ``t``."""
     s = np.asarray(genuine, dtype=np.float64)
-    return float(np.mean(s <= t)) if s.size else math.nan
+    return float(np.mean(s <= t)) if s.size and not math.isnan(t) else math.nan
 
 
 def tar_at_far(genuine: Sequence[float], impostor: Sequence[float], far: float) -> float | None:
@@ -219,6 +219,10 @@ def _subgroup_entry(gen: pd.DataFrame, imp: pd.DataFrame, t_global: float, opts:
     }
     boots: dict[str, np.ndarray] = {}
     for metric, df, err in (("fmr", imp, is_ > t_global), ("fnmr", gen, gs <= t_global)):
+        if math.isnan(t_global):  # no impostors anywhere: no threshold, no rates to resample
+            boots[metric] = np.full(opts.n_boot, np.nan)
+            entry[f"{metric}_ci"] = [None, None]
+            continue
         a = np.array([codes[x] for x in df["identity_a"]], dtype=np.int64)
         b = np.array([codes[x] for x in df["identity_b"]], dtype=np.int64)
         boots[metric] = identity_bootstrap_rates(err, a, b, n_boot=opts.n_boot, rng=rng)
