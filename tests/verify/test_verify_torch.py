@@ -162,6 +162,11 @@ def test_cli_verify_audit_with_user_model_and_why(model_files, identity_folder, 
     # the parts partition each chip: their mean areas add up to the whole chip
     assert sum(v["area"] for k, v in why["portrait"].items() if k != "n") == pytest.approx(1.0)
     assert "share of the positive attribution on each face part" in (out / "report.html").read_text()
+    # the same command again, human-readable: resumes from the store and prints the figures
+    again = CliRunner().invoke(main, [a for a in args if a != "--json"])
+    assert again.exit_code == 0, again.output
+    assert f"global threshold {m['overall']['threshold']:.4f} at FAR 0.05" in again.output
+    assert "portrait: FMR" in again.output
     # a malformed --mean is a usage error, not a traceback
     bad = CliRunner().invoke(main, [*args[:10], "--mean", "0.5,0.4", *args[12:]])
     assert bad.exit_code == 2 and "expected three numbers" in bad.output
