@@ -112,3 +112,20 @@ def test_gradient_on_dlib_refused_before_any_work(identity_folder, tmp_path, dli
         run_verify_audit(identity_folder / "identities.csv", out=tmp_path / "r", model=dlib_model,
                          explain=1, explain_method="gradient")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("points", [5, 68])
+def test_chip_recipe_equals_dlib_get_face_chip(photos, points):
+    import dlib
+
+    from biasscope.faces import detect_faces
+    from biasscope.faces.detect import landmarks_for_box
+    from biasscope.verify import ChipRecipe, face_chip
+
+    img = np.asarray(photos["hopper"])
+    face = detect_faces(img)[0]
+    ours = np.asarray(face_chip(img, ChipRecipe(size=112, padding=0.3, landmarks=points), face=face).image)
+    lm = face.landmarks if points == 68 else landmarks_for_box(img, face.box, points=5)
+    shape = dlib.full_object_detection(dlib.rectangle(*face.box), [dlib.point(int(x), int(y)) for x, y in lm])
+    ref = dlib.get_face_chip(img, shape, size=112, padding=0.3)
+    assert ours.shape == (112, 112, 3) and np.array_equal(ours, ref)
