@@ -135,3 +135,46 @@ def test_verification_audit_from_the_audits_page(make_app, face_root, tmp_path):
         expect(report.locator("h2")).to_have_text("Face verification")
         browser.close()
     assert problems == []
+
+
+def test_cancel_then_resume_in_the_web_app(make_app, face_root, tmp_path):
+    """Cancel while the (blocked) model embeds; the stored batch stays; starting the run again resumes."""
+    import threading
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from biasscope.verify import ChipRecipe, EmbeddingModel
+
+    class Gate(EmbeddingModel):
+        def __init__(self) -> None:
+            self.name, self.recipe = "gate", ChipRecipe(size=8)
+            self.entered, self.proceed, self.calls = threading.Event(), threading.Event(), []
+
+        def chip(self, image, *, face=None):
+            return SimpleNamespace(image=image.resize((8, 8)))
+
+        def embed(self, chips):
+            self.calls.append(len(chips))
+            self.entered.set()
+            assert self.proceed.wait(60)
+            return np.array([np.asarray(c, dtype=float).reshape(-1, 3).mean(0) for c in chips])
+
+    app = make_app(DATA_ROOT=str(face_root), RUNS_DIR=str(tmp_path / "runs"))
+    vm = app.extensions["biasscope_verify"]
+    gate = Gate()
+    vm._model = gate
+    c = app.test_client()
+    body = {"manifest": "faces/identities.csv", "groups": "group", "far": 0.1, "name": "gated"}
+    assert c.post("/api/verify-audits", json=body).status_code == 202
+    assert gate.entered.wait(60)
+    assert c.post("/api/verify-audits/gated/cancel").status_code == 200
+    gate.proceed.set()
+    vm.futures["gated"].result(timeout=60)
+    assert c.get("/api/verify-audits/gated").get_json()["status"] == "cancelled"
+    assert gate.calls == [6]
+    assert c.post("/api/verify-audits", json=body).status_code == 202  # the same name resumes
+    vm.futures["gated"].result(timeout=60)
+    got = c.get("/api/verify-audits/gated").get_json()
+    assert got["status"] == "done" and got["summary"]["n_genuine"] == 6
+    assert gate.calls == [6]  # nothing embedded twice

@@ -417,6 +417,7 @@ def run_verify_audit(
     store.set_meta("model", emb_model.info())
     store.set_meta("manifest", str(Path(manifest).resolve()))
     _embed_images(emb_model, pairs, store, batch_size, progress, cancel)
+    _check(cancel)
     vecs, errors = store.embeddings(pairs.images["file"].tolist())
     scores = scores_frame(pairs.pairs, _score_pairs(pairs, vecs))
     metrics = compute_verify_metrics(scores, pairs.groups, opts)
