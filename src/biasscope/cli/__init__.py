@@ -37,3 +37,7 @@ from .training import compare_cmd, train_cmd  # noqa: E402  (train, compare)
 
 main.add_command(train_cmd)
 main.add_command(compare_cmd)
+
+from .verify import verify_audit_cmd  # noqa: E402  (verify-audit)
+
+main.add_command(verify_audit_cmd)

@@ -867,4 +867,7 @@ def install(app, config: dict) -> AuditManager:
                        max_pending=int(config.get("MAX_PENDING_AUDITS", 4)))
     app.register_blueprint(audit_api)
     app.register_blueprint(audit_pages)
+    from .verify import install_verify  # face verification audits (the Audits page's section)
+
+    install_verify(app, mgr)
     return mgr

@@ -473,6 +473,30 @@ _PATHS.update({
         "responses": {"202": _json(_ref("Job"), "Accepted")} | _errors(400, 404, 503) | _AUDIT_ERR}},
 })
 
+# face verification audits (web/verify.py)
+_VERIFY = _path_param("verify_id", "verification run id (its folder in RUNS/.verify)")
+_VERIFY_RUN = {"type": "object", "description": "id, status, job (live status in this server), summary; "
+               "metrics (metrics.json) once done"}
+_PATHS.update({
+    "/api/verify-audits": {
+        "get": {"summary": "Face verification runs (dlib-face) in the runs directory",
+                "responses": {"200": _json({"type": "object"})} | _AUDIT_ERR},
+        "post": {"summary": "Start (or resume, same name) a verification audit on a pairs or identity manifest",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "object", "required": ["manifest"], "properties": {
+                         "manifest": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
+                         "far": {"type": "number"}, "explain": {"type": "integer"}, "name": {"type": "string"}}}}}},
+                 "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404) | _AUDIT_ERR},
+    },
+    "/api/verify-audits/{verify_id}": _get("A verification run: status, summary and metrics", [_VERIFY],
+                                           _json(_VERIFY_RUN), 404),
+    "/api/verify-audits/{verify_id}/cancel": {"post": {
+        "summary": "Cancel a running verification audit (resumable)", "parameters": [_VERIFY],
+        "responses": {"200": _json(_VERIFY_RUN)} | _errors(400, 404) | _AUDIT_ERR}},
+    "/api/verify-audits/{verify_id}/report.html": _get("The self-contained verification report", [_VERIFY],
+                                                       {"description": "HTML", "content": {"text/html": {}}}, 404),
+})
+
 
 def openapi_document() -> dict[str, Any]:
     """The API's OpenAPI 3.1 document (a fresh copy)."""
