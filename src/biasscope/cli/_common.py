@@ -63,15 +63,23 @@ def adapter_from_options(kw: dict[str, Any]):
     )
 
 
-def parse_method_params(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """``--param lime.num_samples=500`` -> ``{"lime": {"num_samples": "500"}}``."""
-    out: dict[str, dict[str, str]] = {}
+def parse_method_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``--param lime.num_samples=500`` -> ``{"lime": {"num_samples": 500}}``, each value parsed and
+    checked by the method's declared parameter (the registry's one validation); bools read
+    true/false, 1/0 or yes/no. Unknown names are left for the method to refuse with its list."""
+    from ..explainers import get_explainer
+
+    out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot:
             raise click.BadParameter(f"{item!r}: expected METHOD.NAME=VALUE", param_hint="--param")
-        out.setdefault(method.strip(), {})[name.strip()] = value.strip()
+        cls = get_explainer(method.strip())
+        declared = {p.name: p for p in cls.params}
+        name = name.strip()
+        parsed: Any = declared[name].parse_text(value) if name in declared else value.strip()
+        out.setdefault(cls.name, {})[name] = parsed
     return out
 
 

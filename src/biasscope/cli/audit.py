@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..explainers import SEED_MAX
 from ._common import handle_errors, parse_method_params
 
 __all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd"]
@@ -30,7 +31,8 @@ def _stats_options(fn):
                      help="bootstrap resamples for confidence intervals"),
         click.option("--n-perm", type=click.IntRange(100, 100_000), default=1000, show_default=True,
                      help="permutations for p-values"),
-        click.option("--seed", type=int, default=0, show_default=True, help="seed of bootstrap and permutations"),
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+                     help="seed of bootstrap and permutations (0 to 2**32-1)"),
         click.option("--min-group-size", type=click.IntRange(1), default=30, show_default=True,
                      help="warn about groups smaller than this"),
         click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..explainers import SEED_MAX
 from ._common import handle_errors
 
 __all__ = ["compare_cmd", "train_cmd"]
@@ -28,7 +29,8 @@ __all__ = ["compare_cmd", "train_cmd"]
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="share of each label x group cell held out for validation")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="random seed (0 to 2**32-1)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--sampling", type=click.Choice(["as-is", "skew", "balanced-group", "balanced-label-group"]),
               default="as-is", show_default=True)
@@ -91,7 +93,8 @@ def train_cmd(manifest: str, out_dir: str, generator_spec: str | None, synthesiz
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @click.option("--permutations", "n_perm", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="random seed (0 to 2**32-1)")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier comparison in --out")

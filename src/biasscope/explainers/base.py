@@ -9,6 +9,7 @@ checks, so an explainer only says how attributions are computed.
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..errors import CancelledError, ExplainerError, MethodUnavailableError
 from ..models.adapter import ModelAdapter
 
 __all__ = [
+    "SEED_MAX",
     "Attribution",
     "Explainer",
     "Explanation",
@@ -34,9 +36,22 @@ __all__ = [
 ProgressFn = Callable[[float], None]
 
 
+#: Seeds are integers in ``[0, SEED_MAX]`` (2**32 - 1, the range every random generator used accepts).
+SEED_MAX = 2**32 - 1
+#: Words a bool parameter accepts from text (the CLI's ``--param``); JSON clients send true/false.
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no"})
+
+
 @dataclass(frozen=True)
 class Param:
-    """A declared explainer parameter: feeds CLI options, web forms and validation."""
+    """A declared explainer parameter: feeds CLI options, web forms and validation.
+
+    Numeric parameters must declare finite ``min`` and ``max`` (checked when the class is defined),
+    so no request can pass NaN, infinity or 1e308 into a method. :meth:`coerce` is the one
+    validation every caller uses (API, CLI, web, audits); :meth:`parse_text` first turns CLI text
+    into a typed value.
+    """
 
     name: str
     type: type
@@ -46,24 +61,93 @@ class Param:
     max: float | None = None
     choices: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.type in (int, float) and not all(
+            isinstance(b, int | float) and math.isfinite(b) for b in (self.min, self.max)
+        ):
+            raise TypeError(f"numeric parameter {self.name!r} must declare finite min and max")
+
+    def _fail(self, what: str, value: Any) -> ExplainerError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return ExplainerError(f"parameter {self.name} must be {what}, got {shown}")
+
     def coerce(self, value: Any) -> Any:
-        """Convert ``value`` (possibly a string from a form) to ``type`` and check its range."""
+        """``value`` checked and converted to ``type`` (numbers may come as text from a form field).
+
+        Refused: non-finite floats, a fractional number for an int (3.7 is not silently 3), anything
+        but ``true``/``false`` for a bool, and values outside ``min``/``max`` or ``choices``.
+        """
         if value is None or value == "":
             return self.default
-        try:
-            if self.type is bool:
-                v = value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-            else:
-                v = self.type(value)
-        except (TypeError, ValueError):
-            raise ExplainerError(f"parameter {self.name} must be {self.type.__name__}, got {value!r}") from None
+        if self.type is bool:
+            if isinstance(value, bool | np.bool_):
+                return bool(value)
+            raise self._fail("true or false", value)
+        if self.type is int:
+            v = self._to_int(value)
+        elif self.type is float:
+            v = self._to_float(value)
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise self._fail("text", value)
+            v = value.strip()
+        else:
+            v = self.type(value)
         if self.choices is not None and v not in self.choices:
             raise ExplainerError(f"parameter {self.name} must be one of {', '.join(self.choices)}, got {v!r}")
         if self.min is not None and v < self.min:
-            raise ExplainerError(f"parameter {self.name} must be >= {self.min}, got {v}")
+            raise ExplainerError(f"parameter {self.name} must be >= {self.min:g}, got {v:g}")
         if self.max is not None and v > self.max:
-            raise ExplainerError(f"parameter {self.name} must be <= {self.max}, got {v}")
+            raise ExplainerError(f"parameter {self.name} must be <= {self.max:g}, got {v:g}")
         return v
+
+    def _to_int(self, value: Any) -> int:
+        what = f"int in [{self.min:g}, {self.max:g}] (a whole number)"
+        if isinstance(value, bool | np.bool_):
+            raise self._fail(what, value)
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, float | np.floating):
+            if math.isfinite(value) and float(value).is_integer():
+                return int(value)
+            raise self._fail(what, value)
+        if isinstance(value, str) and len(value) <= 40:
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise self._fail(what, value) from None
+        raise self._fail(what, value)
+
+    def _to_float(self, value: Any) -> float:
+        what = f"float in [{self.min:g}, {self.max:g}] (a finite number)"
+        if isinstance(value, bool | np.bool_):
+            raise self._fail(what, value)
+        if isinstance(value, int | float | np.integer | np.floating):
+            try:
+                v = float(value)
+            except OverflowError:  # an int beyond float's range
+                raise self._fail(what, value) from None
+        elif isinstance(value, str) and len(value) <= 40:
+            try:
+                v = float(value.strip())
+            except ValueError:
+                raise self._fail(what, value) from None
+        else:
+            raise self._fail(what, value)
+        if not math.isfinite(v):
+            raise self._fail(what, value)
+        return v
+
+    def parse_text(self, text: str) -> Any:
+        """A typed value from command-line text (bools: true/false, 1/0, yes/no), then :meth:`coerce`."""
+        if self.type is bool:
+            word = text.strip().lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+            raise self._fail("true or false (also 1/0, yes/no)", text)
+        return self.coerce(text)
 
     def to_dict(self) -> dict:
         return {

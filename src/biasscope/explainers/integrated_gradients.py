@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ._baselines import BASELINES, make_baseline
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .registry import register
 
 __all__ = ["POINTS_BYTES", "IntegratedGradients", "image_groups", "path_gradients", "target_logits_batched"]
@@ -74,7 +74,7 @@ class IntegratedGradients(Explainer):
     params = (
         Param("steps", int, 50, "integration steps (Gauss-Legendre)", min=2, max=1000),
         Param("baseline", str, "black", "reference input", choices=BASELINES),
-        Param("seed", int, 0, "random seed (noise baseline)", min=0),
+        Param("seed", int, 0, "random seed (noise baseline)", min=0, max=SEED_MAX),
     )
     description = "Path-integrated gradients from a baseline; satisfies completeness."
 

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import BiasscopeError
 from .jobs import JobManager
+from .jsonio import StrictJSONProvider
 from .state import ImageStore, ModelRegistry
 
 __all__ = ["DEFAULTS", "WebState", "create_app", "is_loopback", "state"]
@@ -109,13 +110,13 @@ def error_response(code: str, message: str, status: int) -> Response:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the web app. ``config`` overrides :data:`DEFAULTS` (and any Flask setting)."""
     app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.json = StrictJSONProvider(app)  # never NaN/Infinity in a response; JSON bodies depth-guarded
     app.config.update(DEFAULTS)
     app.config.update(config or {})
     cfg = app.config
     # the whole request body may hold the file plus a few form fields
     cfg.setdefault("MAX_CONTENT_LENGTH", None)
     cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_BYTES"]) + 64 * 1024
-    app.json.sort_keys = False  # keep documents in their natural order
     if not cfg.get("TOKEN") and not is_loopback(str(cfg["HOST"])):
         cfg["TOKEN"] = secrets.token_urlsafe(24)
     st = WebState(

@@ -52,6 +52,7 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
 from .jobs import TERMINAL, BusyError, fast_png
+from .jsonio import json_object_body
 from .state import ModelRegistry, NotFoundError
 
 __all__ = [
@@ -270,10 +271,8 @@ def audits() -> AuditManager:
 
 
 def _payload() -> dict[str, Any]:
-    data = request.get_json(silent=True) if request.mimetype == "application/json" else None
-    if request.mimetype == "application/json" and not isinstance(data, dict):
-        raise BiasscopeError("the request body must be a JSON object")
-    return data or {}
+    """The JSON object body (empty when the request sends no JSON)."""
+    return json_object_body() if request.mimetype == "application/json" else {}
 
 
 def _list(value: Any, name: str) -> list[str]:

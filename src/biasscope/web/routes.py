@@ -8,7 +8,6 @@ app turns into the one JSON error format.
 from __future__ import annotations
 
 import io
-import json
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
 from .app import state
+from .jsonio import dumps_strict, json_object_body, loads_json
 from .openapi import openapi_document
 from .samples import load_sample, sample_list
 from .state import ImageRecord, NotFoundError
@@ -42,18 +42,15 @@ MSG_NO_IMAGE = (
 def _payload() -> dict[str, Any]:
     """The request's fields, from a JSON object or a (multipart) form."""
     if request.mimetype == "application/json":
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise BiasscopeError("the request body must be a JSON object")
-        return data
+        return json_object_body()
     data: dict[str, Any] = {k: v for k, v in request.form.items()}
     if "methods" in request.form and len(request.form.getlist("methods")) > 1:
         data["methods"] = request.form.getlist("methods")
     if isinstance(data.get("params"), str):
-        try:
-            data["params"] = json.loads(data["params"]) if data["params"].strip() else {}
-        except json.JSONDecodeError:
-            raise BiasscopeError("'params' must be a JSON object such as {\"lime\": {\"num_samples\": 500}}") from None
+        text = data["params"]
+        data["params"] = loads_json(text, "'params'") if text.strip() else {}
+        if not isinstance(data["params"], dict):
+            raise BiasscopeError("'params' must be a JSON object such as {\"lime\": {\"num_samples\": 500}}")
     return data
 
 
@@ -367,7 +364,7 @@ def delete_job(job_id: str):
 def job_result(job_id: str):
     job = state().jobs.get(job_id)
     doc = {"biasscope_version": __version__} | job.to_dict(heatmaps=True)
-    body = json.dumps(doc, indent=1).encode()
+    body = dumps_strict(doc, indent=1).encode()
     download = _as_bool(request.args.get("download"), "download", False)
     return send_file(io.BytesIO(body), mimetype="application/json", as_attachment=download,
                      download_name=f"biasscope-{job.id}.json")
