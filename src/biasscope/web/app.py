@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from ..errors import BiasscopeError
 from .jobs import JobManager
 from .jsonio import StrictJSONProvider
+from .paths import HUB_NAME, scrub_paths
 from .state import ImageStore, ModelRegistry
 
 __all__ = ["DEFAULTS", "WebState", "create_app", "is_loopback", "state"]
@@ -107,6 +109,16 @@ def error_response(code: str, message: str, status: int) -> Response:
     return resp
 
 
+def public_message(text: str) -> str:
+    """A message as clients see it: no absolute server paths (data root, runs, weights cache, uploads)."""
+    from ..models.zoo import hub_checkpoint_dir
+
+    st = state()
+    if st.audits is not None:
+        text = st.audits.public(text)
+    return scrub_paths(text, [(hub_checkpoint_dir(), HUB_NAME), (Path(st.images.root), "uploads")])
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the web app. ``config`` overrides :data:`DEFAULTS` (and any Flask setting)."""
     app = Flask(__name__, static_folder="static", template_folder="templates")
@@ -183,8 +195,13 @@ def _install_errors(app: Flask) -> None:
     @app.errorhandler(BiasscopeError)
     def biasscope_error(exc: BiasscopeError):
         code = _code(type(exc).__name__)
-        return error_response("invalid_request" if code == "biasscope" else code, str(exc),
+        return error_response("invalid_request" if code == "biasscope" else code, public_message(str(exc)),
                               int(getattr(exc, "status", 400)))
+
+    @app.errorhandler(RecursionError)
+    def too_deep(exc: RecursionError):  # a last guard; JSON bodies are depth-checked when parsed
+        log.warning("recursion limit reached on %s %s", request.method, request.path)
+        return error_response("invalid_request", "the request is nested too deeply to process", 400)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):

@@ -7,6 +7,7 @@ app turns into the one JSON error format.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from ..errors import BiasscopeError
 from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
-from .app import state
+from .app import public_message, state
 from .jsonio import dumps_strict, json_object_body, loads_json
 from .openapi import openapi_document
 from .samples import load_sample, sample_list
@@ -93,7 +94,7 @@ def _model_info(key: str, adapter: ModelAdapter) -> dict:
     choice = state().models.default_choice()
     info = adapter.to_dict() | {"id": key}
     if key == choice.name and choice.note:
-        info["note"] = choice.note
+        info["note"] = public_message(choice.note)
     return info
 
 
@@ -200,6 +201,7 @@ def _png(data: bytes, filename: str, download: bool) -> Response:
 def index():
     st = state()
     choice = st.models.default_choice()
+    choice = dataclasses.replace(choice, note=public_message(choice.note))
     return render_template("index.html", version=__version__, choice=choice)
 
 
@@ -223,14 +225,17 @@ def openapi():
 def models():
     st = state()
     choice = st.models.default_choice()
+    rows = [st.models.status(n) for n in st.models.names]
+    for r in rows:
+        r["reason"] = public_message(r["reason"])
     return jsonify(
         {
             "default": choice.name,
             "default_ready": choice.ready,
             "configured_default": current_app.config["DEFAULT_MODEL"],
-            "note": choice.note,
+            "note": public_message(choice.note),
             "fix": choice.fix,
-            "models": [st.models.status(n) for n in st.models.names],
+            "models": rows,
         }
     )
 
