@@ -43,6 +43,14 @@ TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 
 
+def _num(v: Any) -> str:
+    """A bound or value for a message: whole numbers in full (seeds), others in short form."""
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e16):
+        text = str(int(v))
+        return text if len(text) <= 24 else f"{text[:6]}... ({len(text)} digits)"
+    return f"{v:g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """A declared explainer parameter: feeds CLI options, web forms and validation.
@@ -96,13 +104,13 @@ class Param:
         if self.choices is not None and v not in self.choices:
             raise ExplainerError(f"parameter {self.name} must be one of {', '.join(self.choices)}, got {v!r}")
         if self.min is not None and v < self.min:
-            raise ExplainerError(f"parameter {self.name} must be >= {self.min:g}, got {v:g}")
+            raise ExplainerError(f"parameter {self.name} must be >= {_num(self.min)}, got {_num(v)}")
         if self.max is not None and v > self.max:
-            raise ExplainerError(f"parameter {self.name} must be <= {self.max:g}, got {v:g}")
+            raise ExplainerError(f"parameter {self.name} must be <= {_num(self.max)}, got {_num(v)}")
         return v
 
     def _to_int(self, value: Any) -> int:
-        what = f"int in [{self.min:g}, {self.max:g}] (a whole number)"
+        what = f"int in [{_num(self.min)}, {_num(self.max)}] (a whole number)"
         if isinstance(value, bool | np.bool_):
             raise self._fail(what, value)
         if isinstance(value, int | np.integer):
@@ -119,7 +127,7 @@ class Param:
         raise self._fail(what, value)
 
     def _to_float(self, value: Any) -> float:
-        what = f"float in [{self.min:g}, {self.max:g}] (a finite number)"
+        what = f"float in [{_num(self.min)}, {_num(self.max)}] (a finite number)"
         if isinstance(value, bool | np.bool_):
             raise self._fail(what, value)
         if isinstance(value, int | float | np.integer | np.floating):

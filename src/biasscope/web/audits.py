@@ -76,8 +76,8 @@ MSG_DISABLED = ("audits are disabled: this server has no data root. Start it wit
 MSG_ABSOLUTE = "{what} {path!r} is absolute; give a path relative to the data root"
 MSG_DOTDOT = "{what} {path!r} contains '..'; give a path inside the data root"
 MSG_OUTSIDE = "{what} {path!r} resolves outside the data root (a symbolic link?); it cannot be read"
-MSG_NAME_TOO_LONG = ("{what} has a folder or file name of {n} bytes; names are at most {limit} bytes "
-                     "(and whole paths at most {total} bytes)")
+MSG_NAME_TOO_LONG = "{what} has a folder or file name of {n} bytes; names are at most {limit} bytes"
+MSG_PATH_TOO_LONG = "{what} is {n} bytes long; paths are at most {limit} bytes"
 MAX_NAME_BYTES = 255  # the file systems' limit per name (NAME_MAX)
 MAX_PATH_BYTES = 4096  # ... and per path (PATH_MAX)
 MSG_RUN_OUTSIDE = ("run {run_id!r} audited files outside this server's data root; its images and report "
@@ -129,9 +129,11 @@ def resolve_in_root(root: Path, rel: Any, what: str = "path") -> Path:
     if ".." in parts:
         raise BiasscopeError(MSG_DOTDOT.format(what=what, path=text))
     longest = max((len(p.encode("utf-8", "surrogatepass")) for p in parts), default=0)
-    if longest > MAX_NAME_BYTES or len(posix.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise BiasscopeError(MSG_NAME_TOO_LONG.format(what=what, n=longest, limit=MAX_NAME_BYTES,
-                                                      total=MAX_PATH_BYTES))
+    if longest > MAX_NAME_BYTES:
+        raise BiasscopeError(MSG_NAME_TOO_LONG.format(what=what, n=longest, limit=MAX_NAME_BYTES))
+    total = len(posix.encode("utf-8", "surrogatepass"))
+    if total > MAX_PATH_BYTES:
+        raise BiasscopeError(MSG_PATH_TOO_LONG.format(what=what, n=total, limit=MAX_PATH_BYTES))
     base = root.resolve()
     try:
         full = base.joinpath(*parts).resolve()

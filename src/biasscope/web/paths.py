@@ -31,5 +31,5 @@ def scrub_paths(text: str, places: Iterable[tuple[Path | None, str]]) -> str:
     pairs = [(v, name) for folder, name in places if folder is not None for v in _variants(Path(folder))]
     for folder, name in sorted(pairs, key=lambda p: len(p[0]), reverse=True):
         text = re.sub(re.escape(folder) + "/", (f"{name}/" if name else "").replace("\\", "\\\\"), text)
-        text = re.sub(re.escape(folder) + r"(?![\w.-])", (name or "the data root").replace("\\", "\\\\"), text)
+        text = re.sub(re.escape(folder) + r"(?![\w-]|\.\w)", (name or "the data root").replace("\\", "\\\\"), text)
     return text

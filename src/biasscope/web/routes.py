@@ -102,7 +102,10 @@ def _image(data: dict[str, Any]) -> tuple[ImageRecord, Image.Image]:
     """The request's image: an upload, a sample or a stored image id."""
     st = state()
     cfg = current_app.config
-    upload = request.files.get("image")
+    uploads = request.files.getlist("image")
+    if len(uploads) > 1:
+        raise BiasscopeError(f"the request has {len(uploads)} 'image' parts; send one image per request")
+    upload = uploads[0] if uploads else None
     if upload is not None:
         max_bytes = int(cfg["MAX_UPLOAD_BYTES"])
         raw = upload.stream.read(max_bytes + 1)
