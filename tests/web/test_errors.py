@@ -201,7 +201,8 @@ def test_nested_params_in_a_form_field_is_a_400(client):
 
 @pytest.mark.parametrize("const", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_json_constants_are_refused(client, const):
-    body = '{"sample": "coffee", "methods": ["smoothgrad"], "params": {"smoothgrad": {"noise_level": %s}}}' % const
+    body = '{"sample": "coffee", "methods": ["smoothgrad"], "params": {"smoothgrad": {"noise_level": CONST}}}'
+    body = body.replace("CONST", const)
     err = error_of(client.post("/api/explain", data=body, content_type="application/json"), 400)
     assert "not valid JSON" in err["message"] and const.lstrip("-") in err["message"]
 
