@@ -143,6 +143,14 @@ def load_model(
         else:
             ckpt = load_checkpoint(path)
             if ckpt is None:
+                try:
+                    load_state_dict(path)
+                except ModelError:
+                    raise ModelError(
+                        f"{path} is not a model file biasscope can read: not ONNX (.onnx), TorchScript, a "
+                        "biasscope checkpoint or a PyTorch state dict. Give a torchvision name (e.g. resnet18) "
+                        "or one of those files"
+                    ) from None
                 raise ModelError(
                     f"{path} is a state dict, not a full model: give the architecture too, "
                     f"e.g. --model resnet18 --weights {path} --labels labels.txt"
