@@ -51,13 +51,18 @@ def load_labels(path: str | Path) -> list[str]:
 
 
 def _first_reason(exc: BaseException, limit: int = 200) -> str:
-    """The most telling line of an exception's message (no ANSI codes), or its type's name."""
+    """The most telling sentence of an exception's message (no ANSI codes), or its type's name.
+
+    torch's weights_only refusals bury the reason after 'WeightsUnpickler error:' (the object that
+    is not a tensor, e.g. 'Unsupported global: GLOBAL print'); that sentence is taken when present.
+    """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:  # torch's weights_only refusals name the offending object on this line
-        if ln.startswith("WeightsUnpickler error:"):
-            return ln.removeprefix("WeightsUnpickler error:").strip()[:limit]
-    return (lines[0][:limit] if lines else "") or type(exc).__name__
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (rest if marker else text).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    sentence = re.split(r"(?<=[^.\s]{2})\. ", lines[0], maxsplit=1)[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 def _safe_load(path: Path) -> object:
