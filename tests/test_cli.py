@@ -84,3 +84,72 @@ def test_models_and_methods_listing():
     steps = next(p for p in ig["params"] if p["name"] == "steps")
     assert ig["signed"] and steps == {"name": "steps", "type": "int", "default": 50, "min": 2, "max": 1000,
                                       "choices": None, "help": "integration steps (Gauss-Legendre)"}
+
+
+# ------------------------------------------------------------------ bad input: one line, exit code 2
+def _fails_cleanly(res, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert needle in res.output, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_bad_parameter_text_is_refused(photos, tmp_path):
+    runner = CliRunner()
+    base = ["explain", str(photos / "coffee.jpg"), "--model", "mobilenet_v2", "--out", str(tmp_path)]
+    for method, param, needle in [
+        ("smoothgrad", "smoothgrad.absolute=maybe", "absolute must be true or false (also 1/0, yes/no), got 'maybe'"),
+        ("smoothgrad", "smoothgrad.noise_level=nan", "noise_level must be float in [0, 1] (a finite number)"),
+        ("gradient_shap", "gradient_shap.stdev=1e308", "stdev must be <= 10, got 1e+308"),
+        ("lime", "lime.kernel_width=inf", "kernel_width must be float in [0.001, 100]"),
+        ("ig", "ig.steps=3.7", "steps must be int in [2, 1000] (a whole number), got '3.7'"),
+        ("ig", f"ig.seed={2**64}", f"seed must be <= 4294967295, got {2**64}"),
+    ]:
+        _fails_cleanly(runner.invoke(main, [*base, "--method", method, "--param", param]), needle)
+
+
+def test_bool_parameter_words(photos, tmp_path):
+    """true/false, 1/0 and yes/no are read as booleans: absolute=no gives SmoothGrad's signed map."""
+    runner = CliRunner()
+    for word, signed in (("no", True), ("False", True), ("1", False), ("yes", False)):
+        res = runner.invoke(main, ["explain", str(photos / "coffee.jpg"), "--model", "mobilenet_v2",
+                                   "--method", "smoothgrad", "--param", f"smoothgrad.absolute={word}",
+                                   "--param", "smoothgrad.n_samples=2", "--no-faithfulness", "--json",
+                                   "--out", str(tmp_path / word)])
+        assert res.exit_code == 0, res.output
+        m = json.loads(res.output)["methods"]["smoothgrad"]
+        assert m["params"]["absolute"] is (not signed)
+        heat = np.load(tmp_path / word / "smoothgrad.npy")
+        assert bool(heat.min() < 0) is signed  # |gradient| averages are never negative
+
+
+def test_seed_options_are_bounded():
+    res = CliRunner().invoke(main, ["audit", "m.csv", "--model", "x", "--group", "g", "--out", "o",
+                                    "--seed", str(2**64)])
+    _fails_cleanly(res, "4294967295")
+
+
+def test_binary_labels_file(photos, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(bytes(range(256)))
+    res = CliRunner().invoke(main, ["predict", str(photos / "coffee.jpg"), "--model", "mobilenet_v2",
+                                    "--labels", str(labels)])
+    _fails_cleanly(res, "is not UTF-8 text (a binary file?); expected one class name per line")
+
+
+def test_weights_download_without_network_is_one_sentence(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    res = CliRunner().invoke(main, ["weights", "fetch", "resnet18", "--download"])
+    _fails_cleanly(res, "downloading resnet18-f37072fd.pth failed")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]  # and torch's own "Downloading: URL to FILE"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(lines) <= 2 and len(errors) == 1 and errors[0].startswith("error: downloading")
+    assert str(tmp_path / "hub" / "checkpoints") in errors[0] and "https://download.pytorch.org/" in errors[0]
