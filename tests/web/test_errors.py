@@ -358,3 +358,30 @@ def test_manifest_problems_name_paths_relative_to_the_data_root(data_app):
     assert err["message"].startswith("manifest set/manifest.csv has 3 problem(s)")
     for resp in (r, c.post("/api/manifests/inspect", json={"manifest": "set/manifest.csv"})):
         assert str(root) not in resp.get_data(as_text=True)
+
+
+def test_waitress_refuses_bodies_over_the_apps_limit_unread(make_app):
+    """A Content-Length over the app's limit is answered 413 from the headers: the server does not wait
+    for (and buffer) a body it would refuse. Without the aligned limit waitress waits for all 1 GB."""
+    import socket
+    import threading
+
+    from biasscope.cli.serve import make_server
+
+    app = make_app(MAX_UPLOAD_BYTES=100_000)
+    server = make_server(app, "127.0.0.1", 0, threads=1)
+    assert server.adj.max_request_body_size == app.config["MAX_CONTENT_LENGTH"]
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.effective_port), timeout=60) as sock:
+            sock.sendall(b"POST /api/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                         b"Content-Length: 1000000000\r\n\r\n" + b"x" * 1000)
+            reply = b""
+            while chunk := sock.recv(65536):  # waitress closes the connection after its answer
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    finally:
+        server.task_dispatcher.shutdown(timeout=10)  # let the worker finish before the sockets close
+        server.close()
+        t.join(timeout=10)

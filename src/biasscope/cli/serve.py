@@ -35,11 +35,18 @@ def limit_malloc_arenas(n: int) -> bool:
 
 
 def make_server(app, host: str, port: int, threads: int = 8):
-    """A waitress server for ``app`` (not yet running); ``port=0`` picks a free port."""
+    """A waitress server for ``app`` (not yet running); ``port=0`` picks a free port.
+
+    waitress buffers a request's whole body before the app sees it (up to 1 GiB by default), so its
+    ``max_request_body_size`` is the app's own limit (``MAX_CONTENT_LENGTH``): a larger body is
+    answered 413 by waitress from its headers, never read.
+    """
     from waitress.server import create_server
 
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    extra = {"max_request_body_size": int(limit)} if limit else {}
     return create_server(
-        app, host=host, port=port, threads=threads, ident="biasscope", clear_untrusted_proxy_headers=True
+        app, host=host, port=port, threads=threads, ident="biasscope", clear_untrusted_proxy_headers=True, **extra
     )
 
 
