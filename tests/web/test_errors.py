@@ -164,14 +164,21 @@ def test_internal_errors_are_hidden(make_app):
     assert c.get("/api/health").status_code == 200
 
 
-def test_slow_methods_are_refused_synchronously(client):
+def test_slow_methods_become_jobs(client):
+    """/api/explain never runs a slow method in the request thread: it queues a job (202, Location)."""
     from biasscope.explainers import list_explainers
 
     slow = [e for e in list_explainers() if e.slow]
-    if not slow:
-        pytest.skip("no slow method registered yet")
-    err = error_of(client.post("/api/explain", json={"sample": "coffee", "methods": [slow[0].name]}), 400)
-    assert "POST /api/jobs" in err["message"]
+    assert slow, "LIME, Kernel SHAP and occlusion are declared slow"
+    for cls in slow:
+        params = {"occlusion": {"window": 8, "stride": 4}}.get(cls.name, {})  # the colour model is 16 x 16
+        r = client.post("/api/explain", json={"sample": "coffee", "methods": [cls.name], "faithfulness": False,
+                                              "params": {cls.name: params}})
+        assert r.status_code == 202, r.get_data(as_text=True)
+        body = r.get_json()
+        assert r.headers["Location"] == f"/api/jobs/{body['id']}"
+        assert body["queued_because"].startswith(f"{cls.label} is slow: follow GET /api/jobs/{body['id']}")
+        client.post(f"/api/jobs/{body['id']}/cancel")
 
 
 # ------------------------------------------------------------------ hostile bodies and parameters

@@ -255,6 +255,16 @@ class Explainer(ABC):
         self._progress: ProgressFn | None = None
 
     @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        """Estimated work per image, in forward passes of the model (a backward pass counts as two).
+
+        The web app runs a request in the request thread only while the total stays under its bound
+        (``MAX_SYNC_COST``); dearer requests become background jobs. Default: one forward and one
+        backward pass (CAMs). Methods whose work grows with a parameter override this.
+        """
+        return 3.0
+
+    @classmethod
     def check_available(cls, adapter: ModelAdapter) -> None:
         """Raise :class:`MethodUnavailableError` if this model cannot run this method."""
         if "hooks" in cls.requires and (not adapter.supports_hooks or adapter.target_layer is None):

@@ -55,6 +55,10 @@ class GradientShap(Explainer):
     )
     description = "Expected gradients over baselines from a background set; approximates SHAP values."
 
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 3.0 * config["n_samples"]  # a forward and backward per (baseline, alpha) sample
+
     def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
         super().__init__(adapter, **params)
         self.background_kinds = parse_background(self.config["background"])

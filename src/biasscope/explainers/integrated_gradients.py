@@ -8,6 +8,8 @@ the path points of one group stay within :data:`POINTS_BYTES` of memory.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -77,6 +79,10 @@ class IntegratedGradients(Explainer):
         Param("seed", int, 0, "random seed (noise baseline)", min=0, max=SEED_MAX),
     )
     description = "Path-integrated gradients from a baseline; satisfies completeness."
+
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 3.0 * config["steps"] + 1.0  # a forward and backward per step, and f(baseline)
 
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         steps = self.config["steps"]

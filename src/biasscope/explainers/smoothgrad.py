@@ -56,6 +56,10 @@ class SmoothGrad(Explainer):
     )
     description = "Gradients averaged over noisy copies of the image; sharper than a single gradient."
 
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 3.0 * config["n_samples"]  # a forward and backward per noisy copy
+
     def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
         super().__init__(adapter, **params)
         # the signed variant needs a diverging colour map

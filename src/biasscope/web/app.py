@@ -51,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     "JOB_TTL_S": 1800.0,
     "MAX_RESULT_BYTES": 256 * 1024 * 1024,
     "TOP_K": 5,
+    # /api/explain answers in the request thread only up to this many estimated forward passes per
+    # request (a backward pass counts 2; e.g. IG at 50 steps is about 150 plus 42 for faithfulness);
+    # dearer requests, and slow methods, become background jobs (202)
+    "MAX_SYNC_COST": 400,
     "DATA_ROOT": None,  # audits read manifests and images only under this folder; None disables audits
     "RUNS_DIR": None,  # audit runs; default DATA_ROOT/.biasscope-runs
     "AUDIT_WORKERS": 1,

@@ -33,6 +33,9 @@ __all__ = ["api", "pages"]
 api = Blueprint("api", __name__, url_prefix="/api")
 pages = Blueprint("pages", __name__)
 
+#: deletion and insertion curves: 2 x (20 + 1) forward passes per map (evaluation.deletion_insertion)
+FAITHFULNESS_FORWARDS = 42
+
 MSG_NO_IMAGE = (
     "no image given: upload a file in the multipart field 'image', or give an 'image_id' "
     "from POST /api/images, or a 'sample' name from GET /api/samples"
@@ -327,18 +330,49 @@ def predict_route():
     )
 
 
-@api.post("/explain")
-def explain_route():
-    data = _payload()
-    job, adapter, classes = _prepare_job(data)
+def estimated_cost(job, adapter: ModelAdapter, classes: dict) -> float:
+    """A job's estimated work in forward passes of its model: the prediction, each method's own
+    estimate (:meth:`Explainer.cost`) and, with faithfulness, each map's deletion and insertion curves."""
+    total = 1.0
+    for name, cls in classes.items():
+        total += cls.cost(job.params[name], adapter.input_size)
+        if job.faithfulness:
+            total += FAITHFULNESS_FORWARDS
+    return total
+
+
+def _queue_reason(job, adapter: ModelAdapter, classes: dict) -> str | None:
+    """Why this request must run as a background job, or None when it is cheap enough to answer now."""
     slow = [c.label for c in classes.values() if c.slow]
     if slow:
-        raise BiasscopeError(
-            f"{', '.join(slow)} {'is' if len(slow) == 1 else 'are'} slow: submit as a background job "
-            "with POST /api/jobs and follow its progress"
-        )
-    state().jobs.run_inline(job, adapter)
+        return f"{', '.join(slow)} {'is' if len(slow) == 1 else 'are'} slow"
+    cost, bound = estimated_cost(job, adapter, classes), float(current_app.config["MAX_SYNC_COST"])
+    if cost > bound:
+        return f"the estimated cost ({cost:,.0f} forward passes) is above this server's bound of {bound:,.0f}"
+    return None
+
+
+def _accepted(job, extra: dict | None = None) -> Response:
+    resp = jsonify(job.to_dict() | (extra or {}))
+    resp.status_code = 202
+    resp.headers["Location"] = f"/api/jobs/{job.id}"
+    return resp
+
+
+@api.post("/explain")
+def explain_route():
+    """Cheap requests are answered now (200); dear ones (a slow method, or an estimated cost above
+    MAX_SYNC_COST) are queued as a job and answered 202 like POST /api/jobs, so no request thread
+    is held for long."""
+    data = _payload()
     heatmaps = _as_bool(data.get("heatmaps"), "heatmaps", False)
+    job, adapter, classes = _prepare_job(data)
+    reason = _queue_reason(job, adapter, classes)
+    if reason is not None:
+        state().jobs.submit(job, adapter)
+        return _accepted(job, {"queued_because": f"{reason}: follow GET /api/jobs/{job.id}; cancel with "
+                                                  f"POST /api/jobs/{job.id}/cancel"})
+    state().jobs.run_inline(job, adapter)
     return jsonify(job.to_dict(heatmaps=heatmaps))
 
 
@@ -346,10 +380,7 @@ def explain_route():
 def create_job():
     job, adapter, _ = _prepare_job(_payload())
     state().jobs.submit(job, adapter)
-    resp = jsonify(job.to_dict())
-    resp.status_code = 202
-    resp.headers["Location"] = f"/api/jobs/{job.id}"
-    return resp
+    return _accepted(job)
 
 
 @api.get("/jobs/<job_id>")
