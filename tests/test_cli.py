@@ -153,3 +153,16 @@ def test_weights_download_without_network_is_one_sentence(tmp_path, monkeypatch)
     errors = [ln for ln in lines if ln.startswith("error:")]
     assert len(lines) <= 2 and len(errors) == 1 and errors[0].startswith("error: downloading")
     assert str(tmp_path / "hub" / "checkpoints") in errors[0] and "https://download.pytorch.org/" in errors[0]
+
+
+def test_non_finite_and_malformed_numbers_in_options(photos):
+    runner = CliRunner()
+    res = runner.invoke(main, ["audit", "m.csv", "--model", "x", "--group", "g", "--out", "o", "--alpha", "nan"])
+    _fails_cleanly(res, "'nan' is not a finite number")
+    res = runner.invoke(main, ["serve", "--max-upload-mb", "inf"])
+    _fails_cleanly(res, "inf is not in the range 0.01<=x<=1024")
+    for opt, value, needle in (("--mean", "0.5,x,0.5", "three comma-separated finite numbers"),
+                               ("--mean", "nan,0,0", "three comma-separated finite numbers"),
+                               ("--std", "0.2,0,0.2", "std must be positive")):
+        res = runner.invoke(main, ["predict", str(photos / "coffee.jpg"), "--model", "mobilenet_v2", opt, value])
+        _fails_cleanly(res, needle)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,19 @@ import click
 
 from ..errors import BiasscopeError
 
-__all__ = ["adapter_from_options", "handle_errors", "model_options", "parse_method_params"]
+__all__ = ["FiniteFloat", "adapter_from_options", "handle_errors", "model_options", "parse_method_params"]
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf (a range check lets nan through)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if rv is not None and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
 
 
 def model_options(fn: Callable) -> Callable:

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..explainers import SEED_MAX
-from ._common import handle_errors, parse_method_params
+from ._common import FiniteFloat, handle_errors, parse_method_params
 
 __all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd"]
 
@@ -35,7 +35,7 @@ def _stats_options(fn):
                      help="seed of bootstrap and permutations (0 to 2**32-1)"),
         click.option("--min-group-size", type=click.IntRange(1), default=30, show_default=True,
                      help="warn about groups smaller than this"),
-        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+        click.option("--alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05,
                      show_default=True, help="significance level (Holm-adjusted)"),
         click.option("--exclude-flags", default="", metavar="FLAG,FLAG",
                      help="leave images with these face quality flags out of the metrics (needs --face-parts): "
@@ -65,7 +65,7 @@ def _stats_options(fn):
 @click.option("--removal", type=click.Choice(["fill", "blur", "none"]), default="fill", show_default=True,
               help="how regions are removed to measure their effect")
 @click.option("--fill", default="mean", show_default=True, metavar="mean|R,G,B", help="fill colour for --removal fill")
-@click.option("--blur-radius", type=click.FloatRange(0, min_open=True), default=None, help="pixels (default: auto)")
+@click.option("--blur-radius", type=FiniteFloat(0, 1000, min_open=True), default=None, help="pixels (default: auto)")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
 @click.option("--face-parts", is_flag=True,
               help="detect faces: face-part regions (eyes, nose, mouth, hair band, ...), quality flags and aligned "
@@ -85,7 +85,7 @@ def _stats_options(fn):
 @click.option("--address", default=None, help="Ray cluster address (auto, ray://HOST:10001); default: start Ray here")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Ray workers holding the model (default: cluster CPUs / --cpus-per-worker)")
-@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--cpus-per-worker", type=FiniteFloat(0, 1024, min_open=True), default=None,
               help="CPUs per Ray worker (default 1)")
 @handle_errors
 def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], concepts_file: str | None,

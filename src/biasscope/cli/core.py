@@ -69,6 +69,7 @@ def explain_cmd(image: str, methods: str, target: str | None, param_items: tuple
     from tqdm import tqdm
 
     from ..api import explain
+    from ..audit.store import json_safe
     from ..images import load_image
     from ..render import render_overlay
 
@@ -101,9 +102,10 @@ def explain_cmd(image: str, methods: str, target: str | None, param_items: tuple
         render_overlay(img, e).save(out / f"{name}.png")
         np.save(out / f"{name}.npy", e.heatmap)
         summary["methods"][name] = e.to_dict() | {"overlay": f"{name}.png", "heatmap": f"{name}.npy"}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = json.dumps(json_safe(summary), indent=2, allow_nan=False)  # strict JSON: an undefined number is null
+    (out / "summary.json").write_text(text)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(text)
     else:
         for e in exps.values():
             extra = ", ".join(f"{k}={v:.3g}" for k, v in e.checks.items() if isinstance(v, float))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ._common import handle_errors
+from ._common import FiniteFloat, handle_errors
 
 __all__ = ["limit_malloc_arenas", "make_server", "serve_cmd"]
 
@@ -65,7 +65,7 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="request threads")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="background explanation jobs run at once")
-@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=20.0, show_default=True)
+@click.option("--max-upload-mb", type=FiniteFloat(0.01, 1024), default=20.0, show_default=True)
 @click.option("--max-pixels", type=click.IntRange(1, 500_000_000), default=40_000_000, show_default=True)
 @click.option("--preload/--no-preload", default=True, show_default=True,
               help="load the default model before accepting requests")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,12 +71,19 @@ def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool
 def _triple(v: Sequence[float] | str | None, default: tuple[float, float, float]) -> tuple[float, float, float]:
     if v is None:
         return default
-    if isinstance(v, str):
-        v = [float(s) for s in v.split(",")]
-    vals = tuple(float(s) for s in v)
-    if len(vals) != 3:
-        raise ModelError(f"expected three comma-separated values R,G,B, got {v!r}")
+    try:
+        vals = tuple(float(s) for s in (v.split(",") if isinstance(v, str) else v))
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(math.isfinite(x) for x in vals):
+        raise ModelError(f"expected three comma-separated finite numbers R,G,B (0-1 scale), got {v!r}")
     return vals  # type: ignore[return-value]
+
+
+def _positive(std: tuple[float, float, float]) -> tuple[float, float, float]:
+    if min(std) <= 0:
+        raise ModelError(f"normalisation std must be positive in every channel, got {','.join(map(str, std))}")
+    return std
 
 
 def load_model(
@@ -213,7 +221,7 @@ def load_model(
         class_names=label_list,
         input_size=int(size or 224),
         mean=_triple(m, IMAGENET_MEAN),
-        std=_triple(s, IMAGENET_STD),
+        std=_positive(_triple(s, IMAGENET_STD)),
         device=dev,
         target_layer=layer,
         target_layer_name=layer_name,
