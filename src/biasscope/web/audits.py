@@ -450,7 +450,7 @@ def list_audits():
                         continue
                     runs.append(_run_status(mgr, d))
                 except Exception as exc:  # one broken run must not hide the others
-                    runs.append({"id": d.name, "name": d.name, "status": "unreadable", "error": str(exc)})
+                    runs.append({"id": d.name, "name": d.name, "status": "unreadable", "error": mgr.public(str(exc))})
     runs.sort(key=lambda r: r.get("created") or "", reverse=True)
     return jsonify({"enabled": True, "data_root": str(mgr.data_root), "runs_dir": str(mgr.runs_dir),
                     "quality_flags": quality_flags(), "runs": runs})
