@@ -73,13 +73,16 @@ def make_server(app, host: str, port: int, threads: int = 8):
               help="enable audits: manifests and images are read only under this folder")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
               help="where audit runs are written (default: DATA_ROOT/.biasscope-runs)")
+@click.option("--max-sync-cost", type=click.IntRange(0, 10**9), default=400, show_default=True,
+              help="POST /api/explain runs in the request thread only up to this many estimated forward passes; "
+                   "dearer requests (and slow methods) become background jobs (202)")
 @click.option("--malloc-arenas", type=click.IntRange(0, 64), default=2, show_default=True,
               help="cap glibc malloc arenas (flat memory with many request threads); 0 = glibc default")
 @handle_errors
 def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, precision: str, threads: int,
               workers: int,
               max_upload_mb: float, max_pixels: int, preload: bool, data_root: str | None,
-              runs_dir: str | None, malloc_arenas: int = 2) -> None:
+              runs_dir: str | None, max_sync_cost: int = 400, malloc_arenas: int = 2) -> None:
     """Serve the web app (and its JSON API) with waitress."""
     from ..web import create_app, is_loopback
 
@@ -99,6 +102,7 @@ def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, 
             "MAX_PIXELS": max_pixels,
             "DATA_ROOT": data_root,
             "RUNS_DIR": runs_dir,
+            "MAX_SYNC_COST": max_sync_cost,
         }
     )
     st = app.extensions["biasscope"]
