@@ -46,7 +46,10 @@ FALSE_WORDS = frozenset({"false", "0", "no"})
 def _num(v: Any) -> str:
     """A bound or value for a message: whole numbers in full (seeds), others in short form."""
     if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e16):
-        text = str(int(v))
+        try:
+            text = str(int(v))
+        except ValueError:  # beyond Python's int-to-text limit (4,300 digits)
+            return "a number of over 4,300 digits"
         return text if len(text) <= 24 else f"{text[:6]}... ({len(text)} digits)"
     return f"{v:g}"
 
@@ -76,7 +79,8 @@ class Param:
             raise TypeError(f"numeric parameter {self.name!r} must declare finite min and max")
 
     def _fail(self, what: str, value: Any) -> ExplainerError:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        shown = _num(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         return ExplainerError(f"parameter {self.name} must be {what}, got {shown}")
 
     def coerce(self, value: Any) -> Any:
