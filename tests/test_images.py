@@ -173,3 +173,10 @@ def test_bomb_message_quotes_the_configured_limit():
     msg = str(info.value)
     assert "144,000,000 pixels; the limit is 50,000,000" in msg
     assert f"{Image.MAX_IMAGE_PIXELS:,}" not in msg and str(Image.MAX_IMAGE_PIXELS) not in msg
+
+
+def test_unusable_paths_are_image_errors(tmp_path):
+    with pytest.raises(ImageError, match="cannot be read: File name too long"):
+        load_image(tmp_path / ("a" * 256 + ".png"))
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(str(tmp_path / "x\x00y.png"))

@@ -73,12 +73,15 @@ def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int) ->
         data = bytes(source)
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{path}: no such file")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageTooLargeError(f"{path}: " + MSG_TOO_MANY_BYTES.format(size=size, limit=max_bytes))
-        data = path.read_bytes()
+        try:
+            if not path.is_file():
+                raise ImageError(f"{path}: no such file")
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageTooLargeError(f"{path}: " + MSG_TOO_MANY_BYTES.format(size=size, limit=max_bytes))
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:  # a name over 255 bytes, a NUL byte, no permission
+            raise ImageError(f"{str(path)[:300]!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
     else:
         data = source.read(max_bytes + 1)
     if len(data) > max_bytes:
