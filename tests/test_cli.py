@@ -166,3 +166,15 @@ def test_non_finite_and_malformed_numbers_in_options(photos):
                                ("--std", "0.2,0,0.2", "std must be positive")):
         res = runner.invoke(main, ["predict", str(photos / "coffee.jpg"), "--model", "mobilenet_v2", opt, value])
         _fails_cleanly(res, needle)
+
+
+def test_unusable_paths_in_options(photos, tmp_path):
+    runner = CliRunner()
+    long = str(tmp_path / ("a" * 256 + ".txt"))
+    for extra in (["--labels", long], ["--weights", long], ["--model", long + ".onnx"]):
+        res = runner.invoke(main, ["predict", str(photos / "coffee.jpg"), *(["--model", "mobilenet_v2"] if
+                                   extra[0] != "--model" else []), *extra])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert "File name too long" in res.output, res.output
+    res = runner.invoke(main, ["explain", long + ".png", "--model", "mobilenet_v2", "--out", str(tmp_path / "o")])
+    _fails_cleanly(res, "File name too long")

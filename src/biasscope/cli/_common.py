@@ -97,17 +97,25 @@ def parse_method_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn BiasscopeError into a one-line message and exit code 2 (JSON with --json)."""
+    """Turn BiasscopeError (and an OSError about a file, e.g. a name over 255 bytes or no permission)
+    into a one-line message and exit code 2 (JSON with --json)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BiasscopeError as exc:
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        except (BiasscopeError, OSError) as exc:
+            if isinstance(exc, OSError):  # a path the user gave: too long, unreadable, a folder, ...
+                if exc.strerror is None:
+                    raise
+                where = f"{str(exc.filename)[:300]}: " if exc.filename else ""
+                message = f"{where}{exc.strerror}"
             else:
-                click.echo(f"error: {exc}", err=True)
+                message = str(exc)
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"error": type(exc).__name__, "message": message}))
+            else:
+                click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
     return wrapper
