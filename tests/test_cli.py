@@ -108,3 +108,97 @@ def test_explain_a_concept_target_and_warnings(photos, tmp_path):
                                     "--out", str(tmp_path / "low")])
     assert res.exit_code == 0, res.output
     assert p["espresso"] < 1e-3 and "warning: Grad-CAM: the target 'espresso' has probability" in res.output
+
+
+# ------------------------------------------------------------------ bad input: one line, exit code 2
+def _fails_cleanly(res, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert needle in res.output, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_bad_parameter_text_is_refused(photos, tmp_path):
+    runner = CliRunner()
+    base = ["explain", str(photos / "coffee.jpg"), "--model", "mobilenet_v2", "--out", str(tmp_path)]
+    for method, param, needle in [
+        ("smoothgrad", "smoothgrad.absolute=maybe", "absolute must be true or false (also 1/0, yes/no), got 'maybe'"),
+        ("smoothgrad", "smoothgrad.noise_level=nan", "noise_level must be float in [0, 1] (a finite number)"),
+        ("gradient_shap", "gradient_shap.stdev=1e308", "stdev must be <= 10, got 1e+308"),
+        ("lime", "lime.kernel_width=inf", "kernel_width must be float in [0.001, 100]"),
+        ("ig", "ig.steps=3.7", "steps must be int in [2, 1000] (a whole number), got '3.7'"),
+        ("ig", f"ig.seed={2**64}", f"seed must be <= 4294967295, got {2**64}"),
+    ]:
+        _fails_cleanly(runner.invoke(main, [*base, "--method", method, "--param", param]), needle)
+
+
+def test_bool_parameter_words(photos, tmp_path):
+    """true/false, 1/0 and yes/no are read as booleans: absolute=no gives SmoothGrad's signed map."""
+    runner = CliRunner()
+    for word, signed in (("no", True), ("False", True), ("1", False), ("yes", False)):
+        res = runner.invoke(main, ["explain", str(photos / "coffee.jpg"), "--model", "mobilenet_v2",
+                                   "--method", "smoothgrad", "--param", f"smoothgrad.absolute={word}",
+                                   "--param", "smoothgrad.n_samples=2", "--no-faithfulness", "--json",
+                                   "--out", str(tmp_path / word)])
+        assert res.exit_code == 0, res.output
+        m = json.loads(res.output)["methods"]["smoothgrad"]
+        assert m["params"]["absolute"] is (not signed)
+        heat = np.load(tmp_path / word / "smoothgrad.npy")
+        assert bool(heat.min() < 0) is signed  # |gradient| averages are never negative
+
+
+def test_seed_options_are_bounded():
+    res = CliRunner().invoke(main, ["audit", "m.csv", "--model", "x", "--group", "g", "--out", "o",
+                                    "--seed", str(2**64)])
+    _fails_cleanly(res, "4294967295")
+
+
+def test_binary_labels_file(photos, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(bytes(range(256)))
+    res = CliRunner().invoke(main, ["predict", str(photos / "coffee.jpg"), "--model", "mobilenet_v2",
+                                    "--labels", str(labels)])
+    _fails_cleanly(res, "is not UTF-8 text (a binary file?); expected one class name per line")
+
+
+def test_weights_download_without_network_is_one_sentence(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    res = CliRunner().invoke(main, ["weights", "fetch", "resnet18", "--download"])
+    _fails_cleanly(res, "downloading resnet18-f37072fd.pth failed")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]  # and torch's own "Downloading: URL to FILE"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(lines) <= 2 and len(errors) == 1 and errors[0].startswith("error: downloading")
+    assert str(tmp_path / "hub" / "checkpoints") in errors[0] and "https://download.pytorch.org/" in errors[0]
+
+
+def test_non_finite_and_malformed_numbers_in_options(photos):
+    runner = CliRunner()
+    res = runner.invoke(main, ["audit", "m.csv", "--model", "x", "--group", "g", "--out", "o", "--alpha", "nan"])
+    _fails_cleanly(res, "'nan' is not a finite number")
+    res = runner.invoke(main, ["serve", "--max-upload-mb", "inf"])
+    _fails_cleanly(res, "inf is not in the range 0.01<=x<=1024")
+    for opt, value, needle in (("--mean", "0.5,x,0.5", "three comma-separated finite numbers"),
+                               ("--mean", "nan,0,0", "three comma-separated finite numbers"),
+                               ("--std", "0.2,0,0.2", "std must be positive")):
+        res = runner.invoke(main, ["predict", str(photos / "coffee.jpg"), "--model", "mobilenet_v2", opt, value])
+        _fails_cleanly(res, needle)
+
+
+def test_unusable_paths_in_options(photos, tmp_path):
+    runner = CliRunner()
+    long = str(tmp_path / ("a" * 256 + ".txt"))
+    for extra in (["--labels", long], ["--weights", long], ["--model", long + ".onnx"]):
+        res = runner.invoke(main, ["predict", str(photos / "coffee.jpg"), *(["--model", "mobilenet_v2"] if
+                                   extra[0] != "--model" else []), *extra])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert "File name too long" in res.output, res.output
+    res = runner.invoke(main, ["explain", long + ".png", "--model", "mobilenet_v2", "--out", str(tmp_path / "o")])
+    _fails_cleanly(res, "File name too long")

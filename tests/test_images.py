@@ -85,7 +85,7 @@ def test_16bit_is_rescaled_not_clipped():
     arr = np.array([[0, 32768, 65535]], dtype=np.uint16)
     assert Image.fromarray(arr).mode == "I;16"
     out = np.asarray(load_image(_png(Image.fromarray(arr))))
-    assert out[0, :, 0].tolist() == [0, 127, 255]
+    assert out[0, :, 0].tolist() == [0, 128, 255]  # v / 257, rounded: 32768 / 257 = 127.5019
 
 
 def test_alpha_composited_on_white():
@@ -120,3 +120,63 @@ def test_array_and_pil_sources():
     assert load_image(np.zeros((3, 4), dtype=np.float32)).mode == "RGB"
     with pytest.raises(ImageError, match="array image must be"):
         load_image(np.zeros((3, 4, 5), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------ float and 16-bit images by their range
+def _tiff(arr: np.ndarray) -> bytes:
+    return _png(Image.fromarray(arr), "TIFF")
+
+
+def test_float_tiff_in_0_1_is_scaled_by_255():
+    """A float32 TIFF with values in 0..1 was an all-black image; it is v * 255 (rounded)."""
+    arr = np.array([[0.0, 0.2, 0.5, 1.0]], dtype=np.float32)
+    img = Image.open(io.BytesIO(_tiff(arr)))
+    assert img.mode == "F"
+    out = np.asarray(load_image(_tiff(arr)))
+    assert out[0, :, 0].tolist() == [0, 51, 128, 255] and (out[..., 0] == out[..., 2]).all()
+
+
+def test_float_tiff_in_0_255_is_taken_as_8_bit_values():
+    arr = np.array([[0.0, 100.4, 254.6, 255.0]], dtype=np.float32)
+    assert np.asarray(load_image(_tiff(arr)))[0, :, 1].tolist() == [0, 100, 255, 255]
+
+
+def test_16bit_tiff_is_scaled_by_1_over_257():
+    arr = np.array([[0, 257 * 100, 257 * 200 + 128, 65535]], dtype=np.uint16)
+    assert Image.open(io.BytesIO(_tiff(arr))).mode == "I;16"
+    assert np.asarray(load_image(_tiff(arr)))[0, :, 0].tolist() == [0, 100, 200, 255]
+
+
+@pytest.mark.parametrize(("values", "needle"), [
+    ([-0.5, 0.5], "values from -0.5 to 0.5"),
+    ([0.0, 4000.0], "values from 0 to 4000"),
+    ([0.0, float("nan")], "NaN or infinite"),
+    ([0.0, float("inf")], "NaN or infinite"),
+])
+def test_float_tiff_out_of_range_is_refused(values, needle):
+    with pytest.raises(ImageError, match=re.escape(needle)):
+        load_image(_tiff(np.array([values], dtype=np.float32)))
+
+
+def test_arrays_are_converted_by_their_range():
+    assert np.asarray(load_image(np.array([[0, 257 * 50, 65535]], dtype=np.uint16)))[0, :, 0].tolist() == [0, 50, 255]
+    assert np.asarray(load_image(np.array([[0.0, 0.2, 1.0]], dtype=np.float64)))[0, :, 0].tolist() == [0, 51, 255]
+    assert np.asarray(load_image(np.array([[0, 7, 255]], dtype=np.int64)))[0, :, 0].tolist() == [0, 7, 255]
+    with pytest.raises(ImageError, match="values from -1 to 3"):
+        load_image(np.array([[-1, 3]], dtype=np.int32))
+
+
+def test_bomb_message_quotes_the_configured_limit():
+    data = _png(Image.new("1", (12000, 12000), 0))  # 144 Mpx: above Pillow's own warning threshold
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(data, max_pixels=50_000_000)
+    msg = str(info.value)
+    assert "144,000,000 pixels; the limit is 50,000,000" in msg
+    assert f"{Image.MAX_IMAGE_PIXELS:,}" not in msg and str(Image.MAX_IMAGE_PIXELS) not in msg
+
+
+def test_unusable_paths_are_image_errors(tmp_path):
+    with pytest.raises(ImageError, match="cannot be read: File name too long"):
+        load_image(tmp_path / ("a" * 256 + ".png"))
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(str(tmp_path / "x\x00y.png"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +41,9 @@ MSG_TRUNCATED = "the image file is truncated or corrupt"
 MSG_TOO_MANY_PIXELS = "image has {pixels:,} pixels; the limit is {limit:,} ({w}x{h})"
 MSG_TOO_MANY_BYTES = "file is {size:,} bytes; the limit is {limit:,}"
 MSG_FORMAT = "image format {fmt} is not supported (supported: JPEG, PNG, WebP, BMP, GIF, TIFF)"
+MSG_RANGE = ("{what} has values from {lo:g} to {hi:g}; biasscope reads floats in 0..1 (or 0..255) and integers "
+             "in 0..255 or 0..65535 (16-bit). Rescale the image into one of those ranges and save it again")
+MSG_NONFINITE = "{what} has NaN or infinite values; it cannot be shown as a picture"
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 
@@ -69,12 +73,15 @@ def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int) ->
         data = bytes(source)
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{path}: no such file")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageTooLargeError(f"{path}: " + MSG_TOO_MANY_BYTES.format(size=size, limit=max_bytes))
-        data = path.read_bytes()
+        try:
+            if not path.is_file():
+                raise ImageError(f"{path}: no such file")
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageTooLargeError(f"{path}: " + MSG_TOO_MANY_BYTES.format(size=size, limit=max_bytes))
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:  # a name over 255 bytes, a NUL byte, no permission
+            raise ImageError(f"{str(path)[:300]!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
     else:
         data = source.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -82,15 +89,47 @@ def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int) ->
     return data
 
 
+def _scale_to_uint8(arr: np.ndarray, what: str) -> np.ndarray:
+    """8-bit values from the real range of ``arr`` (see :data:`MSG_RANGE` for what is refused).
+
+    Floats in [0, 1] are scaled by 255 and floats in (1, 255] taken as 8-bit values; 16-bit
+    integers (uint16, or wider integers with a value above 255) are scaled by 1/257 (65535 -> 255);
+    other integers in 0..255 are 8-bit values; bools are 0/255. Negative,
+    non-finite or larger values have no agreed meaning and are refused rather than guessed.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if arr.size == 0:
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(MSG_NONFINITE.format(what=what))
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0:
+            return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        raise ImageError(MSG_RANGE.format(what=what, lo=lo, hi=hi))
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 255 and arr.dtype != np.uint16:
+            return arr.astype(np.uint8)  # 8-bit values, possibly held in a wider integer type
+        if lo >= 0 and hi <= 65535:
+            return np.rint(arr.astype(np.float64) / 257.0).astype(np.uint8)
+        raise ImageError(MSG_RANGE.format(what=what, lo=lo, hi=hi))
+    raise ImageError(f"{what} has pixel type {arr.dtype}, which is not supported")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode to 8-bit RGB; alpha is composited on white, 16-bit is rescaled."""
+    """Convert any mode to 8-bit RGB; alpha is composited on white, 16-bit and float by their range."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if img.mode in ("I", "F") and arr.max() <= 255:
-            hi = 255.0
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16"):
+            arr = arr.astype(np.uint16)
+        what = "a 32-bit float image" if img.mode == "F" else f"a {img.mode} integer image"
+        return Image.fromarray(_scale_to_uint8(arr, what)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -120,8 +159,7 @@ def load_image(
             arr = np.stack([arr] * 3, axis=-1)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise ImageError(f"array image must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        arr = _scale_to_uint8(arr, f"an array image of {arr.dtype}")
         _check_pixels(arr.shape[1], arr.shape[0], max_pixels)
         return _to_rgb(Image.fromarray(arr))
 
@@ -143,7 +181,7 @@ def load_image(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(name + f"refused as a decompression bomb: {exc}") from None
+        raise ImageTooLargeError(name + _bomb_message(exc, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageError(name + MSG_NOT_IMAGE) from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -151,6 +189,18 @@ def load_image(
     with contextlib.suppress(Exception):  # a broken EXIF block must not make the pixels unusable
         img = ImageOps.exif_transpose(img) or img
     return _to_rgb(img)
+
+
+def _bomb_message(exc: Exception, limit: int) -> str:
+    """Pillow refused the header before our own check could: say so with the configured limit."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    if m is None:
+        return f"refused as a decompression bomb: it claims more pixels than the limit of {limit:,}"
+    pixels = int(m.group(1))
+    if pixels > limit:
+        return f"refused as a decompression bomb: image has {pixels:,} pixels; the limit is {limit:,}"
+    return (f"refused as a decompression bomb: image has {pixels:,} pixels, above the image library's "
+            f"own limit of {int(Image.MAX_IMAGE_PIXELS or 0):,} (the configured limit is {limit:,})")
 
 
 def _check_pixels(w: int, h: int, limit: int, name: str = "") -> None:

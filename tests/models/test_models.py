@@ -188,3 +188,100 @@ def test_cuda_refused_without_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(ModelError, match="no CUDA GPU"):
         load_model("mobilenet_v2", device="cuda")
+
+
+# ------------------------------------------------------------------ files that are not what they claim
+def test_binary_labels_file_is_refused_clearly(tmp_path):
+    p = tmp_path / "labels.txt"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ModelError, match=r"labels file .*labels.txt is not UTF-8 text \(a binary file\?\)"):
+        load_model("resnet18", weights=tmp_path / "unused.pth", labels=p)
+    p.write_bytes(b"cat\x00\x00\x00dog\n")  # valid UTF-8, but NUL bytes: not a text file either
+    with pytest.raises(ModelError, match="is not UTF-8 text"):
+        load_model("resnet18", weights=tmp_path / "unused.pth", labels=p)
+
+
+def test_a_file_that_is_no_model_is_called_so(tmp_path):
+    p = tmp_path / "passwd"
+    p.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ModelError) as err:
+        load_model(p)
+    msg = str(err.value)
+    assert "is not a model file biasscope can read" in msg and "state dict" in msg
+    assert "is a state dict, not a full model" not in msg
+    # a real state dict given as --model still gets the advice to name the architecture
+    sd = tmp_path / "weights.pth"
+    torch.save(_tiny().state_dict(), sd)
+    with pytest.raises(ModelError, match="is a state dict, not a full model: give the architecture too"):
+        load_model(sd)
+
+
+def test_broken_torchscript_says_why(tmp_path):
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    torch.jit.trace(_tiny(), torch.randn(1, 3, 32, 32)).save(str(good))
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for name in zin.namelist():  # a pickle that would call os.system('id') where the weights should be
+            evil = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03."
+            zout.writestr(name, evil if name.endswith("data.pkl") else zin.read(name))
+    with pytest.raises(ModelError) as err:
+        load_model(bad)
+    msg = str(err.value)
+    assert "is not a loadable TorchScript file (" in msg and "): " not in msg
+    reason = msg.split("TorchScript file (", 1)[1].split(")", 1)[0]
+    assert reason.strip(), msg
+
+
+def test_empty_and_junk_onnx_files(tmp_path):
+    pytest.importorskip("onnx2torch")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match=r"ONNX file .*empty.onnx is empty \(0 bytes\)"):
+        load_model(empty)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07")  # parses as a protobuf with an IR version and nothing else
+    with pytest.raises(ModelError, match="is not an ONNX model: it holds no graph"):
+        load_model(junk)
+    text = tmp_path / "text.onnx"
+    text.write_text("definitely not protobuf " * 10)
+    with pytest.raises(ModelError, match="is not an ONNX model"):
+        load_model(text)
+
+
+def test_weights_only_refusal_names_the_object_and_is_whole(tmp_path):
+    p = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2), "f": print}, p)
+    with pytest.raises(ModelError) as err:
+        load_model("resnet18", weights=p)
+    msg = str(err.value)
+    assert "refused it: Unsupported global: GLOBAL print was not an allowed global by default)" in msg
+    assert "\x1b[" not in msg and " . " not in msg and "file ." not in msg
+    assert msg.endswith("export the model to TorchScript or ONNX.")
+    raw = tmp_path / "raw.pth"  # a plain pickle, not a torch file: the unpickler names the opcode it refused
+    with open(raw, "wb") as f:
+        pickle.dump({"w": print}, f, protocol=4)
+    with pytest.raises(ModelError, match=r"refused it: Unsupported operand \d+\)\. It must hold only tensors"):
+        load_model("resnet18", weights=raw)
+
+
+def test_failed_download_is_one_sentence_naming_file_and_folder(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(ModelError) as err:
+        fetch_weights("resnet18", download=True)
+    msg = str(err.value)
+    folder = tmp_path / "hub" / "checkpoints"
+    assert msg.startswith("downloading resnet18-f37072fd.pth failed ([Errno 101] Network is unreachable)")
+    assert f"into {folder}" in msg and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+    assert "\n" not in msg and not list(folder.glob("*.pth"))
+    with pytest.raises(ModelError, match=r"downloading resnet18-f37072fd\.pth failed"):
+        load_model("resnet18", download=True)

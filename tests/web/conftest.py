@@ -138,18 +138,33 @@ def mobilenet() -> ModelAdapter:
 
 
 @contextlib.contextmanager
+def serving(server) -> Iterator[None]:
+    """Run a waitress ``server`` in a thread for the block, then stop it cleanly."""
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        # close every socket inside the server's own loop thread: closing them from here raced with the
+        # loop's select() (EBADF in the server thread, seen once in a few runs on a loaded machine)
+        def close_all() -> None:
+            for dispatcher in list(server._map.values()):
+                dispatcher.close()
+
+        server.task_dispatcher.shutdown(timeout=10)  # let request threads finish first
+        server.trigger.pull_trigger(close_all)
+        t.join(timeout=30)
+        assert not t.is_alive(), "the test server did not stop"
+
+
+@contextlib.contextmanager
 def live_server(app: Flask, threads: int = 8) -> Iterator[str]:
     """Serve ``app`` with waitress (as ``biasscope serve`` does) on a free loopback port."""
     from biasscope.cli.serve import make_server
 
     server = make_server(app, "127.0.0.1", 0, threads=threads)
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.close()
-        t.join(timeout=5)
 
 
 def wait_job(client, job_id: str, timeout: float = 60.0, until=None) -> dict:

@@ -46,6 +46,8 @@ MSG_NO_MASK = "line {line}: region {name!r} mask {path!r} not found"
 MSG_EMPTY_REGION_NAME = "column {col!r}: a region column needs a name, e.g. region:tool"
 MSG_DUP_COLUMN = "column {col!r} appears more than once"
 MSG_ROW_LENGTH = "line {line}: has {n} cells but the header has {m}"
+MSG_NUL = "line {line}: {what} {path!r} contains a NUL character, which no file name can hold"
+MSG_UNREADABLE_PATH = "line {line}: {what} {path!r} cannot be used: {why}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,18 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be looked up at all ("NUL", or the OS's reason, e.g. a name over 255 bytes)."""
+    if "\x00" in str(path):
+        return "NUL"
+    try:
+        path.resolve()
+        path.is_file()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def load_manifest(
@@ -159,7 +173,12 @@ def load_manifest(
                 ok = False
         rel = rec.get("path", "")
         file = (base / rel) if rel else base
-        if rel:
+        why = _path_problem(file) if rel else None
+        if why is not None:
+            problems.append(MSG_NUL.format(line=line_no, what="path", path=rel) if why == "NUL" else
+                            MSG_UNREADABLE_PATH.format(line=line_no, what="path", path=rel, why=why))
+            ok = False
+        elif rel:
             if not _inside(file, base):
                 problems.append(MSG_ESCAPES.format(line=line_no, path=rel, root=base))
                 ok = False
@@ -183,6 +202,13 @@ def load_manifest(
                 spec = parse_region(name, val, base)
             except ValueError as exc:
                 problems.append(MSG_BAD_REGION.format(line=line_no, name=name, why=exc))
+                ok = False
+                continue
+            why = _path_problem(spec.path) if spec.path is not None else None
+            if why is not None:
+                problems.append(MSG_NUL.format(line=line_no, what=f"region {name!r} mask", path=val) if why == "NUL"
+                                else MSG_UNREADABLE_PATH.format(line=line_no, what=f"region {name!r} mask", path=val,
+                                                                why=why))
                 ok = False
                 continue
             if spec.path is not None:

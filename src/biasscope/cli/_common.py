@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,20 @@ import click
 
 from ..errors import BiasscopeError
 
-__all__ = ["PER_MODEL_OPTIONS", "adapter_from_options", "handle_errors", "model_options", "parse_method_params",
-           "split_model_options"]
+__all__ = ["PER_MODEL_OPTIONS", "FiniteFloat", "adapter_from_options", "handle_errors", "model_options",
+           "parse_method_params", "split_model_options"]
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf (a range check lets nan through)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if rv is not None and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
 
 
 #: options that describe one model (repeatable per --model in ``audit``); the others apply to all models
@@ -115,30 +128,46 @@ def adapter_from_options(kw: dict[str, Any]):
     )
 
 
-def parse_method_params(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """``--param lime.num_samples=500`` -> ``{"lime": {"num_samples": "500"}}``."""
-    out: dict[str, dict[str, str]] = {}
+def parse_method_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``--param lime.num_samples=500`` -> ``{"lime": {"num_samples": 500}}``, each value parsed and
+    checked by the method's declared parameter (the registry's one validation); bools read
+    true/false, 1/0 or yes/no. Unknown names are left for the method to refuse with its list."""
+    from ..explainers import get_explainer
+
+    out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot:
             raise click.BadParameter(f"{item!r}: expected METHOD.NAME=VALUE", param_hint="--param")
-        out.setdefault(method.strip(), {})[name.strip()] = value.strip()
+        cls = get_explainer(method.strip())
+        declared = {p.name: p for p in cls.params}
+        name = name.strip()
+        parsed: Any = declared[name].parse_text(value) if name in declared else value.strip()
+        out.setdefault(cls.name, {})[name] = parsed
     return out
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn BiasscopeError into a one-line message and exit code 2 (JSON with --json)."""
+    """Turn BiasscopeError (and an OSError about a file, e.g. a name over 255 bytes or no permission)
+    into a one-line message and exit code 2 (JSON with --json)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BiasscopeError as exc:
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        except (BiasscopeError, OSError) as exc:
+            if isinstance(exc, OSError):  # a path the user gave: too long, unreadable, a folder, ...
+                if exc.strerror is None:
+                    raise
+                where = f"{str(exc.filename)[:300]}: " if exc.filename else ""
+                message = f"{where}{exc.strerror}"
             else:
-                click.echo(f"error: {exc}", err=True)
+                message = str(exc)
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"error": type(exc).__name__, "message": message}))
+            else:
+                click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from ._common import handle_errors, model_options, parse_method_params, split_model_options
+from ..explainers import SEED_MAX
+from ._common import FiniteFloat, handle_errors, model_options, parse_method_params, split_model_options
 
 __all__ = ["AUDIT_COMMANDS", "audit_cmd", "audit_manifest_cmd", "audit_report_cmd", "audits_cmd", "demo_cmd"]
 
@@ -66,10 +67,11 @@ def _stats_options(fn):
                      help="bootstrap resamples for confidence intervals  [default: 1000]"),
         click.option("--n-perm", type=click.IntRange(100, 100_000), default=None,
                      help="permutations for p-values  [default: 1000]"),
-        click.option("--seed", type=int, default=None, help="seed of bootstrap and permutations  [default: 0]"),
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None,
+                     help="seed of bootstrap and permutations (0 to 2**32-1)  [default: 0]"),
         click.option("--min-group-size", type=click.IntRange(1), default=None,
                      help="warn about groups smaller than this  [default: 30]"),
-        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+        click.option("--alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=None,
                      help="significance level (Holm-adjusted)  [default: 0.05]"),
         click.option("--min-effect", "min_effect", multiple=True, metavar="KIND=VALUE",
                      help="smallest group difference flagged, per kind (repeatable): accuracy, probability, rate, "
@@ -122,7 +124,7 @@ def _echo_summary(metrics: dict, run_dir: object) -> None:
 @click.option("--removal", type=click.Choice(["fill", "blur", "none"]), default="fill", show_default=True,
               help="how regions are removed to measure their effect")
 @click.option("--fill", default="mean", show_default=True, metavar="mean|R,G,B", help="fill colour for --removal fill")
-@click.option("--blur-radius", type=click.FloatRange(0, min_open=True), default=None, help="pixels (default: auto)")
+@click.option("--blur-radius", type=FiniteFloat(0, 1000, min_open=True), default=None, help="pixels (default: auto)")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
 @click.option("--face-parts", is_flag=True,
               help="detect faces: face-part regions (eyes, nose, mouth, hair band, ...), quality flags and aligned "
@@ -139,7 +141,7 @@ def _echo_summary(metrics: dict, run_dir: object) -> None:
 @click.option("--address", default=None, help="Ray cluster address (auto, ray://HOST:10001); default: start Ray here")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Ray workers holding the model (default: cluster CPUs / --cpus-per-worker)")
-@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--cpus-per-worker", type=FiniteFloat(0, 1024, min_open=True), default=None,
               help="CPUs per Ray worker (default 1)")
 @handle_errors
 def audit_cmd(manifest: str, groups: tuple[str, ...], concepts_file: str | None, concept_items: tuple[str, ...],

@@ -76,6 +76,7 @@ def explain_cmd(image: str, methods: str, target: str | None, concept_items: tup
 
     from ..api import explain, explanation_warnings, with_concept
     from ..audit.concepts import ConceptAdapter, load_concepts
+    from ..audit.store import json_safe
     from ..images import load_image
     from ..render import render_overlay
 
@@ -118,9 +119,10 @@ def explain_cmd(image: str, methods: str, target: str | None, concept_items: tup
         summary["methods"][name] = e.to_dict() | {"overlay": f"{name}.png", "heatmap": f"{name}.npy",
                                                   "warnings": warns}
     summary["warnings"] = warnings
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = json.dumps(json_safe(summary), indent=2, allow_nan=False)  # strict JSON: an undefined number is null
+    (out / "summary.json").write_text(text)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(text)
     else:
         if "concept" in summary:
             click.echo(f"target: {summary['concept']['explained']}")

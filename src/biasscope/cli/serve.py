@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ._common import handle_errors
+from ._common import FiniteFloat, handle_errors
 
 __all__ = ["limit_malloc_arenas", "make_server", "release_free_heap", "serve_cmd"]
 
@@ -53,11 +53,18 @@ def release_free_heap() -> bool:
 
 
 def make_server(app, host: str, port: int, threads: int = 8):
-    """A waitress server for ``app`` (not yet running); ``port=0`` picks a free port."""
+    """A waitress server for ``app`` (not yet running); ``port=0`` picks a free port.
+
+    waitress buffers a request's whole body before the app sees it (up to 1 GiB by default), so its
+    ``max_request_body_size`` is the app's own limit (``MAX_CONTENT_LENGTH``): a larger body is
+    answered 413 by waitress from its headers, never read.
+    """
     from waitress.server import create_server
 
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    extra = {"max_request_body_size": int(limit)} if limit else {}
     return create_server(
-        app, host=host, port=port, threads=threads, ident="biasscope", clear_untrusted_proxy_headers=True
+        app, host=host, port=port, threads=threads, ident="biasscope", clear_untrusted_proxy_headers=True, **extra
     )
 
 
@@ -76,7 +83,7 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="request threads")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="background explanation jobs run at once")
-@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=20.0, show_default=True)
+@click.option("--max-upload-mb", type=FiniteFloat(0.01, 1024), default=20.0, show_default=True)
 @click.option("--max-pixels", type=click.IntRange(1, 500_000_000), default=40_000_000, show_default=True)
 @click.option("--preload/--no-preload", default=True, show_default=True,
               help="load the default model before accepting requests")
@@ -84,13 +91,16 @@ def make_server(app, host: str, port: int, threads: int = 8):
               help="enable audits: manifests and images are read only under this folder")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
               help="where audit runs are written (default: DATA_ROOT/.biasscope-runs)")
+@click.option("--max-sync-cost", type=click.IntRange(0, 10**9), default=400, show_default=True,
+              help="POST /api/explain runs in the request thread only up to this many estimated forward passes; "
+                   "dearer requests (and slow methods) become background jobs (202)")
 @click.option("--malloc-arenas", type=click.IntRange(0, 64), default=2, show_default=True,
               help="cap glibc malloc arenas (flat memory with many request threads); 0 = glibc default")
 @handle_errors
 def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, precision: str, threads: int,
               workers: int,
               max_upload_mb: float, max_pixels: int, preload: bool, data_root: str | None,
-              runs_dir: str | None, malloc_arenas: int = 2) -> None:
+              runs_dir: str | None, max_sync_cost: int = 400, malloc_arenas: int = 2) -> None:
     """Serve the web app (and its JSON API) with waitress."""
     from ..web import create_app, is_loopback
 
@@ -110,6 +120,7 @@ def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, 
             "MAX_PIXELS": max_pixels,
             "DATA_ROOT": data_root,
             "RUNS_DIR": runs_dir,
+            "MAX_SYNC_COST": max_sync_cost,
         }
     )
     st = app.extensions["biasscope"]

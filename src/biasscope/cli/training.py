@@ -6,7 +6,8 @@ import json
 
 import click
 
-from ._common import handle_errors
+from ..explainers import SEED_MAX
+from ._common import FiniteFloat, handle_errors
 
 __all__ = ["compare_cmd", "train_cmd"]
 
@@ -23,12 +24,13 @@ __all__ = ["compare_cmd", "train_cmd"]
 @click.option("--input-size", type=click.IntRange(16, 1024), default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 10000), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, 10, min_open=True), default=1e-3, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(0, 10), default=0.0, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(0, 1), default=0.2, show_default=True,
               help="share of each label x group cell held out for validation")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="random seed (0 to 2**32-1)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--sampling", type=click.Choice(["as-is", "skew", "balanced-group", "balanced-label-group"]),
               default="as-is", show_default=True)
@@ -90,8 +92,9 @@ def train_cmd(manifest: str, out_dir: str, generator_spec: str | None, synthesiz
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="folder bounding the manifest's paths")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @click.option("--permutations", "n_perm", type=click.IntRange(100, 100000), default=1000, show_default=True)
-@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--confidence", type=FiniteFloat(0.5, 0.999), default=0.95, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="random seed (0 to 2**32-1)")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier comparison in --out")

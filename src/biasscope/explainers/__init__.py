@@ -11,11 +11,12 @@ from . import (  # noqa: F401  (importing registers each method)
     occlusion,
     smoothgrad,
 )
-from .base import Attribution, Explainer, Explanation, Param
+from .base import SEED_MAX, Attribution, Explainer, Explanation, Param
 from .registry import EXPLAINERS, get_explainer, list_explainers, register
 
 __all__ = [
     "EXPLAINERS",
+    "SEED_MAX",
     "Attribution",
     "Explainer",
     "Explanation",

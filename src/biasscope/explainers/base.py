@@ -9,6 +9,7 @@ checks, so an explainer only says how attributions are computed.
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..errors import CancelledError, ExplainerError, MethodUnavailableError
 from ..models.adapter import ModelAdapter
 
 __all__ = [
+    "SEED_MAX",
     "Attribution",
     "Explainer",
     "Explanation",
@@ -34,9 +36,33 @@ __all__ = [
 ProgressFn = Callable[[float], None]
 
 
+#: Seeds are integers in ``[0, SEED_MAX]`` (2**32 - 1, the range every random generator used accepts).
+SEED_MAX = 2**32 - 1
+#: Words a bool parameter accepts from text (the CLI's ``--param``); JSON clients send true/false.
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no"})
+
+
+def _num(v: Any) -> str:
+    """A bound or value for a message: whole numbers in full (seeds), others in short form."""
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e16):
+        try:
+            text = str(int(v))
+        except ValueError:  # beyond Python's int-to-text limit (4,300 digits)
+            return "a number of over 4,300 digits"
+        return text if len(text) <= 24 else f"{text[:6]}... ({len(text)} digits)"
+    return f"{v:g}"
+
+
 @dataclass(frozen=True)
 class Param:
-    """A declared explainer parameter: feeds CLI options, web forms and validation."""
+    """A declared explainer parameter: feeds CLI options, web forms and validation.
+
+    Numeric parameters must declare finite ``min`` and ``max`` (checked when the class is defined),
+    so no request can pass NaN, infinity or 1e308 into a method. :meth:`coerce` is the one
+    validation every caller uses (API, CLI, web, audits); :meth:`parse_text` first turns CLI text
+    into a typed value.
+    """
 
     name: str
     type: type
@@ -46,24 +72,94 @@ class Param:
     max: float | None = None
     choices: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.type in (int, float) and not all(
+            isinstance(b, int | float) and math.isfinite(b) for b in (self.min, self.max)
+        ):
+            raise TypeError(f"numeric parameter {self.name!r} must declare finite min and max")
+
+    def _fail(self, what: str, value: Any) -> ExplainerError:
+        shown = _num(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ExplainerError(f"parameter {self.name} must be {what}, got {shown}")
+
     def coerce(self, value: Any) -> Any:
-        """Convert ``value`` (possibly a string from a form) to ``type`` and check its range."""
+        """``value`` checked and converted to ``type`` (numbers may come as text from a form field).
+
+        Refused: non-finite floats, a fractional number for an int (3.7 is not silently 3), anything
+        but ``true``/``false`` for a bool, and values outside ``min``/``max`` or ``choices``.
+        """
         if value is None or value == "":
             return self.default
-        try:
-            if self.type is bool:
-                v = value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-            else:
-                v = self.type(value)
-        except (TypeError, ValueError):
-            raise ExplainerError(f"parameter {self.name} must be {self.type.__name__}, got {value!r}") from None
+        if self.type is bool:
+            if isinstance(value, bool | np.bool_):
+                return bool(value)
+            raise self._fail("true or false", value)
+        if self.type is int:
+            v = self._to_int(value)
+        elif self.type is float:
+            v = self._to_float(value)
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise self._fail("text", value)
+            v = value.strip()
+        else:
+            v = self.type(value)
         if self.choices is not None and v not in self.choices:
             raise ExplainerError(f"parameter {self.name} must be one of {', '.join(self.choices)}, got {v!r}")
         if self.min is not None and v < self.min:
-            raise ExplainerError(f"parameter {self.name} must be >= {self.min}, got {v}")
+            raise ExplainerError(f"parameter {self.name} must be >= {_num(self.min)}, got {_num(v)}")
         if self.max is not None and v > self.max:
-            raise ExplainerError(f"parameter {self.name} must be <= {self.max}, got {v}")
+            raise ExplainerError(f"parameter {self.name} must be <= {_num(self.max)}, got {_num(v)}")
         return v
+
+    def _to_int(self, value: Any) -> int:
+        what = f"int in [{_num(self.min)}, {_num(self.max)}] (a whole number)"
+        if isinstance(value, bool | np.bool_):
+            raise self._fail(what, value)
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, float | np.floating):
+            if math.isfinite(value) and float(value).is_integer():
+                return int(value)
+            raise self._fail(what, value)
+        if isinstance(value, str) and len(value) <= 40:
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise self._fail(what, value) from None
+        raise self._fail(what, value)
+
+    def _to_float(self, value: Any) -> float:
+        what = f"float in [{_num(self.min)}, {_num(self.max)}] (a finite number)"
+        if isinstance(value, bool | np.bool_):
+            raise self._fail(what, value)
+        if isinstance(value, int | float | np.integer | np.floating):
+            try:
+                v = float(value)
+            except OverflowError:  # an int beyond float's range
+                raise self._fail(what, value) from None
+        elif isinstance(value, str) and len(value) <= 40:
+            try:
+                v = float(value.strip())
+            except ValueError:
+                raise self._fail(what, value) from None
+        else:
+            raise self._fail(what, value)
+        if not math.isfinite(v):
+            raise self._fail(what, value)
+        return v
+
+    def parse_text(self, text: str) -> Any:
+        """A typed value from command-line text (bools: true/false, 1/0, yes/no), then :meth:`coerce`."""
+        if self.type is bool:
+            word = text.strip().lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+            raise self._fail("true or false (also 1/0, yes/no)", text)
+        return self.coerce(text)
 
     def to_dict(self) -> dict:
         return {
@@ -161,6 +257,16 @@ class Explainer(ABC):
         self.config = {n: p.coerce(params.get(n)) for n, p in known.items()}
         self.check_available(adapter)
         self._progress: ProgressFn | None = None
+
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        """Estimated work per image, in forward passes of the model (a backward pass counts as two).
+
+        The web app runs a request in the request thread only while the total stays under its bound
+        (``MAX_SYNC_COST``); dearer requests become background jobs. Default: one forward and one
+        backward pass (CAMs). Methods whose work grows with a parameter override this.
+        """
+        return 3.0
 
     @classmethod
     def check_available(cls, adapter: ModelAdapter) -> None:

@@ -19,7 +19,7 @@ import torch
 from ..errors import ExplainerError
 from ..models.adapter import ModelAdapter
 from ._baselines import BASELINES, make_baseline
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .integrated_gradients import image_groups, path_gradients, target_logits_batched
 from .registry import register
 
@@ -49,11 +49,15 @@ class GradientShap(Explainer):
     requires = frozenset({"gradients"})
     params = (
         Param("n_samples", int, 50, "number of (baseline, alpha) samples per image", min=1, max=5000),
-        Param("stdev", float, 0.0, "sd of Gaussian noise added to the input (normalised units)", min=0.0),
+        Param("stdev", float, 0.0, "sd of Gaussian noise added to the input (normalised units)", min=0.0, max=10.0),
         Param("background", str, DEFAULT_BACKGROUND, f"comma-separated baseline kinds from {', '.join(BASELINES)}"),
-        Param("seed", int, 0, "random seed (baseline choice, alpha, noise)", min=0),
+        Param("seed", int, 0, "random seed (baseline choice, alpha, noise)", min=0, max=SEED_MAX),
     )
     description = "Expected gradients over baselines from a background set; approximates SHAP values."
+
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 3.0 * config["n_samples"]  # a forward and backward per (baseline, alpha) sample
 
     def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
         super().__init__(adapter, **params)

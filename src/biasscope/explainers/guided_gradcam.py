@@ -7,6 +7,8 @@ it applies to ReLU networks only (ResNet, VGG, MobileNetV2's ReLU6 is not an ``n
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +58,10 @@ class GuidedGradCAM(Explainer):
     signed = True
     requires = frozenset({"gradients", "hooks", "relu"})
     description = "Pixel-level guided backpropagation masked by Grad-CAM."
+
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 6.0  # Grad-CAM's forward and backward, and guided backpropagation's
 
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         cam = GradCAM(self.adapter).attribute(x, targets).maps

@@ -8,11 +8,13 @@ the path points of one group stay within :data:`POINTS_BYTES` of memory.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from ._baselines import BASELINES, make_baseline
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .registry import register
 
 __all__ = ["POINTS_BYTES", "IntegratedGradients", "image_groups", "path_gradients", "target_logits_batched"]
@@ -74,9 +76,13 @@ class IntegratedGradients(Explainer):
     params = (
         Param("steps", int, 50, "integration steps (Gauss-Legendre)", min=2, max=1000),
         Param("baseline", str, "black", "reference input", choices=BASELINES),
-        Param("seed", int, 0, "random seed (noise baseline)", min=0),
+        Param("seed", int, 0, "random seed (noise baseline)", min=0, max=SEED_MAX),
     )
     description = "Path-integrated gradients from a baseline; satisfies completeness."
+
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 3.0 * config["steps"] + 1.0  # a forward and backward per step, and f(baseline)
 
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         steps = self.config["steps"]

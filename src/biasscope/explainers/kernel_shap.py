@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ._superpixels import SUPERPIXEL_PARAMS, coalition_scores, prepare_superpixels
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .registry import register
 
 __all__ = ["KernelShap", "constrained_shap_solve", "shapley_coalitions"]
@@ -136,7 +136,7 @@ class KernelShap(Explainer):
     params = (
         Param("num_samples", int, 500, "coalitions evaluated per explanation", min=2, max=20000),
         *SUPERPIXEL_PARAMS,
-        Param("seed", int, 0, "random seed for the coalition sampling", min=0),
+        Param("seed", int, 0, "random seed for the coalition sampling", min=0, max=SEED_MAX),
     )
     description = "Shapley values of superpixels for the class probability (kernel-weighted regression)."
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ._superpixels import SUPERPIXEL_PARAMS, coalition_scores, prepare_superpixels
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .registry import register
 
 __all__ = ["Lime", "lime_kernel", "rank_stability", "weighted_ridge"]
@@ -92,7 +92,7 @@ class Lime(Explainer):
         Param("num_samples", int, 1000, "perturbed images per explanation", min=10, max=20000),
         *SUPERPIXEL_PARAMS,
         Param("kernel_width", float, 0.25, "width of the exponential kernel on cosine distance", min=1e-3, max=100),
-        Param("seed", int, 0, "random seed for the perturbations", min=0),
+        Param("seed", int, 0, "random seed for the perturbations", min=0, max=SEED_MAX),
         Param("target_stability", float, 0.0,
               "keep sampling (rounds of num_samples/2) until rank_stability reaches this; 0 = off",
               min=0.0, max=0.999),

@@ -17,7 +17,7 @@ import torch
 from ..errors import ExplainerError
 from ..models.adapter import ModelAdapter
 from ._baselines import BASELINES, make_baseline
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .registry import register
 
 __all__ = ["Occlusion", "window_starts"]
@@ -48,7 +48,7 @@ class Occlusion(Explainer):
         Param("stride", int, 16, "step between windows, in model-input pixels (at most the window)", min=1, max=4096),
         Param("fill", str, "black", "what the window shows", choices=BASELINES),
         Param("output", str, "probability", "which output drops are measured on", choices=OUTPUTS),
-        Param("seed", int, 0, "random seed (noise fill)", min=0),
+        Param("seed", int, 0, "random seed (noise fill)", min=0, max=SEED_MAX),
     )
     description = "Mean drop of the class score when a sliding square around each pixel is covered."
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..models.adapter import ModelAdapter
-from .base import Attribution, Explainer, Param
+from .base import SEED_MAX, Attribution, Explainer, Param
 from .integrated_gradients import image_groups, path_gradients
 from .registry import register
 
@@ -52,9 +52,13 @@ class SmoothGrad(Explainer):
         Param("n_samples", int, 25, "number of noisy copies", min=1, max=1000),
         Param("noise_level", float, 0.15, "noise sd as a fraction of the input's value range", min=0.0, max=1.0),
         Param("absolute", bool, True, "average |gradient| (unsigned map) instead of the signed gradient"),
-        Param("seed", int, 0, "random seed for the noise", min=0),
+        Param("seed", int, 0, "random seed for the noise", min=0, max=SEED_MAX),
     )
     description = "Gradients averaged over noisy copies of the image; sharper than a single gradient."
+
+    @classmethod
+    def cost(cls, config: dict[str, Any], input_size: int) -> float:
+        return 3.0 * config["n_samples"]  # a forward and backward per noisy copy
 
     def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
         super().__init__(adapter, **params)

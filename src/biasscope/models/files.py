@@ -6,6 +6,7 @@ Untrusted files are never unpickled: state dicts and checkpoints go through
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +31,38 @@ CHECKPOINT_FORMAT = "biasscope_checkpoint"
 
 
 def load_labels(path: str | Path) -> list[str]:
-    """One class name per line; blank lines and surrounding spaces are ignored."""
+    """One class name per line (UTF-8 text); blank lines and surrounding spaces are ignored."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"labels file {p} not found (expected one class name per line)")
-    names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = "\x00"
+    if "\x00" in text:
+        raise ModelError(f"labels file {p} is not UTF-8 text (a binary file?); expected one class name per line")
+    names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not names:
         raise ModelError(f"labels file {p} is empty (expected one class name per line)")
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ModelError(f"labels file {p} repeats class names: {', '.join(dup[:5])}")
     return names
+
+
+def _first_reason(exc: BaseException, limit: int = 200) -> str:
+    """The most telling sentence of an exception's message (no ANSI codes), or its type's name.
+
+    torch's weights_only refusals bury the reason after 'WeightsUnpickler error:' (the object that
+    is not a tensor, e.g. 'Unsupported global: GLOBAL print'); that sentence is taken when present.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (rest if marker else text).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    sentence = re.split(r"(?<=[^.\s]{2})\. ", lines[0], maxsplit=1)[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 def _safe_load(path: Path) -> object:
@@ -50,9 +72,9 @@ def _safe_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(
-            f"{path} is not a plain state dict that can be loaded safely (weights_only=True): "
-            f"{str(exc).splitlines()[0][:300]}. Save it with torch.save(model.state_dict(), path), "
-            "or export it to TorchScript or ONNX."
+            f"{path} cannot be loaded safely as weights (torch.load with weights_only=True refused it: "
+            f"{_first_reason(exc)}). It must hold only tensors: save it with "
+            "torch.save(model.state_dict(), path), or export the model to TorchScript or ONNX."
         ) from None
 
 
@@ -124,7 +146,10 @@ def load_torchscript(path: str | Path, device: torch.device) -> nn.Module:
     try:
         return torch.jit.load(str(p), map_location=device)
     except Exception as exc:
-        raise ModelError(f"{p} is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"{p} is not a loadable TorchScript file ({_first_reason(exc)}); save the model with "
+            "torch.jit.save(torch.jit.script(model), path), or export it to ONNX"
+        ) from None
 
 
 def is_torchscript(path: str | Path) -> bool:
@@ -155,11 +180,18 @@ def load_onnx(path: str | Path, *, check: bool = True) -> tuple[nn.Module, int |
     from .onnx_ops import register_onnx_converters
 
     register_onnx_converters()  # e.g. opset 18's Pad
+    if p.stat().st_size == 0:
+        raise ModelError(f"ONNX file {p} is empty (0 bytes)")
     try:
         proto = onnx.load(str(p))
+    except Exception as exc:
+        raise ModelError(f"{p} is not an ONNX model: it cannot be parsed ({_first_reason(exc)})") from None
+    if not proto.graph.node or not proto.graph.input:
+        raise ModelError(f"{p} is not an ONNX model: it holds no graph (is it a complete .onnx export?)")
+    try:
         module = convert(proto)
     except Exception as exc:
-        raise ModelError(f"could not convert ONNX model {p}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"could not convert ONNX model {p}: {_first_reason(exc)}") from None
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.dim_value > 0 else None for d in dims]
     size = shape[2] if len(shape) == 4 and shape[2] and shape[2] == shape[3] else None

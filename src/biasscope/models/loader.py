@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,12 +71,19 @@ def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool
 def _triple(v: Sequence[float] | str | None, default: tuple[float, float, float]) -> tuple[float, float, float]:
     if v is None:
         return default
-    if isinstance(v, str):
-        v = [float(s) for s in v.split(",")]
-    vals = tuple(float(s) for s in v)
-    if len(vals) != 3:
-        raise ModelError(f"expected three comma-separated values R,G,B, got {v!r}")
+    try:
+        vals = tuple(float(s) for s in (v.split(",") if isinstance(v, str) else v))
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(math.isfinite(x) for x in vals):
+        raise ModelError(f"expected three comma-separated finite numbers R,G,B (0-1 scale), got {v!r}")
     return vals  # type: ignore[return-value]
+
+
+def _positive(std: tuple[float, float, float]) -> tuple[float, float, float]:
+    if min(std) <= 0:
+        raise ModelError(f"normalisation std must be positive in every channel, got {','.join(map(str, std))}")
+    return std
 
 
 def load_model(
@@ -154,6 +162,14 @@ def load_model(
         else:
             ckpt = load_checkpoint(path)
             if ckpt is None:
+                try:
+                    load_state_dict(path)
+                except ModelError:
+                    raise ModelError(
+                        f"{path} is not a model file biasscope can read: not ONNX (.onnx), TorchScript, a "
+                        "biasscope checkpoint or a PyTorch state dict. Give a torchvision name (e.g. resnet18) "
+                        "or one of those files"
+                    ) from None
                 raise ModelError(
                     f"{path} is a state dict, not a full model: give the architecture too, "
                     f"e.g. --model resnet18 --weights {path} --labels labels.txt"
@@ -216,7 +232,7 @@ def load_model(
         class_names=label_list,
         input_size=int(size or 224),
         mean=_triple(m, IMAGENET_MEAN),
-        std=_triple(s, IMAGENET_STD),
+        std=_positive(_triple(s, IMAGENET_STD)),
         device=dev,
         target_layer=layer,
         target_layer_name=layer_name,

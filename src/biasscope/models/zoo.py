@@ -158,10 +158,13 @@ def build_zoo_model(spec: str, *, download: bool = False) -> tuple[nn.Module, ob
     try:
         model = get_model(name, weights=weights)
     except Exception as exc:  # corrupt cache file, hash mismatch, no network
-        raise ModelError(
-            f"could not load {weights} for {name}: {exc}. "
-            f"Delete {hub_checkpoint_dir() / os.path.basename(weights.url)} and fetch it again."
-        ) from exc
+        file = hub_checkpoint_dir() / os.path.basename(weights.url)
+        if not file.is_file():  # the download (asked for with download=True) failed
+            from .weights import download_failed_message
+
+            raise ModelError(download_failed_message(weights.url, hub_checkpoint_dir(), exc)) from None
+        reason = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+        raise ModelError(f"could not load {weights} for {name} ({reason}); delete {file} and fetch it again") from None
     return model, weights
 
 

@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +22,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import BiasscopeError
 from .jobs import JobManager
+from .jsonio import StrictJSONProvider
+from .paths import HUB_NAME, scrub_paths
 from .state import ImageStore, ModelRegistry
 
 __all__ = ["DEFAULTS", "WebState", "create_app", "is_loopback", "state"]
@@ -48,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     "JOB_TTL_S": 1800.0,
     "MAX_RESULT_BYTES": 256 * 1024 * 1024,
     "TOP_K": 5,
+    # /api/explain answers in the request thread only up to this many estimated forward passes per
+    # request (a backward pass counts 2; e.g. IG at 50 steps is about 150 plus 42 for faithfulness);
+    # dearer requests, and slow methods, become background jobs (202)
+    "MAX_SYNC_COST": 400,
     "DATA_ROOT": None,  # audits read manifests and images only under this folder; None disables audits
     "RUNS_DIR": None,  # audit runs; default DATA_ROOT/.biasscope-runs
     "AUDIT_WORKERS": 1,
@@ -106,16 +113,26 @@ def error_response(code: str, message: str, status: int) -> Response:
     return resp
 
 
+def public_message(text: str) -> str:
+    """A message as clients see it: no absolute server paths (data root, runs, weights cache, uploads)."""
+    from ..models.zoo import hub_checkpoint_dir
+
+    st = state()
+    if st.audits is not None:
+        text = st.audits.public(text)
+    return scrub_paths(text, [(hub_checkpoint_dir(), HUB_NAME), (Path(st.images.root), "uploads")])
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the web app. ``config`` overrides :data:`DEFAULTS` (and any Flask setting)."""
     app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.json = StrictJSONProvider(app)  # never NaN/Infinity in a response; JSON bodies depth-guarded
     app.config.update(DEFAULTS)
     app.config.update(config or {})
     cfg = app.config
     # the whole request body may hold the file plus a few form fields
     cfg.setdefault("MAX_CONTENT_LENGTH", None)
     cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_BYTES"]) + 64 * 1024
-    app.json.sort_keys = False  # keep documents in their natural order
     if not cfg.get("TOKEN") and not is_loopback(str(cfg["HOST"])):
         cfg["TOKEN"] = secrets.token_urlsafe(24)
     st = WebState(
@@ -182,8 +199,13 @@ def _install_errors(app: Flask) -> None:
     @app.errorhandler(BiasscopeError)
     def biasscope_error(exc: BiasscopeError):
         code = _code(type(exc).__name__)
-        return error_response("invalid_request" if code == "biasscope" else code, str(exc),
+        return error_response("invalid_request" if code == "biasscope" else code, public_message(str(exc)),
                               int(getattr(exc, "status", 400)))
+
+    @app.errorhandler(RecursionError)
+    def too_deep(exc: RecursionError):  # a last guard; JSON bodies are depth-checked when parsed
+        log.warning("recursion limit reached on %s %s", request.method, request.path)
+        return error_response("invalid_request", "the request is nested too deeply to process", 400)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):

@@ -52,6 +52,8 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
 from .jobs import TERMINAL, BusyError, fast_png
+from .jsonio import json_object_body
+from .paths import HUB_NAME, scrub_paths
 from .state import ModelRegistry, NotFoundError
 
 __all__ = [
@@ -74,6 +76,10 @@ MSG_DISABLED = ("audits are disabled: this server has no data root. Start it wit
 MSG_ABSOLUTE = "{what} {path!r} is absolute; give a path relative to the data root"
 MSG_DOTDOT = "{what} {path!r} contains '..'; give a path inside the data root"
 MSG_OUTSIDE = "{what} {path!r} resolves outside the data root (a symbolic link?); it cannot be read"
+MSG_NAME_TOO_LONG = "{what} has a folder or file name of {n} bytes; names are at most {limit} bytes"
+MSG_PATH_TOO_LONG = "{what} is {n} bytes long; paths are at most {limit} bytes"
+MAX_NAME_BYTES = 255  # the file systems' limit per name (NAME_MAX)
+MAX_PATH_BYTES = 4096  # ... and per path (PATH_MAX)
 MSG_RUN_OUTSIDE = ("run {run_id!r} audited files outside this server's data root; its images and report "
                    "cannot be served")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -122,8 +128,17 @@ def resolve_in_root(root: Path, rel: Any, what: str = "path") -> Path:
     parts = PurePosixPath(posix).parts
     if ".." in parts:
         raise BiasscopeError(MSG_DOTDOT.format(what=what, path=text))
+    longest = max((len(p.encode("utf-8", "surrogatepass")) for p in parts), default=0)
+    if longest > MAX_NAME_BYTES:
+        raise BiasscopeError(MSG_NAME_TOO_LONG.format(what=what, n=longest, limit=MAX_NAME_BYTES))
+    total = len(posix.encode("utf-8", "surrogatepass"))
+    if total > MAX_PATH_BYTES:
+        raise BiasscopeError(MSG_PATH_TOO_LONG.format(what=what, n=total, limit=MAX_PATH_BYTES))
     base = root.resolve()
-    full = base.joinpath(*parts).resolve()
+    try:
+        full = base.joinpath(*parts).resolve()
+    except OSError as exc:  # e.g. a symlink loop
+        raise BiasscopeError(f"{what} {text[:200]!r} cannot be resolved: {exc.strerror or exc}") from None
     if not _inside(full, base):
         raise PathRefusedError(MSG_OUTSIDE.format(what=what, path=text))
     return full
@@ -184,6 +199,13 @@ class AuditManager:
     @property
     def enabled(self) -> bool:
         return self.data_root is not None
+
+    def public(self, text: str) -> str:
+        """``text`` as a client may see it: paths relative to the data root, runs under 'runs/',
+        weights under the cache's documented name."""
+        from ..models.zoo import hub_checkpoint_dir
+
+        return scrub_paths(text, [(self.data_root, ""), (self.runs_dir, "runs"), (hub_checkpoint_dir(), HUB_NAME)])
 
     def root(self) -> Path:
         if self.data_root is None or self.runs_dir is None:
@@ -254,7 +276,7 @@ class AuditManager:
         except CancelledError:
             job.status = "cancelled"
         except BiasscopeError as exc:
-            job.status, job.error = "error", str(exc)
+            job.status, job.error = "error", self.public(str(exc))
         except Exception:  # a worker must never die silently; the client sees no traceback
             log.exception("audit %s failed", job.run_id)
             job.status, job.error = "error", "internal error while auditing; the details are in the server log"
@@ -270,10 +292,8 @@ def audits() -> AuditManager:
 
 
 def _payload() -> dict[str, Any]:
-    data = request.get_json(silent=True) if request.mimetype == "application/json" else None
-    if request.mimetype == "application/json" and not isinstance(data, dict):
-        raise BiasscopeError("the request body must be a JSON object")
-    return data or {}
+    """The JSON object body (empty when the request sends no JSON)."""
+    return json_object_body() if request.mimetype == "application/json" else {}
 
 
 def _list(value: Any, name: str) -> list[str]:
@@ -341,6 +361,8 @@ def _run_status(mgr: AuditManager, d: Path) -> dict:
     if man.get("path") and root is not None and _inside(Path(man["path"]).resolve(), root):
         info["manifest"]["path"] = Path(man["path"]).resolve().relative_to(root).as_posix()
     info["files_allowed"] = _files_allowed(mgr, d)
+    if isinstance(info.get("error"), str):
+        info["error"] = mgr.public(info["error"])
     return json_safe(info)
 
 
@@ -428,7 +450,7 @@ def list_audits():
                         continue
                     runs.append(_run_status(mgr, d))
                 except Exception as exc:  # one broken run must not hide the others
-                    runs.append({"id": d.name, "name": d.name, "status": "unreadable", "error": str(exc)})
+                    runs.append({"id": d.name, "name": d.name, "status": "unreadable", "error": mgr.public(str(exc))})
     runs.sort(key=lambda r: r.get("created") or "", reverse=True)
     return jsonify({"enabled": True, "data_root": str(mgr.data_root), "runs_dir": str(mgr.runs_dir),
                     "quality_flags": quality_flags(), "runs": runs})
@@ -468,7 +490,9 @@ def inspect_manifest():
     try:
         m = _manifest(data.get("manifest"), [])
     except ManifestError as exc:
-        return jsonify({"valid": False, "message": str(exc).split("\n")[0], "problems": exc.problems}), 200
+        mgr = audits()
+        return jsonify({"valid": False, "message": mgr.public(str(exc).split("\n")[0]),
+                        "problems": [mgr.public(p) for p in exc.problems]}), 200
     return jsonify({
         "valid": True,
         "manifest": str(data.get("manifest")),

@@ -20,7 +20,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {
-        400: "Invalid input (bad image, unknown model/method/parameter/class)",
+        400: ("Invalid input (bad image, unknown model/method/parameter/class, a parameter outside its declared "
+              "range, a JSON body nested over 32 levels or holding NaN/Infinity, a path name over 255 bytes)"),
         401: "Access token missing or wrong",
         404: "Unknown or expired image, job or method",
         409: "Model weights missing on this machine (the message says how to install them)",
@@ -152,7 +153,7 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "label": {"type": "string"},
             "signed": {"type": "boolean", "description": "diverging colour map when true"},
-            "slow": {"type": "boolean", "description": "slow methods must run as jobs"},
+            "slow": {"type": "boolean", "description": "always run as jobs (POST /api/explain queues them)"},
             "description": {"type": "string"},
             "params": {"type": "array", "items": _ref("Param")},
             "available": {"type": "boolean"},
@@ -310,9 +311,24 @@ _PATHS: dict[str, Any] = {
     },
     "/api/explain": {
         "post": {
-            "summary": "Explain synchronously with fast methods (slow ones are refused: use /api/jobs)",
+            "summary": "Explain now when the request is cheap; otherwise queue it as a job (202)",
+            "description": (
+                "The request is answered in the request thread (200, the finished job) only while its "
+                "estimated cost is at most the server's MAX_SYNC_COST (default 400) forward passes of the "
+                "model: 1 for the prediction, plus each method's cost (a backward pass counts two: Grad-CAM "
+                "3, Integrated Gradients 3 x steps + 1, SmoothGrad and Gradient SHAP 3 x n_samples, Guided "
+                "Grad-CAM 6), plus 42 per method with faithfulness. A dearer request, or one with a slow "
+                "method (LIME, Kernel SHAP, occlusion), is queued exactly like POST /api/jobs and answered "
+                "202 with the job, a Location header and 'queued_because'; follow GET /api/jobs/{job_id}, "
+                "cancel with POST /api/jobs/{job_id}/cancel. E.g. IG at 1,000 steps is always a job."
+            ),
             "requestBody": _body(_EXPLAIN_FIELDS | {"heatmaps": {"type": "boolean", "default": False}}, ["methods"]),
-            "responses": {"200": _json(_ref("Job"))} | _errors(400, 404, 409, 413),
+            "responses": {
+                "200": _json(_ref("Job"), "Done: the finished job"),
+                "202": _json({"allOf": [_ref("Job"), {"type": "object", "properties": {
+                    "queued_because": {"type": "string", "description": "why it runs as a job, and where to follow it"}
+                }}]}, "Accepted: queued as a background job (too dear, or a slow method)"),
+            } | _errors(400, 404, 409, 413, 503),
         }
     },
     "/api/jobs": {
@@ -508,7 +524,11 @@ def openapi_document() -> dict[str, Any]:
             "description": (
                 "Predict and explain image classifiers. Every error is "
                 '{"error": {"code", "message", "status"}}. When the server is bound to a non-loopback '
-                "address, send 'Authorization: Bearer TOKEN'."
+                "address, send 'Authorization: Bearer TOKEN'. Responses are strict JSON: an undefined number is "
+                "null, never NaN or Infinity. Request bodies larger than the upload limit are refused with 413 "
+                "before they are read. Method parameters are checked against their declared type and range "
+                "(GET /api/explainers): numbers must be finite, an int parameter takes no fraction, a bool "
+                "only true/false, seeds 0 to 4294967295."
             ),
         },
         "components": {

@@ -7,8 +7,8 @@ app turns into the one JSON error format.
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
 import time
 from typing import Any
 
@@ -22,7 +22,8 @@ from ..errors import BiasscopeError
 from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
-from .app import state
+from .app import public_message, state
+from .jsonio import dumps_strict, json_object_body, loads_json
 from .openapi import openapi_document
 from .samples import load_sample, sample_list
 from .state import ImageRecord, NotFoundError
@@ -31,6 +32,9 @@ __all__ = ["api", "pages"]
 
 api = Blueprint("api", __name__, url_prefix="/api")
 pages = Blueprint("pages", __name__)
+
+#: deletion and insertion curves: 2 x (20 + 1) forward passes per map (evaluation.deletion_insertion)
+FAITHFULNESS_FORWARDS = 42
 
 MSG_NO_IMAGE = (
     "no image given: upload a file in the multipart field 'image', or give an 'image_id' "
@@ -42,18 +46,15 @@ MSG_NO_IMAGE = (
 def _payload() -> dict[str, Any]:
     """The request's fields, from a JSON object or a (multipart) form."""
     if request.mimetype == "application/json":
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise BiasscopeError("the request body must be a JSON object")
-        return data
+        return json_object_body()
     data: dict[str, Any] = {k: v for k, v in request.form.items()}
     if "methods" in request.form and len(request.form.getlist("methods")) > 1:
         data["methods"] = request.form.getlist("methods")
     if isinstance(data.get("params"), str):
-        try:
-            data["params"] = json.loads(data["params"]) if data["params"].strip() else {}
-        except json.JSONDecodeError:
-            raise BiasscopeError("'params' must be a JSON object such as {\"lime\": {\"num_samples\": 500}}") from None
+        text = data["params"]
+        data["params"] = loads_json(text, "'params'") if text.strip() else {}
+        if not isinstance(data["params"], dict):
+            raise BiasscopeError("'params' must be a JSON object such as {\"lime\": {\"num_samples\": 500}}")
     return data
 
 
@@ -96,7 +97,7 @@ def _model_info(key: str, adapter: ModelAdapter) -> dict:
     choice = state().models.default_choice()
     info = adapter.to_dict() | {"id": key}
     if key == choice.name and choice.note:
-        info["note"] = choice.note
+        info["note"] = public_message(choice.note)
     return info
 
 
@@ -104,7 +105,10 @@ def _image(data: dict[str, Any]) -> tuple[ImageRecord, Image.Image]:
     """The request's image: an upload, a sample or a stored image id."""
     st = state()
     cfg = current_app.config
-    upload = request.files.get("image")
+    uploads = request.files.getlist("image")
+    if len(uploads) > 1:
+        raise BiasscopeError(f"the request has {len(uploads)} 'image' parts; send one image per request")
+    upload = uploads[0] if uploads else None
     if upload is not None:
         max_bytes = int(cfg["MAX_UPLOAD_BYTES"])
         raw = upload.stream.read(max_bytes + 1)
@@ -212,6 +216,7 @@ def _png(data: bytes, filename: str, download: bool) -> Response:
 def index():
     st = state()
     choice = st.models.default_choice()
+    choice = dataclasses.replace(choice, note=public_message(choice.note))
     return render_template("index.html", version=__version__, choice=choice)
 
 
@@ -235,14 +240,17 @@ def openapi():
 def models():
     st = state()
     choice = st.models.default_choice()
+    rows = [st.models.status(n) for n in st.models.names]
+    for r in rows:
+        r["reason"] = public_message(r["reason"])
     return jsonify(
         {
             "default": choice.name,
             "default_ready": choice.ready,
             "configured_default": current_app.config["DEFAULT_MODEL"],
-            "note": choice.note,
+            "note": public_message(choice.note),
             "fix": choice.fix,
-            "models": [st.models.status(n) for n in st.models.names],
+            "models": rows,
         }
     )
 
@@ -331,18 +339,49 @@ def predict_route():
     )
 
 
-@api.post("/explain")
-def explain_route():
-    data = _payload()
-    job, adapter, classes = _prepare_job(data)
+def estimated_cost(job, adapter: ModelAdapter, classes: dict) -> float:
+    """A job's estimated work in forward passes of its model: the prediction, each method's own
+    estimate (:meth:`Explainer.cost`) and, with faithfulness, each map's deletion and insertion curves."""
+    total = 1.0
+    for name, cls in classes.items():
+        total += cls.cost(job.params[name], adapter.input_size)
+        if job.faithfulness:
+            total += FAITHFULNESS_FORWARDS
+    return total
+
+
+def _queue_reason(job, adapter: ModelAdapter, classes: dict) -> str | None:
+    """Why this request must run as a background job, or None when it is cheap enough to answer now."""
     slow = [c.label for c in classes.values() if c.slow]
     if slow:
-        raise BiasscopeError(
-            f"{', '.join(slow)} {'is' if len(slow) == 1 else 'are'} slow: submit as a background job "
-            "with POST /api/jobs and follow its progress"
-        )
-    state().jobs.run_inline(job, adapter)
+        return f"{', '.join(slow)} {'is' if len(slow) == 1 else 'are'} slow"
+    cost, bound = estimated_cost(job, adapter, classes), float(current_app.config["MAX_SYNC_COST"])
+    if cost > bound:
+        return f"the estimated cost ({cost:,.0f} forward passes) is above this server's bound of {bound:,.0f}"
+    return None
+
+
+def _accepted(job, extra: dict | None = None) -> Response:
+    resp = jsonify(job.to_dict() | (extra or {}))
+    resp.status_code = 202
+    resp.headers["Location"] = f"/api/jobs/{job.id}"
+    return resp
+
+
+@api.post("/explain")
+def explain_route():
+    """Cheap requests are answered now (200); dear ones (a slow method, or an estimated cost above
+    MAX_SYNC_COST) are queued as a job and answered 202 like POST /api/jobs, so no request thread
+    is held for long."""
+    data = _payload()
     heatmaps = _as_bool(data.get("heatmaps"), "heatmaps", False)
+    job, adapter, classes = _prepare_job(data)
+    reason = _queue_reason(job, adapter, classes)
+    if reason is not None:
+        state().jobs.submit(job, adapter)
+        return _accepted(job, {"queued_because": f"{reason}: follow GET /api/jobs/{job.id}; cancel with "
+                                                  f"POST /api/jobs/{job.id}/cancel"})
+    state().jobs.run_inline(job, adapter)
     return jsonify(job.to_dict(heatmaps=heatmaps))
 
 
@@ -350,10 +389,7 @@ def explain_route():
 def create_job():
     job, adapter, _ = _prepare_job(_payload())
     state().jobs.submit(job, adapter)
-    resp = jsonify(job.to_dict())
-    resp.status_code = 202
-    resp.headers["Location"] = f"/api/jobs/{job.id}"
-    return resp
+    return _accepted(job)
 
 
 @api.get("/jobs/<job_id>")
@@ -376,7 +412,7 @@ def delete_job(job_id: str):
 def job_result(job_id: str):
     job = state().jobs.get(job_id)
     doc = {"biasscope_version": __version__} | job.to_dict(heatmaps=True)
-    body = json.dumps(doc, indent=1).encode()
+    body = dumps_strict(doc, indent=1).encode()
     download = _as_bool(request.args.get("download"), "download", False)
     return send_file(io.BytesIO(body), mimetype="application/json", as_attachment=download,
                      download_name=f"biasscope-{job.id}.json")

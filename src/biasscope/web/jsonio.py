@@ -1,0 +1,98 @@
+"""JSON in and out of the web app, in one place.
+
+In: every JSON request body (and the JSON text of a form field such as ``params``) goes through
+:func:`loads_json`, which refuses bodies nested deeper than :data:`MAX_JSON_DEPTH` levels (a
+``[`` x 100,000 body made the decoder raise ``RecursionError``) and the non-standard constants
+``NaN``/``Infinity`` with a 400. Out: :class:`StrictJSONProvider` never writes ``NaN`` or
+``Infinity`` (invalid JSON that browsers refuse): a non-finite float becomes ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import request
+from flask.json.provider import DefaultJSONProvider
+
+from ..audit.store import json_safe
+from ..errors import BiasscopeError
+
+__all__ = ["MAX_JSON_DEPTH", "MSG_JSON_DEPTH", "StrictJSONProvider", "dumps_strict", "json_object_body", "loads_json"]
+
+log = logging.getLogger("biasscope.web")
+
+#: Deepest nesting of arrays/objects a request may send (the API's documents need 3).
+MAX_JSON_DEPTH = 32
+MSG_JSON_DEPTH = "{what} nests arrays/objects more than {limit} levels deep; send a flatter document"
+MSG_JSON_INVALID = "{what} must be a JSON object, but it is not valid JSON: {detail}"
+MSG_JSON_OBJECT = "the request body must be a JSON object"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of arrays/objects in ``obj``, walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, d)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((c, d + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
+def loads_json(text: str | bytes, what: str = "the request body") -> Any:
+    """Parse JSON text from a client; :class:`BiasscopeError` (400) for invalid, non-standard or too-deep input."""
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise BiasscopeError(MSG_JSON_DEPTH.format(what=what, limit=MAX_JSON_DEPTH)) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise BiasscopeError(MSG_JSON_INVALID.format(what=what, detail=str(exc)[:200])) from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise BiasscopeError(MSG_JSON_DEPTH.format(what=what, limit=MAX_JSON_DEPTH))
+    return obj
+
+
+def json_object_body() -> dict[str, Any]:
+    """The current request's JSON body, which must be an object."""
+    data = loads_json(request.get_data(cache=True))
+    if not isinstance(data, dict):
+        raise BiasscopeError(MSG_JSON_OBJECT)
+    return data
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes NaN/Infinity: non-finite floats become ``null`` (a value that
+    is undefined, e.g. a rate over an empty group), numpy scalars become Python numbers."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except (ValueError, TypeError):  # a non-finite float or a numpy scalar somewhere: clean a copy
+        return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider with :func:`dumps_strict` (every ``jsonify`` of the app goes through it)."""
+
+    sort_keys = False  # keep documents in their natural order
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("default", self.default)
+        kwargs.setdefault("ensure_ascii", self.ensure_ascii)
+        kwargs.setdefault("sort_keys", self.sort_keys)
+        return dumps_strict(obj, **kwargs)
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return loads_json(s)
