@@ -355,7 +355,7 @@ def test_checked_reduced_precision_is_kept_where_it_agrees_and_survives_pickling
     x = torch.rand(20, 3, 8, 8)
     p = ad.probabilities(x)
     assert ad.fast_dtype is torch.bfloat16 and ad.fast_forwards()
-    assert "bf16 matches fp32 on 16 images" in ad.to_dict()["precision"]["reason"]
+    assert "bf16 matches fp32 on 28 representative photos" in ad.to_dict()["precision"]["reason"]
     with torch.no_grad():
         assert float((p - torch.softmax(ad.model(x), 1)).abs().max()) <= 5e-3
     copy = pickle.loads(pickle.dumps(ad))
