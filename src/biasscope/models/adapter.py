@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import BiasscopeError, ModelError
+from .cache import cache_dir, read_blob, weights_digest, write_blob
 from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
 
 __all__ = ["ModelAdapter", "Prediction"]
@@ -31,6 +32,8 @@ SMALL_WORK = 8
 FAST_PROB_TOL = 5e-3
 #: images per forward when a checked reduced-precision forward is compared with fp32
 FAST_PROBE = 16
+#: largest ONNX export kept in the persistent cache (bytes): a VGG's 0.5 GB is exported again instead
+MAX_CACHED_EXPORT = 256 * 2**20
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -269,12 +272,32 @@ class ModelAdapter:
             if runner is not None:
                 return runner, f"original ONNX file {why}"
             refused.append(f"original ONNX file not used: {why}")
-        runner, why = self._checked_runner(
-            lambda: export_onnx(self.model, self.input_size), probe, want, "export to ONNX failed"
-        )
+        key = self._export_key()
+        cached = read_blob("onnx", key, ".onnx") if key is not None else None
+        if cached is not None:  # this model's export from an earlier process, checked like a fresh one
+            runner, why = self._checked_runner(lambda: cached, probe, want, "ONNX Runtime cannot run it")
+            if runner is not None:
+                return runner, "; ".join([*refused, f"exported graph {why} (export reused from the cache)"])
+        graph: list[bytes] = []
+
+        def export() -> bytes:
+            graph.append(export_onnx(self.model, self.input_size))
+            return graph[-1]
+
+        runner, why = self._checked_runner(export, probe, want, "export to ONNX failed")
         if runner is not None:
+            if key is not None and len(graph[-1]) <= MAX_CACHED_EXPORT:
+                write_blob("onnx", key, graph[-1], ".onnx")
             return runner, "; ".join([*refused, f"exported graph {why}"])
         return None, "; ".join([*refused, f"exported graph not used: {why}", "using PyTorch"])
+
+    def _export_key(self) -> dict | None:
+        """The persistent cache's key of this model's ONNX export: a digest of its weights, input size
+        and torch version (the exporter's); None when the cache is off."""
+        if cache_dir() is None:
+            return None
+        return {"kind": "onnx-export", "version": 1, "weights": weights_digest(self.model),
+                "input_size": int(self.input_size), "torch": torch.__version__}
 
     @staticmethod
     def _checked_runner(

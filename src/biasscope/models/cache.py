@@ -1,8 +1,9 @@
-"""A small persistent cache of machine-specific measurements (batch sizes), shared by processes.
+"""A small persistent cache of one-off work, shared by processes: measured batch sizes, ONNX exports.
 
 Measuring the best batch size costs seconds (tens on a loaded machine) and its answer only depends on
 the model's architecture and the machine, so it is kept across processes: a CLI call or a notebook
-pays for it once per machine, not once per process. Entries live in ``$BIASSCOPE_CACHE_DIR``, else
+pays for it once per machine, not once per process. The same holds for a model's ONNX export (seconds),
+keyed by a digest of its weights. Entries live in ``$BIASSCOPE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/biasscope``, else ``~/.cache/biasscope``; ``BIASSCOPE_CACHE_DIR=off`` disables it.
 
 One JSON file per key (named by the key's hash and holding the key itself), written to a temporary
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["cache_dir", "cpu_model", "model_fingerprint", "read_entry", "write_entry"]
+__all__ = ["cache_dir", "cpu_model", "model_fingerprint", "read_blob", "read_entry", "weights_digest", "write_blob",
+           "write_entry"]
 
 #: values that turn the cache off when given as BIASSCOPE_CACHE_DIR
 DISABLED = ("", "0", "off", "none", "false", "no")
@@ -112,3 +114,49 @@ def write_entry(kind: str, key: dict[str, Any], value: dict[str, Any]) -> bool:
                 os.unlink(tmp)
         return False
 
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A digest of every parameter's and buffer's values (and names, shapes, dtypes): what a cached
+    artefact derived from the weights themselves (an exported graph) is keyed by. About 1 GB/s."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(model_fingerprint(model).encode())
+    for _, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _blob_path(kind: str, key: dict[str, Any], suffix: str) -> Path | None:
+    path = _path(kind, key)
+    return None if path is None else path.with_suffix(suffix)
+
+
+def read_blob(kind: str, key: dict[str, Any], suffix: str = ".bin") -> bytes | None:
+    """The bytes stored for ``key`` (the file's name is the key's hash), or None."""
+    path = _blob_path(kind, key, suffix)
+    try:
+        return path.read_bytes() if path is not None else None
+    except OSError:
+        return None
+
+
+def write_blob(kind: str, key: dict[str, Any], data: bytes, suffix: str = ".bin") -> bool:
+    """Store ``data`` for ``key`` atomically (temporary file, then ``os.replace``); False if not stored."""
+    path = _blob_path(kind, key, suffix)
+    if path is None:
+        return False
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return False
