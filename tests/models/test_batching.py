@@ -224,13 +224,16 @@ def test_a_corrupt_or_foreign_entry_is_measured_again_and_replaced(clock: list[i
     assert json.loads(entry.read_text())["value"]["batch_size"] == 8  # a valid entry again
 
 
-@pytest.mark.parametrize("value", [7, 0, -8, 10**9, "8", 8.0, True, None])
-def test_an_impossible_stored_value_is_never_used(clock: list[int], _private_cache_dir, value) -> None:
-    """Only one of the candidates is accepted from disk: a tampered or stale entry is measured again."""
+@pytest.mark.parametrize(("field", "value"), [*[("batch_size", v) for v in (7, 0, -8, 10**9, "8", 8.0, True, None)],
+                                              ("measured", "2001-01-01T00:00:00+00:00"),  # older than MAX_AGE
+                                              ("measured", "2999-01-01T00:00:00+00:00"), ("measured", "yesterday")])
+def test_an_impossible_stored_value_is_never_used(clock: list[int], _private_cache_dir, field: str, value) -> None:
+    """Only one of the candidates, measured in the last MAX_AGE, is accepted from disk: a tampered or
+    stale entry is measured again."""
     batching.measure_batch_size(_lin())
     (entry,) = _entries(_private_cache_dir)
     stored = json.loads(entry.read_text())
-    stored["value"]["batch_size"] = value
+    stored["value"][field] = value
     entry.write_text(json.dumps(stored))
     _new_process()
     n = len(clock)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -38,6 +38,8 @@ CANDIDATES = (1, 4, 8, 16, 32, 64)
 MIN_TRIED = 16
 #: bump when the measurement changes what it answers: entries stored by another version are ignored
 MEASURE_VERSION = 2
+#: a stored measurement older than this is measured again (a machine busy at that time, a new BIOS)
+MAX_AGE = timedelta(days=30)
 
 
 def measure_batch_size(
@@ -152,12 +154,17 @@ def _disk_key(adapter: ModelAdapter, backward: bool, engine: ForwardEngine | Non
 
 
 def _stored(disk_key: dict | None, candidates: tuple[int, ...]) -> int | None:
-    """The stored batch size for ``disk_key``, if it is one of the candidates (anything else: measure)."""
+    """The stored batch size for ``disk_key``, if it is one of the candidates and was measured less than
+    MAX_AGE ago (anything else: measure again)."""
     if disk_key is None:
         return None
-    entry = read_entry("batch-sizes", disk_key)
-    bs = entry.get("batch_size") if entry else None
-    if isinstance(bs, int) and not isinstance(bs, bool) and bs in candidates:
+    entry = read_entry("batch-sizes", disk_key) or {}
+    bs = entry.get("batch_size")
+    try:
+        age = datetime.now(UTC) - datetime.fromisoformat(str(entry.get("measured")))
+    except ValueError:
+        return None
+    if isinstance(bs, int) and not isinstance(bs, bool) and bs in candidates and timedelta(0) <= age <= MAX_AGE:
         return bs
     return None
 
