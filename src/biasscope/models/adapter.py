@@ -293,8 +293,10 @@ class ModelAdapter:
 
     def _export_key(self) -> dict | None:
         """The persistent cache's key of this model's ONNX export: a digest of its weights, input size
-        and torch version (the exporter's); None when the cache is off."""
-        if cache_dir() is None:
+        and torch version (the exporter's); None when the cache is off or the weights alone are larger than
+        MAX_CACHED_EXPORT (not stored, so not worth hashing)."""
+        size = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+        if cache_dir() is None or size > MAX_CACHED_EXPORT:
             return None
         return {"kind": "onnx-export", "version": 1, "weights": weights_digest(self.model),
                 "input_size": int(self.input_size), "torch": torch.__version__}
