@@ -49,6 +49,17 @@ def rss_mb(pid: int | None = None, field: str = "VmRSS") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (results differ between machines: say which)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def write_manifest(root: Path, n: int, size: int, seed: int = 0) -> Path:
     """``n`` synthetic images (a coloured 'tool' box and a 'hair' box) and their manifest.csv."""
     rng = np.random.default_rng(seed)
@@ -88,17 +99,24 @@ def save_record(record: dict, out: Path, samples: list[tuple[int, float, float]]
 def floor_throughput(adapter, batch_size: int, repeats: int = 5) -> float:
     """Best images/second of a plain forward+backward of ``batch_size`` random inputs (the floor
     for prediction + a gradient method), at the audit's batch size and the measured backward one."""
+    return floor_rates(adapter, batch_size, repeats)[0]
+
+
+def floor_rates(adapter, batch_size: int, repeats: int = 5) -> tuple[float, float]:
+    """:func:`floor_throughput` in images per wall second and per CPU second of this process (the
+    steadier figure on a machine shared with other jobs)."""
     s = adapter.input_size
-    best = 0.0
+    best, best_cpu = 0.0, 0.0
     for bs in sorted({batch_size, adapter.batch_size("backward")}):
         x = torch.randn(bs, 3, s, s, device=adapter.device)
         for i in range(repeats + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             p = x.clone().requires_grad_(True)
             adapter.logits(p)[:, 0].sum().backward()
             if i:  # the first is a warm-up
                 best = max(best, bs / (time.perf_counter() - t0))
-    return best
+                best_cpu = max(best_cpu, bs / max(time.process_time() - c0, 1e-9))
+    return best, best_cpu
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,6 +141,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     from biasscope.audit import AuditConfig, load_manifest, run_audit
     from biasscope.engines import get_engine
+    from biasscope.models import batching
+
+    measuring: list[tuple[float, float]] = []  # (wall, CPU) seconds of each batch-size measurement
+    real_measure = batching.measure_batch_size
+
+    def timed_measure(*a, **k) -> int:
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            return real_measure(*a, **k)
+        finally:
+            measuring.append((time.perf_counter() - t, time.process_time() - c))
+
+    batching.measure_batch_size = timed_measure  # the adapter imports it at each call
 
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bs-mem-"))
     try:
@@ -138,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg.removal = None
         engine = get_engine(args.engine, workers=args.workers) if args.engine == "ray" else get_engine("local")
         samples: list[tuple[int, float, float]] = []
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         rss0 = rss_mb()
 
         def progress(pr) -> None:
@@ -150,8 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
                       finalize=False, engine=engine)
         finally:
             engine.close()
-        total_s = time.perf_counter() - start
-        floor = floor_throughput(adapter, args.batch_size) if args.floor else None
+        total_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu0
+        floor, floor_cpu = floor_rates(adapter, args.batch_size) if args.floor else (None, None)
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -164,11 +195,18 @@ def main(argv: list[str] | None = None) -> dict:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["bench_memory.py", *(argv if argv is not None else sys.argv[1:])]),
         "images": n, "model": args.model, "methods": cfg.methods, "batch_size": args.batch_size,
-        "engine": args.engine, "image_size": args.size, "torch": torch.__version__,
+        "engine": args.engine, "image_size": args.size, "torch": torch.__version__, "cpu": cpu_model(),
+        "batch_size_cache": os.environ.get("BIASSCOPE_CACHE_DIR", "default"),
         "loadavg_end": list(os.getloadavg()), "write_images_s": write_s, "audit_s": total_s,
         "images_per_s": n / total_s, "removal": cfg.removal is not None,
         "floor_forward_backward_images_per_s": floor,
         "fraction_of_floor": (n / total_s) / floor if floor else None,
+        "measure_batch_size": {"calls": len(measuring), "wall_s": sum(w for w, _ in measuring),
+                               "cpu_s": sum(c for _, c in measuring)},
+        "fraction_of_floor_without_measuring": (n / (total_s - sum(w for w, _ in measuring))) / floor
+        if floor else None,
+        "audit_cpu_s": cpu_s, "images_per_cpu_s": n / cpu_s, "floor_images_per_cpu_s": floor_cpu,
+        "fraction_of_floor_cpu": (n / cpu_s) / floor_cpu if floor_cpu else None,
         "rss_mb": {"before_run": rss0, "after_10pct": after_warm, "peak": max(r for _, r, _ in samples),
                    "end": samples[-1][1]},
         "growth_after_warmup_mb": samples[-1][1] - after_warm,
@@ -183,7 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{record['slope_second_half_mb_per_1000']:+.2f} MiB/1000 images")
     if floor:
         print(f"audit throughput {record['images_per_s']:.1f} img/s = {record['fraction_of_floor']:.0%} of the plain "
-              f"forward+backward floor ({floor:.1f} img/s)")
+              f"forward+backward floor ({floor:.1f} img/s); per CPU second {record['images_per_cpu_s']:.1f} img = "
+              f"{record['fraction_of_floor_cpu']:.0%} of the floor's {floor_cpu:.1f}")
+    m = record["measure_batch_size"]
+    print(f"measuring batch sizes: {m['calls']} call(s), {m['wall_s']:.1f} s of the audit's {total_s:.1f} s")
     print(f"wrote {out}")
     return record
 

@@ -247,11 +247,13 @@ def test_original_file_that_disagrees_falls_back_to_export(
     assert re.match(why + r".*; exported graph matches PyTorch on 8 images", d["reason"]), d["reason"]
     assert float((got - ref.probabilities(x, batch_size=8)).abs().max()) < 1e-4
 
-    # with the export failing too, PyTorch it is, and both reasons are kept
+    # with the export failing too (and no export of this model in the cache), PyTorch it is, and both
+    # reasons are kept
     def no_export(*_a: object) -> bytes:
         raise RuntimeError("no exporter here")
 
     monkeypatch.setattr("biasscope.models.adapter.export_onnx", no_export)
+    monkeypatch.setenv("BIASSCOPE_CACHE_DIR", str(tmp_path / "empty-cache"))
     auto = load_model(path, backend="auto")
     torch.testing.assert_close(auto.probabilities(x, batch_size=8), ref.probabilities(x, batch_size=8))
     d = auto.to_dict()["backend"]
@@ -355,7 +357,7 @@ def test_checked_reduced_precision_is_kept_where_it_agrees_and_survives_pickling
     x = torch.rand(20, 3, 8, 8)
     p = ad.probabilities(x)
     assert ad.fast_dtype is torch.bfloat16 and ad.fast_forwards()
-    assert "bf16 matches fp32 on 16 images" in ad.to_dict()["precision"]["reason"]
+    assert "bf16 matches fp32 on 28 representative photos" in ad.to_dict()["precision"]["reason"]
     with torch.no_grad():
         assert float((p - torch.softmax(ad.model(x), 1)).abs().max()) <= 5e-3
     copy = pickle.loads(pickle.dumps(ad))
@@ -376,3 +378,42 @@ def test_load_model_checks_only_the_auto_choice(monkeypatch: pytest.MonkeyPatch)
     plain = load_model("mobilenet_v2", precision="auto", backend="torch")
     info = plain.to_dict()["precision"]
     assert info["active"] == "fp32" and not plain._fast.pending and "no native reduced precision" in info["reason"]
+
+
+def test_an_export_is_reused_by_the_next_process_and_checked_like_a_fresh_one(
+    monkeypatch: pytest.MonkeyPatch, _private_cache_dir: Path
+) -> None:
+    """The export (seconds for a real model) is kept in the persistent cache, keyed by the weights."""
+    x = torch.randn(MIN_WORK, 3, 16, 16)
+    first = _adapter(_net(), "auto")
+    want = first.probabilities(x, batch_size=8)
+    assert first.active_backend == "onnxruntime" and "reused" not in first.to_dict()["backend"]["reason"]
+    (stored,) = (_private_cache_dir / "onnx").glob("*.onnx")
+
+    def no_export(*_a: object) -> bytes:
+        raise AssertionError("exported again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("biasscope.models.adapter.export_onnx", no_export)
+        again = _adapter(_net(), "auto")  # same weights, another process's fresh adapter
+        torch.testing.assert_close(again.probabilities(x, batch_size=8), want)
+        assert again.active_backend == "onnxruntime"
+        assert again.to_dict()["backend"]["reason"].endswith("(export reused from the cache)")
+    calls: list[int] = []
+    real = ort_mod.export_onnx
+
+    def counting(*a: object) -> bytes:
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr("biasscope.models.adapter.export_onnx", counting)
+    other = _adapter(_net(seed=3), "auto")  # other weights: exported anew, never the stored graph
+    with torch.no_grad():
+        torch.testing.assert_close(other.probabilities(x, batch_size=8), torch.softmax(_net(seed=3).eval()(x), 1),
+                                   atol=1e-5, rtol=1e-4)
+    assert calls == [1] and len(list((_private_cache_dir / "onnx").glob("*.onnx"))) == 2
+    stored.write_bytes(b"not a graph")  # a corrupt entry: refused by ONNX Runtime, exported again
+    broken = _adapter(_net(), "auto")
+    torch.testing.assert_close(broken.probabilities(x, batch_size=8), want, atol=1e-6, rtol=1e-5)
+    assert calls == [1, 1] and broken.active_backend == "onnxruntime"
+    assert onnx.load_from_string(stored.read_bytes()).graph.node  # replaced by a valid graph

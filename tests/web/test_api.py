@@ -242,7 +242,7 @@ def test_loaded_model_says_which_engine_and_dtype_its_forwards_use(client):
     after = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}["colour"]
     assert after["loaded"] is True
     assert after["backend"]["active"] in ("torch", "onnxruntime") and after["backend"]["requested"]
-    assert after["precision"] == {"requested": "fp32", "active": "fp32", "checked": False, "reason": ""}
+    assert after["precision"] == {"requested": "fp32", "active": "fp32", "checked": False, "reason": "", "check": None}
 
 
 def test_explain_a_concept_target(client):

@@ -65,7 +65,7 @@ def model_options(fn: Callable | None = None, *, several: bool = False) -> Calla
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
                      show_default=True, help="dtype of gradient-free forwards; auto = bf16 where the hardware "
-                     "runs it natively, checked against fp32 on the first job (else fp32)"),
+                     "runs it natively, checked against fp32 on representative photos (else fp32)"),
         click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
                      show_default=True,
                      help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)"),

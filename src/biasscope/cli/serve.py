@@ -79,7 +79,8 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="dtype of gradient-free forwards (LIME, SHAP, occlusion, predictions); auto = bf16 where the "
-                   "hardware runs it natively (AMX CPUs, GPUs), checked against fp32 on the first job, else fp32")
+                   "hardware runs it natively (AMX CPUs, GPUs), checked against fp32 on representative photos at "
+                   "start, else fp32")
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="request threads")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="background explanation jobs run at once")

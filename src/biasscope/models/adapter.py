@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import BiasscopeError, ModelError
+from .cache import cache_dir, read_blob, weights_digest, write_blob
 from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
 
 __all__ = ["VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
@@ -31,8 +32,10 @@ SMALL_WORK = 8
 #: largest absolute difference of softmax probabilities accepted from a checked reduced-precision
 #: forward vs fp32 (bf16 on ResNet-18 with AMX: 7e-4; LIME's probabilities vary by 1e-2 to 1e-1)
 FAST_PROB_TOL = 5e-3
-#: rows of the first job that a checked reduced-precision forward is compared on
+#: images per forward when a checked reduced-precision forward is compared with fp32
 FAST_PROBE = 16
+#: largest ONNX export kept in the persistent cache (bytes): a VGG's 0.5 GB is exported again instead
+MAX_CACHED_EXPORT = 256 * 2**20
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -71,8 +74,9 @@ class ModelAdapter:
     note: str = ""  # e.g. why a fallback model is in use
     #: autocast dtype used for gradient-free forwards (probabilities only), or None for fp32
     fast_dtype: torch.dtype | None = None
-    #: check ``fast_dtype`` against fp32 on the first job's images and drop it (fp32 from then on) when
-    #: they disagree by more than FAST_PROB_TOL or on a clear top-1; set for ``precision='auto'``
+    #: check ``fast_dtype`` against fp32 on representative photos (at warm-up or first use) and drop it
+    #: (fp32 from then on) where they disagree by more than FAST_PROB_TOL or on a clear top-1; set for
+    #: ``precision='auto'`` (see :meth:`check_precision`)
     check_fast: bool = False
     #: engine for gradient-free fp32 forwards: 'torch', 'onnxruntime' or 'auto' (ONNX Runtime where it
     #: exports and matches PyTorch, see :mod:`biasscope.models.ort`); gradients always use PyTorch
@@ -188,34 +192,65 @@ class ModelAdapter:
     def fast_forwards(self, x: torch.Tensor | None = None) -> bool:
         """Whether gradient-free forwards use the reduced-precision ``fast_dtype`` now.
 
-        With ``check_fast``, the first call with images ``x`` runs up to FAST_PROBE of them in both
-        precisions; the fast dtype is kept only if the probabilities agree within FAST_PROB_TOL and
-        the top-1 class is equal wherever fp32's top-2 margin is clear (above twice the tolerance).
-        Otherwise the adapter runs fp32 from then on; ``to_dict()['precision']`` says which and why.
+        With ``check_fast``, the check is made once per adapter, at :meth:`warm_up` or on the first
+        call with work ``x`` (whose images do not take part: one request must not decide for all),
+        by :meth:`check_precision` on a representative set of photos. Until then and without
+        ``check_fast`` this only says whether a fast dtype is configured.
         """
-        st = self._fast
-        if self.fast_dtype is None or not st.pending or x is None or x.shape[0] == 0:
-            return self.fast_dtype is not None
-        with st.lock:
-            if st.pending:
-                probe = x[:FAST_PROBE].to(self.device)
-                with torch.no_grad():
-                    want = torch.softmax(self.logits(probe).float(), dim=1).cpu()
-                    with self._autocast(True):
-                        got = torch.softmax(self.logits(probe).float(), dim=1).cpu()
-                diff = float((got - want).abs().max())
-                top2 = want.topk(min(2, want.shape[1]), dim=1).values
-                clear = (top2[:, 0] - top2[:, -1]) > 2 * FAST_PROB_TOL
-                flipped = int((clear & (got.argmax(1) != want.argmax(1))).sum())
-                name = _dtype_name(self.fast_dtype)
-                if diff <= FAST_PROB_TOL and flipped == 0:
-                    st.reason = f"{name} matches fp32 on {probe.shape[0]} images (max |dp| {diff:.1e})"
-                else:
-                    why = f"top-1 differs on {flipped} image(s)" if flipped else f"max |dp| {diff:.1e}"
-                    st.reason = f"{name} disagrees with fp32 ({why}, tolerance {FAST_PROB_TOL:.0e}); using fp32"
-                    self.fast_dtype = None
-                st.pending = False
+        if self.fast_dtype is not None and self._fast.pending and x is not None and x.shape[0] > 0:
+            self.check_precision()
         return self.fast_dtype is not None
+
+    def check_precision(self) -> dict | None:
+        """Decide a pending ``precision='auto'``: compare ``fast_dtype`` with fp32 on the representative
+        photos (:func:`~.calibration.representative_split`: a calibration and a held-out part, split by
+        photo) and keep it only if, on both parts, every softmax probability agrees within FAST_PROB_TOL
+        and the top-1 class is equal wherever fp32's top-2 margin is clear (above twice the tolerance).
+        Otherwise the adapter runs fp32 from then on. The figures go into ``to_dict()['precision']``.
+        Returns the check (None when there was nothing to decide)."""
+        st = self._fast
+        if self.fast_dtype is None or not st.pending:
+            return st.check
+        with st.lock:
+            if not st.pending:
+                return st.check
+            from .calibration import representative_split
+
+            name = _dtype_name(self.fast_dtype)
+            splits = dict(zip(("calibration", "held_out"), representative_split()))
+            parts = {k: self._compare_fast([im for _, im in v]) for k, v in splits.items() if v}
+            ok = len(parts) == 2 and all(p["max_dp"] <= FAST_PROB_TOL and p["top1_flips"] == 0
+                                         for p in parts.values())
+            st.check = {"images": sum(p["images"] for p in parts.values()), **parts,
+                        "tolerance": FAST_PROB_TOL, "verdict": name if ok else "fp32"}
+            figures = ", ".join(f"{k.replace('_', '-')} {p['images']}: max |dp| {p['max_dp']:.1e}"
+                                + (f", top-1 differs on {p['top1_flips']}" if p["top1_flips"] else "")
+                                for k, p in parts.items())
+            if ok:
+                st.reason = (f"{name} matches fp32 on {st.check['images']} representative photos ({figures}; "
+                             f"tolerance {FAST_PROB_TOL:.0e})")
+            else:
+                why = figures or "no representative photos could be loaded"
+                st.reason = f"{name} disagrees with fp32 on representative photos ({why}; " \
+                            f"tolerance {FAST_PROB_TOL:.0e}); using fp32"
+                self.fast_dtype = None
+            st.pending = False
+        return st.check
+
+    def _compare_fast(self, images: Sequence[Image.Image], chunk: int = FAST_PROBE) -> dict:
+        """Largest |p_fast - p_fp32| and the number of clear top-1 flips over ``images``."""
+        diff, flips = 0.0, 0
+        for i in range(0, len(images), chunk):
+            x = self.preprocess(list(images[i : i + chunk]))
+            with torch.no_grad():
+                want = torch.softmax(self.logits(x).float(), dim=1).cpu()
+                with self._autocast(True):
+                    got = torch.softmax(self.logits(x).float(), dim=1).cpu()
+            diff = max(diff, float((got - want).abs().max()))
+            top2 = want.topk(min(2, want.shape[1]), dim=1).values
+            clear = (top2[:, 0] - top2[:, -1]) > 2 * FAST_PROB_TOL
+            flips += int((clear & (got.argmax(1) != want.argmax(1))).sum())
+        return {"images": len(images), "max_dp": diff, "top1_flips": flips}
 
     @property
     def active_backend(self) -> str:
@@ -253,12 +288,34 @@ class ModelAdapter:
             if runner is not None:
                 return runner, f"original ONNX file {why}"
             refused.append(f"original ONNX file not used: {why}")
-        runner, why = self._checked_runner(
-            lambda: export_onnx(self.model, self.input_size), probe, want, "export to ONNX failed"
-        )
+        key = self._export_key()
+        cached = read_blob("onnx", key, ".onnx") if key is not None else None
+        if cached is not None:  # this model's export from an earlier process, checked like a fresh one
+            runner, why = self._checked_runner(lambda: cached, probe, want, "ONNX Runtime cannot run it")
+            if runner is not None:
+                return runner, "; ".join([*refused, f"exported graph {why} (export reused from the cache)"])
+        graph: list[bytes] = []
+
+        def export() -> bytes:
+            graph.append(export_onnx(self.model, self.input_size))
+            return graph[-1]
+
+        runner, why = self._checked_runner(export, probe, want, "export to ONNX failed")
         if runner is not None:
+            if key is not None and len(graph[-1]) <= MAX_CACHED_EXPORT:
+                write_blob("onnx", key, graph[-1], ".onnx")
             return runner, "; ".join([*refused, f"exported graph {why}"])
         return None, "; ".join([*refused, f"exported graph not used: {why}", "using PyTorch"])
+
+    def _export_key(self) -> dict | None:
+        """The persistent cache's key of this model's ONNX export: a digest of its weights, input size
+        and torch version (the exporter's); None when the cache is off or the weights alone are larger than
+        MAX_CACHED_EXPORT (not stored, so not worth hashing)."""
+        size = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+        if cache_dir() is None or size > MAX_CACHED_EXPORT:
+            return None
+        return {"kind": "onnx-export", "version": 1, "weights": weights_digest(self.model),
+                "input_size": int(self.input_size), "torch": torch.__version__}
 
     @staticmethod
     def _checked_runner(
@@ -332,14 +389,15 @@ class ModelAdapter:
         return self._batch_sizes[key]
 
     def warm_up(self) -> None:
-        """Do the one-off work of the first jobs now: build the forward engine (ONNX Runtime export and
-        check, where the backend allows it) and measure forward and backward batch sizes for it.
-        A server calls this at start-up so that no user's first request pays for it (seconds)."""
+        """Do the one-off work of the first jobs now: decide a pending ``precision='auto'`` on the
+        representative photos (:meth:`check_precision`), build the forward engine (ONNX Runtime export
+        and check, where the backend allows it) and measure forward and backward batch sizes for it
+        (or read them from the persistent cache). A server calls this at start-up so that no user's
+        first request pays for it (seconds)."""
+        self.check_precision()
         s = self.input_size
         probe = torch.rand(MIN_WORK, 3, s, s, device=self.device)
-        # builds ONNX Runtime when the backend allows it; fp32, so that a pending reduced-precision
-        # check is made on the first real job's images, not on this noise
-        self.probabilities(probe, batch_size=MIN_WORK, fast=False)
+        self.probabilities(probe, batch_size=MIN_WORK, fast=False)  # builds ONNX Runtime where allowed
         self.batch_size("forward", engine=self._ort.runner)
         if self._ort.runner is not None:
             self.batch_size("forward")  # reduced-precision and explicit PyTorch forwards
@@ -365,7 +423,7 @@ class ModelAdapter:
             "note": self.note,
             "backend": self._ort.describe(),
             "precision": {"requested": self._fast.requested, "active": _dtype_name(self.fast_dtype),
-                          "checked": self.check_fast, "reason": self._fast.reason},
+                          "checked": self.check_fast, "reason": self._fast.reason, "check": self._fast.check},
         }
 
 
@@ -376,6 +434,8 @@ class FastCheck:
     requested: str = "fp32"
     pending: bool = False
     reason: str = ""
+    #: the figures of the check once made: images, per split images / max_dp / top1_flips, verdict
+    check: dict | None = None
     lock: threading.Lock | None = field(default_factory=threading.Lock, repr=False)
 
 

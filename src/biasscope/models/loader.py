@@ -41,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
     'auto' picks bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX), else fp32
     (on CPUs with AVX-512 bf16 but no AMX, bf16 ran slower than fp32 here). ``load_model`` checks an
-    'auto' choice against fp32 on the first job before relying on it.
+    'auto' choice against fp32 on representative photos before relying on it.
     """
     p = (precision or "fp32").lower()
     if p == "fp32":
@@ -116,7 +116,8 @@ def load_model(
     export of the converted module; see :mod:`biasscope.models.ort`. ``precision`` sets the dtype of
     gradient-free forwards: 'fp32' (the library default: reproducible), 'bf16'/'fp16' as asked, or
     'auto' (the web app's default): bf16 where the hardware runs it natively, checked against fp32
-    on the first job's images and dropped for fp32 where they disagree (``ModelAdapter.fast_forwards``).
+    on a representative set of photos (calibration and held-out) at warm-up or first use, never on one
+    request's images, and dropped for fp32 where they disagree (``ModelAdapter.check_precision``).
     """
     dev = resolve_device(device)
     spec = str(model)

@@ -22,6 +22,7 @@ reason recorded.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import warnings
@@ -91,6 +92,9 @@ class OrtRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        #: identity of the graph and runtime, for the persistent cache of measured batch sizes
+        self.graph_digest = hashlib.blake2b(onnx_bytes, digest_size=16).hexdigest()
+        self.version = f"{ort.__version__}:{so.intra_op_num_threads}"
         inputs = self.session.get_inputs()  # initializers are not listed: these must be fed
         if len(inputs) != 1:
             raise ValueError(f"the graph takes {len(inputs)} inputs; one image batch is expected")
