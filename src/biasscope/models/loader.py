@@ -19,7 +19,7 @@ from .files import (
     load_torchscript,
     onnx_file_bytes,
 )
-from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer
+from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer, target_layout
 
 __all__ = ["load_model", "prefers_channels_last", "resolve_device", "resolve_precision"]
 
@@ -209,6 +209,7 @@ def load_model(
         device=dev,
         target_layer=layer,
         target_layer_name=layer_name,
+        target_layout=target_layout(layer_hint, layer_name),
         supports_hooks=supports_hooks,
         source=source,
         note=note,
