@@ -134,6 +134,7 @@ class CamExplainer(Explainer):
     requires = frozenset({"gradients", "hooks"})
     #: whether the map needs ``d score / d A`` (a backward pass); EigenCAM and Score-CAM do not
     uses_gradients: ClassVar[bool] = True
+    _span: tuple[float, float] = (0.0, 1.0)
 
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """Channel weights ``(N, K)`` from activations and gradients ``(N, K, h, w)``."""
@@ -159,6 +160,7 @@ class CamExplainer(Explainer):
             layout, n = self.adapter.target_layout, xb.shape[0]
             acts = to_grid(acts, layout, n, xb.shape[-1])
             grads = to_grid(grads, layout, n, xb.shape[-1]) if grads is not None else None
+            self._span = (i / x.shape[0], n / x.shape[0])  # this chunk's share of the progress bar
             maps.append(self.cam_map(acts, grads, xb, t).float().cpu())
             logits.append(lg.float().cpu())
             chosen.append(t.cpu())
