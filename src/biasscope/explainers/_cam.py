@@ -18,7 +18,14 @@ import torch
 from ..errors import ExplainerError
 from .base import Attribution, Explainer, hooked
 
-__all__ = ["CamExplainer", "TargetSelector", "layer_activations_and_grads", "this_thread_only", "to_grid"]
+__all__ = [
+    "CamExplainer",
+    "TargetSelector",
+    "layer_activations_and_grads",
+    "this_thread_only",
+    "to_grid",
+    "token_grid_side",
+]
 
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 
@@ -45,6 +52,15 @@ def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def token_grid_side(tokens: int, size: int | None = None) -> int:
+    """Side ``g`` of the square patch grid among ``tokens`` (the last ``g*g`` of them): the largest
+    ``g`` with ``g*g <= tokens`` that tiles a square input of side ``size``, else ``isqrt(tokens)``."""
+    g = math.isqrt(tokens)
+    if size:
+        g = next((k for k in range(g, 0, -1) if size % k == 0), g)
+    return g
+
+
 def to_grid(t: torch.Tensor, layout: str = "auto", batch: int | None = None, size: int | None = None) -> torch.Tensor:
     """A target layer's output (or its gradient) as a ``(N, C, h, w)`` grid.
 
@@ -64,9 +80,7 @@ def to_grid(t: torch.Tensor, layout: str = "auto", batch: int | None = None, siz
         if batch is not None and t.shape[0] != batch and t.shape[1] == batch:
             t = t.transpose(0, 1)  # sequence-first attention (T, N, C)
         n, tokens, c = t.shape
-        g = math.isqrt(tokens)
-        if size:
-            g = next((k for k in range(g, 0, -1) if size % k == 0), g)
+        g = token_grid_side(tokens, size)
         if g == 0:
             raise ExplainerError("the target layer returned no tokens; choose another --target-layer")
         return t[:, tokens - g * g :, :].reshape(n, g, g, c).permute(0, 3, 1, 2)
