@@ -16,10 +16,12 @@ __all__ = ["adapter_from_options", "handle_errors", "model_options", "parse_meth
 
 
 def model_options(fn: Callable) -> Callable:
-    """``--model --weights --labels --input-size --mean --std --device --precision --backend --download``."""
+    """``--model --weights --labels --input-size --mean --std --device --precision --backend --download
+    --target-layer --classes --prompt --pretrained``."""
     opts = [
         click.option("--model", "model", default="resnet18", show_default=True,
-                     help="torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1) "
+                     help="torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1, vit_b_16), "
+                          "timm:NAME, hf:ID or a transformers folder, clip:ARCH (with --pretrained and --classes), "
                           "or a .onnx / TorchScript / biasscope checkpoint file"),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="state dict for the --model architecture (loaded with weights_only=True)"),
@@ -38,6 +40,13 @@ def model_options(fn: Callable) -> Callable:
                      help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)"),
         click.option("--download", is_flag=True, help="allow downloading torchvision weights"),
         click.option("--target-layer", default=None, help="layer for CAM methods (dotted module path)"),
+        click.option("--classes", default=None, metavar="A,B,...|FILE",
+                     help="CLIP: the classes to choose between (comma-separated, or a file with one per line)"),
+        click.option("--prompt", "prompts", multiple=True, metavar="TEMPLATE",
+                     help='CLIP: prompt template with {} for the class, e.g. "a photo of a {}." (repeatable; '
+                          "the embeddings are averaged; default: six generic photo prompts)"),
+        click.option("--pretrained", default=None, metavar="TAG|FILE",
+                     help="CLIP: open_clip weights tag (e.g. laion2b_s34b_b79k) or file; 'random' for tests"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -60,6 +69,9 @@ def adapter_from_options(kw: dict[str, Any]):
         backend=kw.pop("backend"),
         download=kw.pop("download"),
         target_layer=kw.pop("target_layer"),
+        classes=kw.pop("classes"),
+        prompts=kw.pop("prompts") or None,
+        pretrained=kw.pop("pretrained"),
     )
 
 

@@ -76,6 +76,12 @@ def _stats_options(fn):
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
               help="engine for gradient-free fp32 forwards (auto: ONNX Runtime where it matches PyTorch)")
 @click.option("--download", is_flag=True, help="allow downloading torchvision weights")
+@click.option("--classes", default=None, metavar="A,B,...|FILE",
+              help="classes of clip:ARCH models (the manifest's labels, e.g. doctor,nurse)")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEMPLATE",
+              help="CLIP prompt template with {} (repeatable)")
+@click.option("--pretrained", default=None, metavar="TAG|FILE",
+              help="open_clip weights tag or file of clip:ARCH models")
 @click.option("--overwrite", is_flag=True, help="replace a different audit already in --out")
 @click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -92,7 +98,8 @@ def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], c
               face_parts: bool, stereotypical: tuple[str, ...], bias_group: str | None, n_boot: int, n_perm: int,
               seed: int, min_group_size: int, alpha: float, exclude_flags: str, labels: str | None,
               input_size: int | None, device: str,
-              precision: str, backend: str, download: bool, overwrite: bool, as_json: bool, engine: str = "local",
+              precision: str, backend: str, download: bool, classes: str | None, prompts: tuple[str, ...],
+              pretrained: str | None, overwrite: bool, as_json: bool, engine: str = "local",
               address: str | None = None, workers: int | None = None, cpus_per_worker: float | None = None) -> None:
     """Audit MANIFEST (CSV: path,label,attributes,region:NAME) on one or more models.
 
@@ -131,7 +138,8 @@ def audit_cmd(manifest: str, models: tuple[str, ...], groups: tuple[str, ...], c
     man = load_manifest(manifest, groups=list(groups))
     load_opts = {"labels": labels, "input_size": input_size, "device": device, "precision": precision,
                  "backend": backend, "download": download}
-    sources = [ModelSource(m, options=load_opts) for m in models]
+    clip_opts = {"classes": classes, "prompts": list(prompts) or None, "pretrained": pretrained}
+    sources = [ModelSource(m, options=load_opts | (clip_opts if m.lower().startswith("clip:") else {})) for m in models]
     bar = tqdm(total=len(man) * len(sources), desc="audit", unit="img", disable=as_json, dynamic_ncols=True)
     started = False
 

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ModelError
 from .adapter import IMAGENET_MEAN, IMAGENET_STD, ModelAdapter
+from .external import is_external_spec
 from .files import (
     head_classes,
     is_torchscript,
@@ -92,6 +93,9 @@ def load_model(
     target_layer: str | None = None,
     channels_last: bool | None = None,
     backend: str = "auto",
+    classes: str | Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    pretrained: str | None = None,
 ) -> ModelAdapter:
     """Load a classifier: a torchvision name (``resnet18``, ``mobilenet_v2:IMAGENET1K_V1``), an
     architecture plus a state dict (``weights=``), a biasscope checkpoint, ONNX or TorchScript file.
@@ -107,6 +111,11 @@ def load_model(
     gradient-free forwards: 'fp32' (the library default: reproducible), 'bf16'/'fp16' as asked, or
     'auto' (the web app's default): bf16 where the hardware runs it natively, checked against fp32
     on the first job's images and dropped for fp32 where they disagree (``ModelAdapter.fast_forwards``).
+
+    Other libraries (see :mod:`biasscope.models.external`): ``timm:NAME`` (weights from the local
+    caches or ``weights=``), ``hf:ID`` or a folder saved by transformers, and ``clip:ARCH`` with
+    ``pretrained`` (an open_clip tag or file), ``classes`` (``"doctor,nurse"``, a list or a file) and
+    ``prompts`` (templates with ``{}``, averaged): a zero-shot classifier whose class names are ``classes``.
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -117,8 +126,18 @@ def load_model(
     supports_hooks = True
     note = ""
     onnx_source = None
+    external = is_external_spec(spec)
+    if (classes or prompts or pretrained) and not spec.lower().startswith("clip:"):
+        raise ModelError("--classes, --prompt and --pretrained are for CLIP models (--model clip:ARCH)")
 
-    if is_file:
+    if external:
+        ext = _build_external(spec, weights=weights, download=download, classes=classes, prompts=prompts,
+                              pretrained=pretrained)
+        module = ext.module
+        label_list = label_list or ext.class_names
+        size, m, s = size or ext.input_size, m or ext.mean, s or ext.std
+        name, source, note = ext.name, ext.source, ext.note
+    elif is_file:
         path = Path(spec)
         if not path.is_file():
             raise ModelError(f"model file {path} not found")
@@ -222,6 +241,20 @@ def load_model(
     if n_out != len(adapter.class_names):
         raise ModelError(f"model {name} has {n_out} outputs but {len(adapter.class_names)} class names were given")
     return adapter
+
+
+def _build_external(spec: str, *, weights, download: bool, classes, prompts, pretrained):
+    from .external import build_clip, build_hf, build_timm
+
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    if kind == "timm":
+        return build_timm(rest, weights=weights, download=download)
+    if weights is not None:
+        raise ModelError(f"--weights is not used with {kind}: models; give the weights through the model itself")
+    if kind == "clip":
+        return build_clip(rest, pretrained=pretrained, classes=classes, prompts=prompts, download=download)
+    return build_hf(spec, download=download)
 
 
 def _load_into(module: torch.nn.Module, sd: dict, path: Path) -> None:
