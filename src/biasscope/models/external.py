@@ -319,7 +319,8 @@ def build_clip(
     """An open_clip zero-shot classifier over ``classes`` (see :class:`ZeroShotCLIP`).
 
     ``pretrained``: an open_clip tag (``laion2b_s34b_b79k``, found in the local caches unless
-    ``download``), a weights file, or ``random`` (random initialisation: mechanics only, for tests).
+    ``download``), a weights file, or ``random`` (random initialisation under seed 0: mechanics only,
+    for tests).
     """
     open_clip = _require("open_clip")
     names = parse_classes(classes)
@@ -353,7 +354,9 @@ def build_clip(
         raise ModelError(f"unknown pretrained tag {pretrained!r} for clip:{arch}; choose one of {', '.join(tags)}, "
                          "a weights file, or 'random'")
     try:
-        model = open_clip.create_model(arch, pretrained=ckpt, **kw)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # 'random' is the same model in every process (resumable audits, tests)
+            model = open_clip.create_model(arch, pretrained=ckpt, **kw)
     except Exception as exc:  # corrupt or mismatched checkpoint
         raise ModelError(f"could not build clip:{arch} from {source}: {str(exc).splitlines()[0][:300]}") from exc
     model.eval()
