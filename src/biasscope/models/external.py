@@ -360,7 +360,14 @@ def build_clip(
     except Exception as exc:  # corrupt or mismatched checkpoint
         raise ModelError(f"could not build clip:{arch} from {source}: {str(exc).splitlines()[0][:300]}") from exc
     model.eval()
-    tokenizer = open_clip.get_tokenizer(arch)
+    try:
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as exc:  # tokenizers of some architectures live on the Hugging Face hub
+        raise WeightsMissingError(
+            f"the text tokenizer of clip:{arch} is not on this machine ({str(exc).splitlines()[0][:200]}); "
+            "run once with --download while online, or use an architecture whose tokenizer ships with "
+            "open_clip (ViT-B-32, ViT-B-16, ViT-L-14, ...)"
+        ) from None
     text = class_text_embeddings(model, tokenizer, names, list(prompts or DEFAULT_CLIP_PROMPTS))
     pcfg = open_clip.get_model_preprocess_cfg(model)
     mean = tuple(tag_cfg.get("mean") or pcfg.get("mean"))

@@ -237,8 +237,8 @@ def default_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.
 
 
 def target_layout(name: str | None, path: str | None) -> str:
-    """Layout of ``path``'s output for CAM methods: from :data:`TARGET_LAYOUTS` for a documented
-    model's default layer, else 'auto' (detected from the tensor's shape)."""
-    if name in TARGET_LAYOUTS and path == SUPPORTED_MODELS.get(name):
-        return TARGET_LAYOUTS[name]
+    """Layout of ``path``'s output for CAM methods: for a documented model's default layer, from
+    :data:`TARGET_LAYOUTS` ('nchw' for the convolutional ones), else 'auto' (from the tensor's shape)."""
+    if name in SUPPORTED_MODELS and path == SUPPORTED_MODELS[name]:
+        return TARGET_LAYOUTS.get(name, "nchw")
     return "auto"
