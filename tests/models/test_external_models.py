@@ -258,3 +258,17 @@ def test_new_zoo_models_default_layers_give_grids(name):
     h.remove()
     grid = to_grid(seen["o"], target_layout(name, path), 1, 224)
     assert grid.shape[-2:] == (7, 7), (name, tuple(seen["o"].shape))
+
+
+def test_gradient_methods_work_unchanged_on_a_transformers_model(hf_folder):
+    # Integrated Gradients' completeness (sum of attributions = logit difference from the baseline)
+    # holds on the wrapped transformers ViT: gradients flow through the plain logits module
+    from biasscope.explainers import get_explainer
+
+    adapter = load_model(str(hf_folder), backend="torch")
+    adapter._batch_sizes.update(forward=64, backward=64)
+    x = adapter.preprocess([_img(32, 7), _img(32, 8)])
+    attr = get_explainer("integrated_gradients")(adapter, steps=64).attribute(x, torch.tensor([0, 2]))
+    for c in attr.checks:
+        assert abs(c["logit_difference"]) > 1e-3
+        assert c["completeness_relative"] < 1e-2, c
