@@ -73,3 +73,33 @@ def test_page_greys_out_unavailable_methods(make_app):
         expect(rollout.locator(".method-reason")).to_have_count(0)
         expect(page.locator('.method[data-method="guided_gradcam"] .method-check')).to_be_disabled()
         browser.close()
+
+
+@pytest.mark.slow
+def test_serve_a_clip_model_with_its_classes(make_app):
+    """``biasscope serve --model clip:ViT-B-32 --pretrained ... --classes doctor,nurse``: the app lists the
+    CLIP model, predicts and explains over its classes (random weights here: mechanics only)."""
+    pytest.importorskip("open_clip")
+    from biasscope.cli.serve import extra_models
+    from biasscope.models import load_model
+
+    spec = "clip:ViT-B-32"
+    assert extra_models("resnet18") == {}
+    extra = extra_models(spec, pretrained="random", classes="doctor,nurse")
+    client = make_app(DEFAULT_MODEL=spec, EXTRA_MODELS=extra).test_client()
+    models = client.get("/api/models").get_json()
+    assert models["default"] == spec and any(m["name"] == spec and m["ready"] for m in models["models"])
+    r = client.post("/api/predict", json={"model": spec, "sample": "coffee", "top": 2})
+    assert r.status_code == 200, r.get_json()
+    preds = r.get_json()["predictions"]
+    assert {p["label"] for p in preds} == {"doctor", "nurse"}
+    # the same probabilities as the model loaded directly (the sample photo through the same preprocessing)
+    from biasscope.web.samples import load_sample
+
+    direct = load_model(spec, pretrained="random", classes="doctor,nurse", backend="torch")
+    want = direct.predict(load_sample("coffee"), top=2)[0]
+    for p, q in zip(preds, want):
+        assert p["label"] == q.label and p["probability"] == pytest.approx(q.probability, abs=1e-4)
+    rows = _rows(client, spec)
+    assert rows["attention_rollout"]["available"] and rows["gradcam"]["available"]
+    assert not rows["guided_gradcam"]["available"]
