@@ -16,6 +16,7 @@ Examples::
     .venv/bin/python bench/bench_explainers.py --methods lime,gradcam --repeats 5
     .venv/bin/python bench/bench_explainers.py --device cuda --precision auto
     .venv/bin/python bench/bench_explainers.py --quick --model tiny   # smoke run, seconds
+    .venv/bin/python bench/bench_explainers.py --model vit_b_16 --methods floor,gradcam --images 2 --no-quality
 
 A JSON record goes to ``bench/results/<model>-<device>-<time>.json`` (or ``--out``).
 """
@@ -66,12 +67,18 @@ class TinyNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+#: torchvision models benchmarked with random (seeded) weights: their ImageNet weights are not
+#: available offline here, and speed does not depend on the weights
+RANDOM_ZOO = ("resnet18", "vit_b_16", "swin_t")
+
+
 def build_adapter(name: str, device: str, precision: str, *, seed: int = 0, backend: str = "auto"):
-    """A ``ModelAdapter`` for ``name``: 'tiny', 'resnet18' (random init, seeded: its ImageNet
-    weights are not available offline here) or any model ``load_model`` accepts (real weights).
-    ``backend``: engine of our gradient-free fp32 forwards (references always run eager PyTorch)."""
+    """A ``ModelAdapter`` for ``name``: 'tiny', one of :data:`RANDOM_ZOO` (random init, seeded),
+    'clip:ARCH' (random open_clip weights, classes doctor/nurse) or any model ``load_model`` accepts
+    (real weights). ``backend``: engine of our gradient-free fp32 forwards (references always run
+    eager PyTorch)."""
     from biasscope.models import ModelAdapter, load_model, resolve_device, resolve_precision
-    from biasscope.models.zoo import default_target_layer
+    from biasscope.models.zoo import default_target_layer, target_layout
 
     dev = resolve_device(device)
     fast = resolve_precision(precision, dev)
@@ -81,16 +88,23 @@ def build_adapter(name: str, device: str, precision: str, *, seed: int = 0, back
         return ModelAdapter(name="tiny", model=module, class_names=[f"c{i}" for i in range(10)], input_size=32,
                             device=dev, target_layer=layer, target_layer_name=lname, source="random (seeded)",
                             fast_dtype=fast, backend=backend)
-    if name == "resnet18":
+    if name in RANDOM_ZOO:
         import torchvision
 
         torch.manual_seed(seed)
-        module = _layout(torchvision.models.resnet18(weights=None).to(dev), dev)
-        layer, lname = default_target_layer(module, "resnet18")
-        return ModelAdapter(name="resnet18", model=module, class_names=[f"class_{i}" for i in range(1000)],
+        module = torchvision.models.get_model(name, weights=None)
+        if name.startswith("vit"):  # torchvision zero-initialises the ViT head (all gradients 0)
+            nn.init.normal_(module.heads.head.weight, std=0.02)
+        module = _layout(module.to(dev), dev)
+        layer, lname = default_target_layer(module, name)
+        return ModelAdapter(name=name, model=module, class_names=[f"class_{i}" for i in range(1000)],
                             input_size=224, device=dev, target_layer=layer, target_layer_name=lname,
-                            source=f"torchvision resnet18(weights=None), torch.manual_seed({seed})", fast_dtype=fast,
+                            target_layout=target_layout(name, lname),
+                            source=f"torchvision {name}(weights=None), torch.manual_seed({seed})", fast_dtype=fast,
                             backend=backend)
+    if name.startswith("clip:"):
+        return load_model(name, pretrained="random", classes="doctor,nurse", device=device, precision=precision,
+                          backend=backend)
     return load_model(name, device=device, precision=precision, backend=backend)
 
 
@@ -272,10 +286,16 @@ class Bench:
             return lambda: resize_map(ours_cls(a).attribute(x, t).maps, (s, s))
 
         ref_layer = dict(self.ref_model.named_modules())[a.target_layer_name]
+        reshape = None
+        if a.target_layout != "nchw" and not isinstance(a.target_layer, nn.Conv2d):
+            from biasscope.explainers._cam import to_grid
+
+            def reshape(t):  # transformers: tokens / channels-last maps to grids, as its docs show
+                return to_grid(t, a.target_layout, t.shape[0], s)
 
         def ref(x, t) -> Callable[[], Any]:
             def f():
-                with RefGradCAM(model=self.ref_model, target_layers=[ref_layer]) as cam:
+                with RefGradCAM(model=self.ref_model, target_layers=[ref_layer], reshape_transform=reshape) as cam:
                     # frozen parameters: the input must require grad for the reference's backward
                     return cam(input_tensor=x.clone().requires_grad_(True),
                                targets=[ClassifierOutputTarget(int(c)) for c in t])
@@ -726,7 +746,8 @@ def environment(device: torch.device) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
-    p.add_argument("--model", default="resnet18", help="resnet18 (random init), tiny, or a load_model name")
+    p.add_argument("--model", default="resnet18",
+                   help="resnet18, vit_b_16, swin_t (random init), clip:ViT-B-32 (random), tiny, or a load_model name")
     p.add_argument("--quality-model", default="mobilenet_v2",
                    help="model with real weights for the rank-agreement figures ('' = --model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -821,7 +842,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": {},
     }
     out = Path(args.out) if args.out else ROOT / "results" / (
-        f"{args.model}-{bench.device.type}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json")
+        f"{args.model.replace(':', '-')}-{bench.device.type}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(complete: bool) -> None:  # after every method: a long run keeps what it measured

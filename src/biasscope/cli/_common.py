@@ -35,7 +35,7 @@ PER_MODEL_OPTIONS = ("weights", "labels", "input_size", "mean", "std", "target_l
 
 def model_options(fn: Callable | None = None, *, several: bool = False) -> Callable:
     """``--model --weights --labels --input-size --mean --std --device --precision --backend --download
-    --target-layer``.
+    --target-layer --classes --prompt --pretrained``.
 
     With ``several`` (``audit``), ``--model`` is repeatable and required, and so are the per-model options
     (:data:`PER_MODEL_OPTIONS`): given once, an option applies to every model; given once per ``--model``,
@@ -48,8 +48,9 @@ def model_options(fn: Callable | None = None, *, several: bool = False) -> Calla
         click.option("--model", "models" if several else "model", multiple=several, required=several,
                      default=None if several else "resnet18", show_default=not several,
                      help=("model to audit (repeatable): " if several else "")
-                     + "torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1), a packaged face model "
-                     "(gender, age), or a .onnx / TorchScript / biasscope checkpoint file"
+                     + "torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1, vit_b_16), timm:NAME, "
+                     "hf:ID or a transformers folder, clip:ARCH (with --pretrained and --classes), a packaged face "
+                     "model (gender, age), or a .onnx / TorchScript / biasscope checkpoint file"
                      + (", or ARCH=STATE_DICT.pth" if several else "")),
         click.option("--weights", type=click.Path(dir_okay=False), default=None, multiple=several,
                      help="state dict for the --model architecture (loaded with weights_only=True)"
@@ -72,6 +73,13 @@ def model_options(fn: Callable | None = None, *, several: bool = False) -> Calla
         click.option("--download", is_flag=True, help="allow downloading torchvision weights"),
         click.option("--target-layer", default=None, multiple=several,
                      help="layer for CAM methods (dotted module path)" + each),
+        click.option("--classes", default=None, metavar="A,B,...|FILE",
+                     help="CLIP: the classes to choose between (comma-separated, or a file with one per line)"),
+        click.option("--prompt", "prompts", multiple=True, metavar="TEMPLATE",
+                     help='CLIP: prompt template with {} for the class, e.g. "a photo of a {}." (repeatable; '
+                          "the embeddings are averaged; default: six generic photo prompts)"),
+        click.option("--pretrained", default=None, metavar="TAG|FILE",
+                     help="CLIP: open_clip weights tag (e.g. laion2b_s34b_b79k) or file; 'random' for tests"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -87,8 +95,12 @@ def split_model_options(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """
     specs: tuple[str, ...] = kw.pop("models")
     shared = {k: kw.pop(k) for k in ("device", "precision", "backend", "download")}
+    # CLIP's classes, prompts and weights tag go to every clip:ARCH model (the manifest's labels are its classes)
+    clip = {"classes": kw.pop("classes", None), "prompts": list(kw.pop("prompts", None) or ()) or None,
+            "pretrained": kw.pop("pretrained", None)}
     per: dict[str, tuple] = {k: tuple(kw.pop(k) or ()) for k in PER_MODEL_OPTIONS}
-    out: list[tuple[str, dict[str, Any]]] = [(s, dict(shared)) for s in specs]
+    out: list[tuple[str, dict[str, Any]]] = [
+        (s, dict(shared) | (clip if s.lower().startswith("clip:") else {})) for s in specs]
     for k, vals in per.items():
         flag = "--" + k.replace("_", "-")
         if len(vals) not in (0, 1, len(specs)):
@@ -125,6 +137,9 @@ def adapter_from_options(kw: dict[str, Any]):
         backend=kw.pop("backend"),
         download=kw.pop("download"),
         target_layer=kw.pop("target_layer"),
+        classes=kw.pop("classes"),
+        prompts=kw.pop("prompts") or None,
+        pretrained=kw.pop("pretrained"),
     )
 
 

@@ -9,7 +9,7 @@ import click
 
 from ._common import FiniteFloat, handle_errors
 
-__all__ = ["limit_malloc_arenas", "make_server", "release_free_heap", "serve_cmd"]
+__all__ = ["extra_models", "limit_malloc_arenas", "make_server", "release_free_heap", "serve_cmd"]
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -52,6 +52,25 @@ def release_free_heap() -> bool:
         return False
 
 
+def extra_models(spec: str, *, device: str = "cpu", precision: str = "fp32", classes: str | None = None,
+                 prompts: tuple[str, ...] = (), pretrained: str | None = None) -> dict:
+    """``{spec: factory}`` for a default model that is not a torchvision zoo name (``timm:``, ``hf:``,
+    ``clip:`` with its classes, or a model file), so the app lists and loads it; ``{}`` for zoo names."""
+    from ..models import SUPPORTED_MODELS
+    from ..models.external import is_external_spec
+
+    if spec.split(":")[0].lower() in SUPPORTED_MODELS and not is_external_spec(spec):
+        return {}
+
+    def factory():
+        from ..models import load_model
+
+        return load_model(spec, device=device, precision=precision, classes=classes, prompts=list(prompts) or None,
+                          pretrained=pretrained)
+
+    return {spec: factory}
+
+
 def make_server(app, host: str, port: int, threads: int = 8):
     """A waitress server for ``app`` (not yet running); ``port=0`` picks a free port.
 
@@ -75,7 +94,11 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--token", default=None, envvar="BIASSCOPE_TOKEN",
               help="access token (default: none on loopback, generated and printed otherwise)")
 @click.option("--model", "model", default="resnet18", show_default=True,
-              help="default model; falls back to mobilenet_v2 when its weights are missing")
+              help="default model (a zoo name, timm:NAME, hf:ID, clip:ARCH or a model file); a zoo model falls "
+                   "back to mobilenet_v2 when its weights are missing")
+@click.option("--classes", default=None, metavar="A,B,...|FILE", help="CLIP: the classes (with --model clip:ARCH)")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEMPLATE", help="CLIP: prompt template (repeatable)")
+@click.option("--pretrained", default=None, metavar="TAG|FILE", help="CLIP: open_clip weights tag or file")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="dtype of gradient-free forwards (LIME, SHAP, occlusion, predictions); auto = bf16 where the "
@@ -98,8 +121,8 @@ def make_server(app, host: str, port: int, threads: int = 8):
 @click.option("--malloc-arenas", type=click.IntRange(0, 64), default=2, show_default=True,
               help="cap glibc malloc arenas (flat memory with many request threads); 0 = glibc default")
 @handle_errors
-def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, precision: str, threads: int,
-              workers: int,
+def serve_cmd(host: str, port: int, token: str | None, model: str, classes: str | None, prompts: tuple[str, ...],
+              pretrained: str | None, device: str, precision: str, threads: int, workers: int,
               max_upload_mb: float, max_pixels: int, preload: bool, data_root: str | None,
               runs_dir: str | None, max_sync_cost: int = 400, malloc_arenas: int = 2) -> None:
     """Serve the web app (and its JSON API) with waitress."""
@@ -114,6 +137,8 @@ def serve_cmd(host: str, port: int, token: str | None, model: str, device: str, 
             "HOST": host,
             "TOKEN": token,
             "DEFAULT_MODEL": model,
+            "EXTRA_MODELS": extra_models(model, device=device, precision=precision, classes=classes,
+                                         prompts=prompts, pretrained=pretrained),
             "DEVICE": device,
             "PRECISION": precision,
             "JOB_WORKERS": workers,

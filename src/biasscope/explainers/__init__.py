@@ -1,8 +1,9 @@
 """Explainers: one registry, one file per method. Importing this package registers them all."""
 
-from . import (  # noqa: F401  (importing registers each method)
-    gradcam,
-    gradcampp,
+# importing registers each method; the order of registration is the order of the CLI and web lists
+from . import gradcam, gradcampp, hirescam, layercam, xgradcam, scorecam, eigencam  # noqa: F401, I001
+from . import (  # noqa: F401
+    attention_rollout,
     gradient_shap,
     guided_gradcam,
     integrated_gradients,

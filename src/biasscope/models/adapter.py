@@ -69,6 +69,9 @@ class ModelAdapter:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     target_layer: nn.Module | None = None
     target_layer_name: str | None = None
+    #: layout of ``target_layer``'s output: 'auto' (from its shape), 'nchw', 'nhwc' (Swin) or 'tokens'
+    #: (ViT ``(N, T, C)``, leading class/register tokens dropped); CAM methods reshape it to a grid
+    target_layout: str = "auto"
     supports_hooks: bool = True
     source: str = ""  # where the weights came from, for display
     note: str = ""  # e.g. why a fallback model is in use

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ModelError
 from .adapter import IMAGENET_MEAN, IMAGENET_STD, ModelAdapter
+from .external import is_external_spec
 from .files import (
     head_classes,
     is_torchscript,
@@ -20,7 +21,7 @@ from .files import (
     load_torchscript,
     onnx_file_bytes,
 )
-from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer
+from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer, target_layout
 
 __all__ = ["load_model", "prefers_channels_last", "resolve_device", "resolve_precision"]
 
@@ -64,8 +65,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool:
-    """Whether NHWC weights are the faster default: CPU models with 2-D convolutions (oneDNN)."""
-    return device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    """Whether NHWC weights are the faster default: CPU models built on 2-D convolutions (oneDNN).
+
+    A model whose only convolution is a patch embedding (ViT, Swin, CLIP's image tower) gains nothing
+    and pays for layout conversions: ViT-B/32 forwards (batch 8, 2-core CPU) were 1.2x slower in NHWC.
+    """
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    return device.type == "cpu" and convs > 1
 
 
 def _triple(v: Sequence[float] | str | None, default: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -100,6 +106,9 @@ def load_model(
     target_layer: str | None = None,
     channels_last: bool | None = None,
     backend: str = "auto",
+    classes: str | Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    pretrained: str | None = None,
 ) -> ModelAdapter:
     """Load a classifier: a torchvision name (``resnet18``, ``mobilenet_v2:IMAGENET1K_V1``), an
     architecture plus a state dict (``weights=``), a biasscope checkpoint, ONNX or TorchScript file,
@@ -108,7 +117,7 @@ def load_model(
 
     Preprocessing (input size, mean, std) and class names come from the model where it has them;
     the keyword arguments override them. ``channels_last`` stores conv weights in NHWC layout
-    (``None``: on for CPU models with 2-D convolutions: fp32 forwards at batch 8 measured 1.25x
+    (``None``: on for CPU models built on 2-D convolutions, not ViTs: fp32 forwards at batch 8 measured 1.25x
     (ResNet-18) and 1.3x (MobileNetV2) faster on a 2-core AVX-512 CPU, backward passes unchanged;
     results equal up to float rounding). ``backend`` runs gradient-free fp32 forwards through ONNX
     Runtime where the model exports and matches PyTorch ('auto'), never ('torch') or always
@@ -118,6 +127,11 @@ def load_model(
     'auto' (the web app's default): bf16 where the hardware runs it natively, checked against fp32
     on a representative set of photos (calibration and held-out) at warm-up or first use, never on one
     request's images, and dropped for fp32 where they disagree (``ModelAdapter.check_precision``).
+
+    Other libraries (see :mod:`biasscope.models.external`): ``timm:NAME`` (weights from the local
+    caches or ``weights=``), ``hf:ID`` or a folder saved by transformers, and ``clip:ARCH`` with
+    ``pretrained`` (an open_clip tag or file), ``classes`` (``"doctor,nurse"``, a list or a file) and
+    ``prompts`` (templates with ``{}``, averaged): a zero-shot classifier whose class names are ``classes``.
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -134,11 +148,21 @@ def load_model(
     supports_hooks = True
     note = ""
     onnx_source = None
+    external = is_external_spec(spec)
+    if (classes or prompts or pretrained) and not spec.lower().startswith("clip:"):
+        raise ModelError("--classes, --prompt and --pretrained are for CLIP models (--model clip:ARCH)")
 
     if is_file and weights is not None:
         raise ModelError(f"--weights {weights} is for an architecture name (e.g. --model resnet18), but {spec} is "
                          "a model file that holds its own weights; drop --weights")
-    if is_file:
+    if external:
+        ext = _build_external(spec, weights=weights, download=download, classes=classes, prompts=prompts,
+                              pretrained=pretrained)
+        module = ext.module
+        label_list = label_list or ext.class_names
+        size, m, s = size or ext.input_size, m or ext.mean, s or ext.std
+        name, source, note = ext.name, ext.source, ext.note
+    elif is_file:
         path = Path(spec)
         if not path.is_file():
             raise ModelError(f"model file {path} not found")
@@ -237,6 +261,7 @@ def load_model(
         device=dev,
         target_layer=layer,
         target_layer_name=layer_name,
+        target_layout=target_layout(layer_hint, layer_name),
         supports_hooks=supports_hooks,
         source=source,
         note=note,
@@ -263,6 +288,20 @@ def _face_model(spec: str, **given) -> str | None:
         raise ModelError(f"{spec} is a packaged face model whose weights, classes, input size and normalisation "
                          f"come with it (its own recipe); drop {', '.join(fixed)}")
     return key
+
+
+def _build_external(spec: str, *, weights, download: bool, classes, prompts, pretrained):
+    from .external import build_clip, build_hf, build_timm
+
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    if kind == "timm":
+        return build_timm(rest, weights=weights, download=download)
+    if weights is not None:
+        raise ModelError(f"--weights is not used with {kind}: models; give the weights through the model itself")
+    if kind == "clip":
+        return build_clip(rest, pretrained=pretrained, classes=classes, prompts=prompts, download=download)
+    return build_hf(spec, download=download)
 
 
 def _load_into(module: torch.nn.Module, sd: dict, path: Path) -> None:

@@ -22,11 +22,13 @@ from ..errors import ModelError, WeightsMissingError
 __all__ = [
     "DEFAULT_MODEL",
     "SUPPORTED_MODELS",
+    "TARGET_LAYOUTS",
     "ZooModelInfo",
     "default_target_layer",
     "hub_checkpoint_dir",
     "list_zoo_models",
     "resolve_weights",
+    "target_layout",
     "zoo_status",
 ]
 
@@ -51,9 +53,43 @@ SUPPORTED_MODELS: dict[str, str] = {
     "inception_v3": "Mixed_7c",
     "densenet121": "features.norm5",
     "convnext_tiny": "features.7",
+    "convnext_small": "features.7",
+    "convnext_base": "features.7",
+    "convnext_large": "features.7",
+    "efficientnet_v2_s": "features.7",
+    "efficientnet_v2_m": "features.8",
+    "efficientnet_v2_l": "features.8",
     "regnet_y_400mf": "trunk_output",
+    "regnet_y_800mf": "trunk_output",
+    "regnet_y_1_6gf": "trunk_output",
+    "regnet_x_400mf": "trunk_output",
+    "regnet_x_1_6gf": "trunk_output",
+    # vision transformers: the first LayerNorm of the last encoder block (its patch tokens reach the
+    # class token through attention; the block's output tokens would get no gradient but the class
+    # token's), as pytorch-grad-cam recommends; tokens are reshaped to a grid (see TARGET_LAYOUTS)
+    "vit_b_16": "encoder.layers.encoder_layer_11.ln_1",
+    "vit_b_32": "encoder.layers.encoder_layer_11.ln_1",
+    "vit_l_16": "encoder.layers.encoder_layer_23.ln_1",
+    "vit_l_32": "encoder.layers.encoder_layer_23.ln_1",
+    "vit_h_14": "encoder.layers.encoder_layer_31.ln_1",
+    # Swin: the final LayerNorm, the (N, H, W, C) map that is average-pooled into the head
+    "swin_t": "norm",
+    "swin_s": "norm",
+    "swin_b": "norm",
+    "swin_v2_t": "norm",
+    "swin_v2_s": "norm",
+    "swin_v2_b": "norm",
+    "maxvit_t": "blocks.3",
     "shufflenet_v2_x1_0": "conv5",
     "squeezenet1_1": "features.12",
+}
+
+#: How the default target layer's output is laid out, where it is not ``(N, C, h, w)``: 'tokens'
+#: ``(N, T, C)`` with class/register tokens first, 'nhwc' channels-last grids. CAM methods reshape
+#: both to ``(N, C, h, w)`` (see :func:`biasscope.explainers._cam.to_grid`).
+TARGET_LAYOUTS: dict[str, str] = {
+    **{n: "tokens" for n in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")},
+    **{n: "nhwc" for n in ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b")},
 }
 
 #: Known offline sources: model -> (weights enum member, shell command that installs the file).
@@ -177,16 +213,35 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
     return get_model(name, weights=None, **kw)
 
 
+#: names of the first LayerNorm in a transformer block (torchvision/open_clip, timm, Hugging Face):
+#: the default CAM layer of an undocumented transformer is the last of them
+_BLOCK_NORMS = ("ln_1", "norm1", "layernorm_before")
+
+
 def default_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.Module | None, str | None]:
-    """The default CAM layer: the documented one, else the last module holding a Conv2d."""
+    """The default CAM layer: the documented one; else, for a transformer (a block LayerNorm after
+    the last Conv2d, e.g. a ViT's patch embedding), the first LayerNorm of its last block; else the
+    last module holding a Conv2d."""
     modules = dict(model.named_modules())
     if name and name in SUPPORTED_MODELS and SUPPORTED_MODELS[name] in modules:
         path = SUPPORTED_MODELS[name]
         return modules[path], path
-    last = None
+    last, last_norm, conv_seen, norm_after_conv = None, None, False, False
     for path, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
-            last = path
+            last, conv_seen, norm_after_conv = path, True, False
+        elif path.rsplit(".", 1)[-1] in _BLOCK_NORMS and isinstance(m, nn.LayerNorm):
+            last_norm, norm_after_conv = path, True
+    if last_norm is not None and (norm_after_conv or not conv_seen):
+        return modules[last_norm], last_norm
     if last is None:
         return None, None
     return modules[last], last
+
+
+def target_layout(name: str | None, path: str | None) -> str:
+    """Layout of ``path``'s output for CAM methods: for a documented model's default layer, from
+    :data:`TARGET_LAYOUTS` ('nchw' for the convolutional ones), else 'auto' (from the tensor's shape)."""
+    if name in SUPPORTED_MODELS and path == SUPPORTED_MODELS[name]:
+        return TARGET_LAYOUTS.get(name, "nchw")
+    return "auto"

@@ -106,6 +106,38 @@ async function loadExplainers() {
   }
 }
 
+/* Grey out the methods the chosen model cannot run (e.g. attention rollout needs a ViT, CAMs need layer
+   hooks), with the registry's reason; the server answers from the loaded model. */
+async function updateAvailability(model) {
+  const m = S.models.find((x) => x.name === model);
+  if (!m || !m.ready) return;
+  let data;
+  try {
+    data = await api(`/api/explainers?model=${encodeURIComponent(model)}`);
+  } catch (e) {
+    return;  // the model's own error is shown by the prediction
+  }
+  if (S.model !== model) return;  // the user chose another model meanwhile
+  for (const ex of data.explainers) {
+    const row = document.querySelector(`.method[data-method="${ex.name}"]`);
+    if (!row) continue;
+    const box = row.querySelector(".method-check");
+    const off = ex.available === false;
+    row.classList.toggle("unavailable", off);
+    box.disabled = off;
+    if (off && box.checked) { box.checked = false; box.dispatchEvent(new Event("change")); }
+    let why = row.querySelector(".method-reason");
+    if (off) {
+      if (!why) { why = el("div", { class: "method-reason" }); row.querySelector(".check").after(why); }
+      why.textContent = ex.reason;
+      row.title = ex.reason;
+    } else {
+      if (why) why.remove();
+      row.removeAttribute("title");
+    }
+  }
+}
+
 function paramField(method, p) {
   const name = `${method}.${p.name}`;
   let input;
@@ -464,7 +496,9 @@ function wire() {
   for (const t of ["dragenter", "dragover"]) dz.addEventListener(t, (ev) => { ev.preventDefault(); dz.classList.add("over"); });
   for (const t of ["dragleave", "drop"]) dz.addEventListener(t, (ev) => { ev.preventDefault(); dz.classList.remove("over"); });
   dz.addEventListener("drop", (ev) => { const f = ev.dataTransfer.files[0]; if (f) upload(f); });
-  $("#model-select").addEventListener("change", (ev) => { S.model = ev.target.value; S.target = null; describeModel(); resetResults(); runPredict(); });
+  $("#model-select").addEventListener("change", (ev) => {
+    S.model = ev.target.value; S.target = null; describeModel(); resetResults(); runPredict(); updateAvailability(S.model);
+  });
   $("#explain-btn").addEventListener("click", runExplain);
   $("#cancel-btn").addEventListener("click", cancelJob);
   $("#target-reset").addEventListener("click", () => { S.target = null; renderPredictions(); updateTarget(); });
@@ -477,6 +511,7 @@ async function init() {
   wire();
   try {
     await Promise.all([loadModels(), loadExplainers(), loadSamples()]);
+    updateAvailability(S.model);
   } catch (e) {
     showError(e.message);
   }

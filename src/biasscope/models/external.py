@@ -1,0 +1,411 @@
+"""Models from other libraries: timm (``timm:NAME``), Hugging Face transformers image classifiers
+(``hf:ID`` or a local folder) and open_clip zero-shot CLIP classifiers (``clip:ARCH``).
+
+All load offline from what is already on the machine (the Hugging Face hub cache, torch hub's cache,
+open_clip's cache, or a file the user names) and download only with ``download=True``; a missing
+file is reported with its name and the folder it was looked for in. Each returns a plain module
+mapping a normalised ``(N, 3, S, S)`` batch to logits ``(N, C)``, with its own preprocessing and
+class names, so every explanation method works on it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, WeightsMissingError
+
+__all__ = [
+    "DEFAULT_CLIP_PROMPTS",
+    "ExternalModel",
+    "ZeroShotCLIP",
+    "build_clip",
+    "build_hf",
+    "build_timm",
+    "is_external_spec",
+    "parse_classes",
+]
+
+#: CLIP's zero-shot recipe averages the text embeddings of several prompts per class; these are
+#: generic photo prompts (CLIP's ImageNet list is tuned to objects, not people)
+DEFAULT_CLIP_PROMPTS: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a good photo of a {}.",
+    "a bad photo of a {}.",
+    "a close-up photo of a {}.",
+    "a cropped photo of a {}.",
+)
+
+_EXTRAS = {"timm": "timm", "transformers": "hf", "open_clip": "clip"}
+
+
+@dataclass
+class ExternalModel:
+    """What a builder hands to ``load_model``."""
+
+    module: nn.Module
+    class_names: list[str]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+    source: str
+    note: str = ""
+
+
+def is_external_spec(spec: str) -> bool:
+    """``timm:``, ``hf:``, ``clip:`` prefixes, or a local folder holding a transformers ``config.json``."""
+    low = spec.lower()
+    return low.startswith(("timm:", "hf:", "clip:")) or (Path(spec).is_dir() and (Path(spec) / "config.json").is_file())
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelError(
+            f"{module} is not installed; install it with: pip install 'biasscope[models]'"
+        ) from None
+
+
+def _hf_cached(repo_id: str, filenames: Sequence[str]) -> str | None:
+    """The first of ``filenames`` of ``repo_id`` in the local Hugging Face hub cache, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for f in filenames:
+        path = try_to_load_from_cache(repo_id, f)
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _hf_folder(repo_id: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "snapshots" / "<revision>"
+
+
+def _load_sd(path: str | Path) -> dict[str, torch.Tensor]:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from .files import load_state_dict
+
+    return load_state_dict(path)
+
+
+# ---------------------------------------------------------------------------------------------- timm
+def build_timm(name: str, *, weights: str | Path | None = None, download: bool = False) -> ExternalModel:
+    """A timm classifier by name (``vit_small_patch16_224.augreg_in21k_ft_in1k``), its weights from
+    ``weights`` (a state dict file), the local HF hub cache or torch hub's cache; preprocessing and
+    class names from timm's pretrained config."""
+    timm = _require("timm")
+    from timm.data import resolve_data_config
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # timm raises several kinds for unknown names
+        cfg = None
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        raise ModelError(f"timm has no model {base!r}; see timm.list_models() for the names")
+    source, note = "", ""
+    if weights is not None:
+        sd = _load_sd(weights)
+        head = next((v for k, v in reversed(list(sd.items())) if k.endswith("weight") and v.ndim == 2), None)
+        model = timm.create_model(name, pretrained=False, num_classes=int(head.shape[0]) if head is not None else 1000)
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{weights} does not fit timm:{name}: {str(exc).splitlines()[0][:300]}") from None
+        source = str(weights)
+    else:
+        if cfg is None:
+            raise ModelError(f"timm:{name} has no pretrained weights; give a state dict with --weights FILE")
+        local = None
+        if cfg.hf_hub_id:
+            local = _hf_cached(cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin"))
+        if local is None and cfg.url:
+            from .zoo import hub_checkpoint_dir
+
+            cand = hub_checkpoint_dir() / os.path.basename(cfg.url)
+            local = str(cand) if cand.is_file() else None
+        if local is not None:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": local})
+            source = local
+        elif download:
+            model = timm.create_model(name, pretrained=True)
+            source = f"timm {name} (downloaded)"
+        else:
+            where = (
+                f"model.safetensors (or pytorch_model.bin) of {cfg.hf_hub_id} in {_hf_folder(cfg.hf_hub_id)}"
+                if cfg.hf_hub_id
+                else f"{os.path.basename(cfg.url)} in torch hub's cache"
+            )
+            raise WeightsMissingError(
+                f"weights for timm:{name} are not on this machine: expected {where}. Copy the file there, "
+                "pass --download to fetch it, or give a state dict with --weights FILE"
+            )
+    model.eval()
+    data = resolve_data_config({}, model=model)
+    size = int(data["input_size"][-1])
+    return ExternalModel(
+        module=model,
+        class_names=_timm_class_names(model),
+        input_size=size,
+        mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+        name=f"timm:{name}",
+        source=source,
+        note=note,
+    )
+
+
+def _timm_class_names(model: nn.Module) -> list[str]:
+    n = int(model.num_classes)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    names = cfg.get("label_names")
+    if names and len(names) == n:
+        return list(names)
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            if info.num_classes() == n:
+                return [info.index_to_description(i) for i in range(n)]
+    except Exception:  # older timm: no label metadata
+        pass
+    return [f"class_{i}" for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+class HFLogits(nn.Module):
+    """A transformers image classifier as a plain module: ``pixel_values -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def build_hf(spec: str, *, download: bool = False) -> ExternalModel:
+    """A transformers image classifier from a local folder or hub id, with its image processor's
+    size, mean and std and its ``id2label``."""
+    transformers = _require("transformers")
+    local = Path(spec).is_dir()
+    ident = spec if local else spec.split(":", 1)[1]
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(
+            ident, local_files_only=not download, attn_implementation="eager"
+        )
+    except OSError as exc:
+        where = ident if local else f"{_hf_folder(ident)} (Hugging Face hub cache)"
+        raise WeightsMissingError(
+            f"the transformers model {ident} is not on this machine: expected config.json and "
+            f"model.safetensors (or pytorch_model.bin) in {where}. Pass --download to fetch it, or give a "
+            f"local folder saved with save_pretrained ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    try:
+        proc = transformers.AutoImageProcessor.from_pretrained(ident, local_files_only=not download)
+    except (OSError, ValueError):
+        proc = None
+    size, mean, std = _hf_preprocessing(proc, model)
+    cfg = model.config
+    n = int(cfg.num_labels)
+    id2label = {int(k): v for k, v in (cfg.id2label or {}).items()}
+    names = [str(id2label.get(i, f"class_{i}")) for i in range(n)]
+    note = "" if proc is not None else "no image processor found: ImageNet mean/std and the config's image_size"
+    display = Path(ident).name if local else f"hf:{ident}"
+    return ExternalModel(HFLogits(model).eval(), names, size, mean, std, display, ident, note)
+
+
+def _hf_preprocessing(proc, model) -> tuple[int, tuple[float, float, float], tuple[float, float, float]]:
+    from .adapter import IMAGENET_MEAN, IMAGENET_STD
+
+    size = getattr(model.config, "image_size", 224)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if proc is not None:
+        s = getattr(proc, "size", None) or {}
+        s = s if isinstance(s, dict) else dict(s)
+        size = s.get("height") or s.get("shortest_edge") or s.get("width") or size
+        crop = getattr(proc, "crop_size", None)
+        if getattr(proc, "do_center_crop", False) and crop:
+            crop = crop if isinstance(crop, dict) else dict(crop)
+            size = crop.get("height", size)
+        if getattr(proc, "do_normalize", True):
+            mean = tuple(proc.image_mean) if proc.image_mean is not None else mean
+            std = tuple(proc.image_std) if proc.image_std is not None else std
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if isinstance(size, list | tuple):
+        size = size[0]
+    return int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------- open_clip
+def parse_classes(classes: str | Sequence[str] | None) -> list[str]:
+    """``"doctor,nurse"``, a list, or a file with one class per line (``@file`` or an existing path)."""
+    if classes is None:
+        return []
+    if isinstance(classes, str):
+        path = classes[1:] if classes.startswith("@") else classes
+        if os.path.isfile(path):
+            items = Path(path).read_text(encoding="utf-8").splitlines()
+        else:
+            items = classes.split(",")
+    else:
+        items = list(classes)
+    out = [c.strip() for c in items if c.strip()]
+    if len(set(map(str.lower, out))) != len(out):
+        raise ModelError(f"the classes must be distinct, got {', '.join(out)}")
+    return out
+
+
+class ZeroShotCLIP(nn.Module):
+    """CLIP as a classifier: logits are ``logit_scale * cos(image embedding, class text embedding)``.
+
+    ``text`` holds one L2-normalised embedding per class (the normalised mean of its prompt embeddings,
+    CLIP's zero-shot recipe); only the image tower runs at prediction time.
+    """
+
+    def __init__(self, visual: nn.Module, text: torch.Tensor, logit_scale: float) -> None:
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("text", text)
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.visual(x)
+        if isinstance(f, tuple):
+            f = f[0]
+        f = f / f.norm(dim=-1, keepdim=True)
+        return self.logit_scale * f @ self.text.T
+
+
+@torch.no_grad()
+def class_text_embeddings(model: nn.Module, tokenizer, classes: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
+    """``(C, D)``: per class, the normalised mean of the normalised embeddings of its prompts."""
+    out = []
+    for c in classes:
+        tokens = tokenizer([p.format(c) if "{}" in p else f"{p} {c}" for p in prompts])
+        e = model.encode_text(tokens).float()
+        e = e / e.norm(dim=-1, keepdim=True)
+        m = e.mean(0)
+        out.append(m / m.norm())
+    return torch.stack(out)
+
+
+def build_clip(
+    arch: str,
+    *,
+    pretrained: str | None,
+    classes: str | Sequence[str] | None,
+    prompts: Sequence[str] | None = None,
+    download: bool = False,
+) -> ExternalModel:
+    """An open_clip zero-shot classifier over ``classes`` (see :class:`ZeroShotCLIP`).
+
+    ``pretrained``: an open_clip tag (``laion2b_s34b_b79k``, found in the local caches unless
+    ``download``), a weights file, or ``random`` (random initialisation under seed 0: mechanics only,
+    for tests).
+    """
+    open_clip = _require("open_clip")
+    names = parse_classes(classes)
+    if len(names) < 2:
+        raise ModelError('a CLIP classifier needs at least two classes: --classes "doctor,nurse" (or a file)')
+    if arch not in open_clip.list_models():
+        raise ModelError(f"open_clip has no model {arch!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not pretrained:
+        raise ModelError(f"clip:{arch} needs --pretrained TAG (one of {', '.join(tags) or 'none'}) or a weights file")
+    kw: dict = {}
+    note = ""
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained in tags else {}
+    if pretrained == "random":
+        ckpt, source, note = None, "random initialisation", "random CLIP weights: mechanics only"
+    elif os.path.isfile(pretrained):
+        ckpt, source = pretrained, pretrained
+    elif tag_cfg:
+        ckpt = _clip_cached(tag_cfg)
+        source = ckpt or f"open_clip {arch} {pretrained} (downloaded)"
+        if ckpt is None:
+            if not download:
+                raise WeightsMissingError(
+                    f"weights for clip:{arch} {pretrained} are not on this machine: expected "
+                    f"{_clip_expected(tag_cfg)}. Copy the file there, pass --download to fetch it, or give "
+                    "the file itself with --pretrained FILE"
+                )
+            ckpt = pretrained
+        kw["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
+    else:
+        raise ModelError(f"unknown pretrained tag {pretrained!r} for clip:{arch}; choose one of {', '.join(tags)}, "
+                         "a weights file, or 'random'")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # 'random' is the same model in every process (resumable audits, tests)
+            model = open_clip.create_model(arch, pretrained=ckpt, **kw)
+    except Exception as exc:  # corrupt or mismatched checkpoint
+        raise ModelError(f"could not build clip:{arch} from {source}: {str(exc).splitlines()[0][:300]}") from exc
+    model.eval()
+    try:
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as exc:  # tokenizers of some architectures live on the Hugging Face hub
+        raise WeightsMissingError(
+            f"the text tokenizer of clip:{arch} is not on this machine ({str(exc).splitlines()[0][:200]}); "
+            "run once with --download while online, or use an architecture whose tokenizer ships with "
+            "open_clip (ViT-B-32, ViT-B-16, ViT-L-14, ...)"
+        ) from None
+    text = class_text_embeddings(model, tokenizer, names, list(prompts or DEFAULT_CLIP_PROMPTS))
+    pcfg = open_clip.get_model_preprocess_cfg(model)
+    mean = tuple(tag_cfg.get("mean") or pcfg.get("mean"))
+    std = tuple(tag_cfg.get("std") or pcfg.get("std"))
+    size = pcfg.get("size", 224)
+    size = size[0] if isinstance(size, list | tuple) else size
+    module = ZeroShotCLIP(model.visual, text, float(model.logit_scale.detach().exp()))
+    return ExternalModel(module.eval(), names, int(size), mean, std, f"clip:{arch}", source, note)  # type: ignore[arg-type]
+
+
+def _clip_hf(tag_cfg: dict) -> tuple[str, str] | None:
+    hub = tag_cfg.get("hf_hub")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub.rstrip("/") if hub.endswith(".bin") or hub.endswith(".safetensors") else hub)
+    return repo.rstrip("/"), filename
+
+
+def _clip_cached(tag_cfg: dict) -> str | None:
+    hf = _clip_hf(tag_cfg)
+    if hf:
+        repo, filename = hf
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        found = _hf_cached(repo, names)
+        if found:
+            return found
+    url = tag_cfg.get("url")
+    if url:
+        cand = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if cand.is_file():
+            return str(cand)
+    return None
+
+
+def _clip_expected(tag_cfg: dict) -> str:
+    hf = _clip_hf(tag_cfg)
+    if hf:
+        repo, filename = hf
+        return f"{filename or 'open_clip_model.safetensors (or open_clip_pytorch_model.bin)'} in {_hf_folder(repo)}"
+    url = tag_cfg.get("url", "")
+    return f"{os.path.basename(url)} in {Path(os.path.expanduser('~/.cache/clip'))}"
