@@ -17,8 +17,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..audit.concepts import LabelSpace
+    from ..audit.config import AuditConfig, ModelSource
     from ..audit.manifest import ManifestRow
-    from ..audit.runner import AuditConfig, ModelSource
     from ..models.adapter import ModelAdapter
 
 __all__ = ["BatchResult", "Engine"]
