@@ -3,7 +3,8 @@
 :func:`score_batch` is the one function the engines call (locally or on Ray workers). It loads the
 images and their region masks (face parts too), predicts, explains with every method (the first CAM
 shares the prediction's forward pass), measures each region's attribution share and the effect of
-removing it, and builds one record per image. It imports nothing from the runner or the engines.
+removing it, and returns one :class:`~.values.ImageResult` per image (its heatmaps attached). It
+imports nothing from the runner or the engines.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,11 +26,9 @@ from ..regions.shares import attribution_share
 from .concepts import LabelSpace
 from .config import QUALITY_CHECKS, AuditConfig
 from .manifest import ManifestRow
+from .values import ImageResult
 
-__all__ = ["Heatmap", "method_agreement", "score_batch"]
-
-#: a stored heatmap: (image_id, method, downsampled model-resolution map)
-Heatmap = tuple[int, str, np.ndarray]
+__all__ = ["method_agreement", "score_batch"]
 
 
 @dataclass
@@ -50,45 +48,41 @@ class _Explained:
     shares: dict
     quality: dict
     agreement: dict
+    heatmaps: dict[str, np.ndarray]
 
 
 def score_batch(
     adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence[ManifestRow]
-) -> tuple[list[dict], list[Heatmap]]:
-    """The result records of ``batch`` (ordered by image id; a row that cannot be read is an error
-    record) and the downsampled heatmaps of every (image, method)."""
+) -> list[ImageResult]:
+    """The results of ``batch`` ordered by image id (a row that cannot be read is an error result),
+    each with its methods' heatmaps downsampled to ``cfg.heatmap_size``."""
     t0 = time.perf_counter()
-    loaded, records = _load_rows(adapter, cfg, batch)
-    heats: list[Heatmap] = []
+    loaded, results = _load_rows(adapter, cfg, batch)
     if not loaded:
-        return records, heats
+        return results
     images = [item.image for item in loaded]
     x = adapter.preprocess(images)
     probs_t, targets, precomputed = _predict(adapter, space, cfg, x, loaded)
     probs = probs_t.double().numpy()
     evals = space.evaluate(probs)
-    explained = [_Explained({}, {}, {}) for _ in loaded]
+    explained = [_Explained({}, {}, {}, {}) for _ in loaded]
     if cfg.methods:
-        explained, heats = _explain(adapter, cfg, loaded, x, probs_t, targets, precomputed)
+        explained = _explain(adapter, cfg, loaded, x, probs_t, targets, precomputed)
     removal = _removal(adapter, space, cfg, loaded, evals)
     per_image = (time.perf_counter() - t0) / len(loaded)
     for i, (item, ev) in enumerate(zip(loaded, evals)):
-        records.append(_record(adapter, cfg, item, ev, targets[i], explained[i], removal[i], per_image))
-    records.sort(key=lambda r: r["image_id"])
-    return records, heats
-
-
-def _error_record(row: ManifestRow, exc: Exception) -> dict:
-    return {"image_id": row.image_id, "path": row.path, "status": "error", "error": str(exc)}
+        results.append(_result(adapter, cfg, item, ev, targets[i], explained[i], removal[i], per_image))
+    results.sort(key=lambda r: r.image_id)
+    return results
 
 
 def _load_rows(adapter: ModelAdapter, cfg: AuditConfig,
-               batch: Sequence[ManifestRow]) -> tuple[list[_Loaded], list[dict]]:
-    """Load each row's image and region masks (and face parts); a row that fails becomes an error record."""
+               batch: Sequence[ManifestRow]) -> tuple[list[_Loaded], list[ImageResult]]:
+    """Load each row's image and region masks (and face parts); a row that fails becomes an error result."""
     from ..images import load_image
 
     loaded: list[_Loaded] = []
-    errors: list[dict] = []
+    errors: list[ImageResult] = []
     for row in batch:
         try:
             img = load_image(row.file)
@@ -101,7 +95,7 @@ def _load_rows(adapter: ModelAdapter, cfg: AuditConfig,
 
                 named, face = face_parts_for_image(img, named)
         except (ImageError, BiasscopeError, OSError) as exc:
-            errors.append(_error_record(row, exc))
+            errors.append(ImageResult.failed(row.image_id, row.path, str(exc)))
             continue
         loaded.append(_Loaded(row, img, named, face))
     return loaded, errors
@@ -145,7 +139,7 @@ def _predict(adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, x: torc
 
 
 def _explain(adapter: ModelAdapter, cfg: AuditConfig, loaded: Sequence[_Loaded], x: torch.Tensor,
-             probs_t: torch.Tensor, targets: list[int], precomputed: dict) -> tuple[list[_Explained], list[Heatmap]]:
+             probs_t: torch.Tensor, targets: list[int], precomputed: dict) -> list[_Explained]:
     """Every method's explanation of every image: region shares, quality checks, method agreement, heatmaps."""
     from ..api import explain_batch
 
@@ -154,18 +148,17 @@ def _explain(adapter: ModelAdapter, cfg: AuditConfig, loaded: Sequence[_Loaded],
                          params=cfg.method_params, faithfulness=cfg.faithfulness, inputs=x,
                          probabilities=fp32_probs, precomputed=precomputed)
     out: list[_Explained] = []
-    heats: list[Heatmap] = []
     for item, e in zip(loaded, exps):
-        found = _Explained(shares={}, quality={},
+        found = _Explained(shares={}, quality={}, heatmaps={},
                            agreement=method_agreement({m: ex.model_heatmap for m, ex in e.items()}))
         for method, ex in e.items():
             found.quality[method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
             found.shares[method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in item.masks.items()}
             # the model's own map (a face chip's map is placed back with the record's "view")
             src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
-            heats.append((item.row.image_id, method, _downsample(np.asarray(src), cfg.heatmap_size)))
+            found.heatmaps[method] = _downsample(np.asarray(src), cfg.heatmap_size)
         out.append(found)
-    return out, heats
+    return out
 
 
 def _removal(adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, loaded: Sequence[_Loaded],
@@ -181,43 +174,41 @@ def _removal(adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, loaded:
     )
 
 
-def _record(adapter: ModelAdapter, cfg: AuditConfig, item: _Loaded, ev: dict, target: int, found: _Explained,
-            removal: dict, seconds: float) -> dict:
-    """The stored record of one scored image."""
+def _result(adapter: ModelAdapter, cfg: AuditConfig, item: _Loaded, ev: dict, target: int, found: _Explained,
+            removal: dict, seconds: float) -> ImageResult:
+    """The result of one scored image."""
     names = adapter.class_names
     row, img = item.row, item.image
     counted = ev["predicted"]
-    rec: dict[str, Any] = {
-        "image_id": row.image_id,
-        "path": row.path,
-        "status": "ok",
-        "error": None,
-        "width": img.width,
-        "height": img.height,
-        "top": [{"index": c, "class": names[c], "probability": q} for c, q in zip(ev["top"], ev["top_probs"])],
-        "pred_index": ev["top"][0],
-        "pred_class": names[ev["top"][0]],
-        "pred_prob": ev["top_probs"][0],
-        "pred_label": ev["pred_label"],
-        "p_true": ev["scores"][row.label],
-        "correct": bool(counted[row.label]),
-        "correct_top1": bool(ev["hit_top1"][row.label]),
-        "correct_topk": bool(ev["hit_topk"][row.label]),
-        "scores": ev["scores"],
-        "predicted": {k: bool(v) for k, v in counted.items()},
-        "target_index": target,
-        "target_class": names[target],
-        "shares": found.shares,
-        "quality": found.quality,
-        "agreement": found.agreement,
-        "removal": removal,
-        "seconds": seconds,
-    }
-    if cfg.face_parts:
-        rec["face"] = item.face
-    if not adapter.whole_image:
-        rec["view"] = _view(adapter, img)
-    return rec
+    return ImageResult(
+        image_id=row.image_id,
+        path=row.path,
+        width=img.width,
+        height=img.height,
+        top=[{"index": c, "class": names[c], "probability": q} for c, q in zip(ev["top"], ev["top_probs"])],
+        pred_index=ev["top"][0],
+        pred_class=names[ev["top"][0]],
+        pred_prob=ev["top_probs"][0],
+        pred_label=ev["pred_label"],
+        p_true=ev["scores"][row.label],
+        correct=bool(counted[row.label]),
+        correct_top1=bool(ev["hit_top1"][row.label]),
+        correct_topk=bool(ev["hit_topk"][row.label]),
+        scores=ev["scores"],
+        predicted={k: bool(v) for k, v in counted.items()},
+        target_index=target,
+        target_class=names[target],
+        shares=found.shares,
+        quality=found.quality,
+        agreement=found.agreement,
+        removal=removal,
+        seconds=seconds,
+        face=item.face,
+        with_face=cfg.face_parts,
+        view=None if adapter.whole_image else _view(adapter, img),
+        with_view=not adapter.whole_image,
+        heatmaps=found.heatmaps,
+    )
 
 
 def _downsample(m: np.ndarray, size: int) -> np.ndarray:

@@ -294,11 +294,11 @@ def run_audit(
             _check_methods(adapter, cfg)
             batches = _batches(todo, batch_size, cancel)
             with contextlib.closing(eng.map_batches(src, adapter, space, cfg, batches)) as results:
-                for batch, records, heats in results:
-                    store.write_batch(key, records, heats)
+                for batch, scored in results:
+                    store.write_batch(key, scored)
                     processed_now += len(batch)
                     done[key] += len(batch)
-                    n_err += sum(r["status"] == "error" for r in records)
+                    n_err += sum(not r.ok for r in scored)
                     report(mi, n_err, "running")
             report(mi, n_err, "model-done")
             del adapter  # free the weights before loading the next model

@@ -18,5 +18,4 @@ class LocalEngine(Engine):
         from ..audit.batch import score_batch
 
         for batch in batches:
-            records, heats = score_batch(adapter, space, config, batch)
-            yield batch, records, heats
+            yield batch, score_batch(adapter, space, config, batch)

@@ -58,7 +58,7 @@ class _AuditWorker:
         self.config = config
         return os.getpid()
 
-    def process(self, batch: Sequence) -> tuple[list[dict], list]:
+    def process(self, batch: Sequence) -> list:
         from ..audit.batch import score_batch
 
         return score_batch(self.adapter, self.space, self.config, batch)
@@ -177,12 +177,10 @@ class RayEngine(Engine):
                 pending.append((batch, actors[turn % n].process.remote(list(batch))))
                 while len(pending) >= limit:
                     rows, ref = pending.popleft()
-                    records, heats = ray.get(ref)
-                    yield rows, records, heats
+                    yield rows, ray.get(ref)
             while pending:
                 rows, ref = pending.popleft()
-                records, heats = ray.get(ref)
-                yield rows, records, heats
+                yield rows, ray.get(ref)
         finally:
             for _, ref in pending:  # results nobody will write (cancelled or failed run)
                 with contextlib.suppress(Exception):  # already finished, or not cancellable here
