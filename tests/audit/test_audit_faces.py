@@ -81,7 +81,7 @@ def test_face_records_and_part_shares_match_an_independent_computation(face_run,
     from biasscope.regions import attribution_share
 
     base, _m, _ = face_run
-    recs = {r["path"]: r for r in RunStore(base / "run").results()}
+    recs = {r.path: r.to_json() for r in RunStore(base / "run").results()}
     assert len(recs) == 7 and all(r["status"] == "ok" for r in recs.values())
     assert recs["img/astronaut.png"]["face"]["flags"] == []
     assert recs["img/grace_hopper.png"]["face"]["flags"] == []

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from biasscope.audit import AuditConfig, ModelSource, RunStore, load_manifest, run_audit
-from biasscope.audit import runner as runner_mod
+from biasscope.audit import batch as batch_mod
 from biasscope.audit.runner import check_stereotypical
 from biasscope.cli import main
 from biasscope.errors import BiasscopeError
@@ -42,13 +42,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Images that reach the runner's batch function."""
     seen: list[int] = []
-    real = runner_mod._process_batch
+    real = batch_mod.score_batch
 
     def counting(adapter, space, cfg, batch):
         seen.extend(r.image_id for r in batch)
         return real(adapter, space, cfg, batch)
 
-    monkeypatch.setattr(runner_mod, "_process_batch", counting)
+    monkeypatch.setattr(batch_mod, "score_batch", counting)
     return seen
 
 
@@ -185,7 +185,7 @@ def test_a_run_that_fails_before_its_first_image_is_stored_leaves_no_trace(data:
     """A failure inside the first batch (nothing stored) removes the store; after one stored batch the
     run stays, marked interrupted, and resumes."""
     m = load_manifest(data / "manifest.csv", groups=["gender"])
-    real = runner_mod._process_batch
+    real = batch_mod.score_batch
     calls = {"n": 0, "fail_at": 1}
 
     def flaky(adapter, space, cfg, batch):
@@ -194,7 +194,7 @@ def test_a_run_that_fails_before_its_first_image_is_stored_leaves_no_trace(data:
             raise RuntimeError("worker lost")
         return real(adapter, space, cfg, batch)
 
-    monkeypatch.setattr(runner_mod, "_process_batch", flaky)
+    monkeypatch.setattr(batch_mod, "score_batch", flaky)
     src = str(data / "colour.pt")
     concepts = {"doctor": ["stethoscope", "lab coat"], "nurse": ["scrubs"]}
     cfg = AuditConfig(groups=["gender"], concepts=concepts)

@@ -60,7 +60,8 @@ def _config(methods: list[str]) -> AuditConfig:
 def _results(run_dir: Path) -> list[dict]:
     store = RunStore(run_dir)
     out = []
-    for r in store.results():
+    for res in store.results():
+        r = res.to_json() | {"model": res.model}
         r.pop("seconds", None)  # wall time differs between runs
         for method in r.get("shares", {}):
             r.setdefault("heatmaps", {})[method] = store.heatmap(r["model"], r["image_id"], method)

@@ -240,7 +240,7 @@ def test_audit_with_the_gender_model_out_of_the_box(models, package, photos, tmp
                                     "--method", "gradcam", "--out", str(out), "--n-boot", "100", "--n-perm", "100",
                                     "--min-group-size", "1", "--batch-size", "4"])
     assert res.exit_code == 0, res.output
-    recs = {r["path"]: r for r in RunStore(out).results()}
+    recs = {r.path: r.to_json() for r in RunStore(out).results()}
     assert recs["img/coffee.png"]["status"] == "error"
     assert "no face found in the image: gender-v1" in recs["img/coffee.png"]["error"]
     for name in ("astronaut", "grace_hopper", "lfw0", "lfw18"):
@@ -296,7 +296,7 @@ def test_audit_with_the_age_model_over_its_bands(models, package, photos, tmp_pa
     m = load_manifest(tmp_path / "m.csv", groups=["source"])
     res = run_audit(m, ["age"], tmp_path / "run", metrics_options={"n_boot": 100, "n_perm": 100})
     assert res.counts["age"] == {"ok": 3, "error": 0}
-    for r in RunStore(tmp_path / "run").results():
+    for r in (res.to_json() for res in RunStore(tmp_path / "run").results()):
         name = Path(r["path"]).stem
         ref = _package_probs(package, photos[name])[1]
         bands = {b: float(ref[lo : hi + 1].sum()) for b, lo, hi in AGE_BANDS}

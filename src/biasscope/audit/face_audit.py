@@ -251,9 +251,9 @@ def face_summary(
     if n_ex:
         out["findings"].append(f"{n_ex} image(s) with excluded quality flags are left out of every metric.")
     incl = ok[~ok["excluded"].astype(bool)] if "excluded" in ok else ok
-    records = {r["image_id"]: r.get("face") for r in store.results(model)}
-    faces = {iid: f.get("landmarks") for iid, f in records.items() if f and f.get("landmarks")}
-    views = {r["image_id"]: r.get("view") for r in store.results(model) if r.get("view")}
+    scored = store.results(model)
+    faces = {r.image_id: r.face["landmarks"] for r in scored if r.face and r.face.get("landmarks")}
+    views = {r.image_id: r.view for r in scored if r.view}
     files = {r["image_id"]: r["file"] for r in store.images()}
     frame = FaceFrame(size=ALIGNED_FRAME_SIZE)
     folder = Path(run_dir) / FACE_DIR

@@ -143,7 +143,8 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
             heat = store.heatmap(model, int(row["image_id"]), m)
             if heat is None:
                 continue
-            view = (store.record(model, int(row["image_id"])) or {}).get("view")  # a face chip's place
+            scored = store.result(model, int(row["image_id"]))
+            view = scored.view if scored else None  # a face chip's place
             h = heatmap_in_image(heat, view, (img.height, img.width), full)
             signed = get_explainer(m).signed
             tiles.append(f'<img alt="{_e(m)} heatmap" src="{_png_b64(render_overlay(img, h, signed=signed))}">')

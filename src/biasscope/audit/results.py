@@ -17,6 +17,7 @@ from ..errors import BiasscopeError
 from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
 from .metrics import MetricsOptions, compute_model_metrics
 from .store import DB_NAME, RunStore, json_safe
+from .values import ImageResult
 
 __all__ = [
     "METRICS_JSON",
@@ -53,7 +54,7 @@ def run_info(run_dir: str | Path) -> dict:
     """Status, config, manifest summary, models and per-model counts of one run."""
     store = _store(run_dir)
     meta = store.all_meta()
-    n = len(store.images())
+    n = store.n_images()
     counts = store.counts()
     requested = meta.get("models_requested") or [m["key"] for m in store.models()]
     done = sum(c.get("ok", 0) + c.get("error", 0) for c in counts.values())
@@ -100,34 +101,15 @@ def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFra
     attr_cols = list(meta.get("attribute_columns", []))
     rows = []
     for rec in store.results(model):
-        img = images.get(rec["image_id"], {})
-        row: dict[str, Any] = {"model": rec["model"], "image_id": rec["image_id"], "path": img.get("path"),
+        img = images.get(rec.image_id, {})
+        row: dict[str, Any] = {"model": rec.model, "image_id": rec.image_id, "path": img.get("path"),
                                "label": img.get("label")}
         for c in attr_cols:
             row[c] = img.get("attributes", {}).get(c)
-        row["status"] = rec["status"]
-        row["error"] = rec.get("error")
-        if rec["status"] == "ok":
-            for k in ("pred_class", "pred_prob", "pred_label", "correct", "correct_top1", "correct_topk", "p_true",
-                      "target_class", "width", "height"):
-                row[k] = rec.get(k)
-            for lab, v in rec.get("scores", {}).items():
-                row[f"score:{lab}"] = v
-            for lab, v in rec.get("predicted", {}).items():
-                row[f"predicted:{lab}"] = v
-            for method, regs in rec.get("shares", {}).items():
-                for r, d in regs.items():
-                    row[f"area:{r}"] = d.get("area_share")
-                    row[f"share:{method}:{r}"] = d.get("share")
-                    row[f"ratio:{method}:{r}"] = d.get("ratio")
-            for method, checks in (rec.get("quality") or {}).items():
-                for k, v in checks.items():
-                    row[f"faith:{method}:{k}"] = v
-            for pair, rho in (rec.get("agreement") or {}).items():
-                row[f"agree:{pair}"] = rho
-            for r, d in rec.get("removal", {}).items():
-                row[f"removal:{r}"] = d.get("effect")
-            row.update(face_columns(rec.get("face")))
+        row["status"] = rec.status
+        row["error"] = rec.error
+        if rec.ok:
+            row.update(_result_columns(rec))
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in df.columns:  # JSON null -> NaN for numeric columns
@@ -137,18 +119,45 @@ def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFra
     return df
 
 
+def _result_columns(rec: ImageResult) -> dict[str, Any]:
+    """The per_image.csv columns of one scored image (prediction, scores, shares, removal, face)."""
+    row: dict[str, Any] = {k: getattr(rec, k) for k in ("pred_class", "pred_prob", "pred_label", "correct",
+                                                        "correct_top1", "correct_topk", "p_true", "target_class",
+                                                        "width", "height")}
+    for lab, v in rec.scores.items():
+        row[f"score:{lab}"] = v
+    for lab, v in rec.predicted.items():
+        row[f"predicted:{lab}"] = v
+    for method, regs in rec.shares.items():
+        for r, d in regs.items():
+            row[f"area:{r}"] = d.get("area_share")
+            row[f"share:{method}:{r}"] = d.get("share")
+            row[f"ratio:{method}:{r}"] = d.get("ratio")
+    for method, checks in rec.quality.items():
+        for k, v in checks.items():
+            row[f"faith:{method}:{k}"] = v
+    for pair, rho in rec.agreement.items():
+        row[f"agree:{pair}"] = rho
+    for r, d in rec.removal.items():
+        row[f"removal:{r}"] = d.get("effect")
+    row.update(face_columns(rec.face))
+    return row
+
+
 def load_heatmap(run_dir: str | Path, model: str, image_id: int, method: str) -> np.ndarray | None:
     """The stored heatmap (model resolution, downsampled to the run's ``heatmap_size``)."""
     return _store(run_dir).heatmap(model, image_id, method)
 
 
 def image_detail(run_dir: str | Path, image_id: int) -> dict:
-    """Everything about one image: manifest row and each model's record (for drill-down)."""
+    """Everything about one image: manifest row and each model's stored record (for drill-down).
+
+    Reads only that image's rows."""
     store = _store(run_dir)
-    img = next((r for r in store.images() if r["image_id"] == int(image_id)), None)
+    img = store.image_row(int(image_id))
     if img is None:
         raise BiasscopeError(f"image {image_id} is not in run {run_dir}")
-    recs = {r["model"]: r for r in store.results() if r["image_id"] == int(image_id)}
+    recs = {r.model: {**r.to_json(), "model": r.model} for r in store.results(image_id=int(image_id))}
     return {"image": img, "results": recs, "methods": (store.get_meta("config", {}) or {}).get("methods", [])}
 
 

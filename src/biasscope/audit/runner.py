@@ -13,22 +13,19 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..engines import Engine, get_engine
-from ..errors import BiasscopeError, CancelledError, ImageError
+from ..errors import BiasscopeError, CancelledError
 from ..models.adapter import ModelAdapter
-from ..regions.masks import region_mask
-from ..regions.removal import RemovalConfig, region_removal_effects
-from ..regions.shares import attribution_share
-from .concepts import LabelSpace, Match
+from .batch import method_agreement
+from .concepts import LabelSpace
+from .config import AuditConfig, ModelSource
 from .manifest import Manifest
 from .store import RunStore
 
@@ -49,77 +46,6 @@ MSG_OTHER_AUDIT = (
 )
 
 CancelFlag = threading.Event | Callable[[], bool]
-
-#: per-explanation checks stored with each image (explanation quality by group)
-QUALITY_CHECKS = ("deletion_auc", "insertion_auc", "completeness_relative")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model to load when its turn comes: a zoo name, a file, or ``ARCH=STATE_DICT.pth``.
-
-    ``key`` names the model in the run (default: ``spec``); ``options`` go to ``load_model``.
-    """
-
-    spec: str
-    key: str | None = None
-    options: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.key or self.spec
-
-    def load(self) -> ModelAdapter:
-        from ..models import load_model
-
-        arch, sep, weights = self.spec.partition("=")
-        if sep:
-            opts = dict(self.options)
-            if opts.get("weights") not in (None, "", weights):
-                raise BiasscopeError(f"model {self.spec!r} names its state dict and was also given weights "
-                                     f"{opts['weights']!r}; give one of them")
-            opts["weights"] = weights
-            return load_model(arch, **opts)
-        return load_model(self.spec, **self.options)
-
-
-@dataclass
-class AuditConfig:
-    """What to compute for each image (the parts that define a run's results)."""
-
-    groups: list[str] = field(default_factory=list)
-    methods: list[str] = field(default_factory=list)
-    concepts: dict[str, list[str]] = field(default_factory=dict)
-    top_k: int = 5
-    match: Match = "top1"
-    #: explain the true label's class (the concept class with the highest probability) or the top-1
-    explain_target: Literal["label", "predicted"] = "label"
-    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    removal: RemovalConfig | None = field(default_factory=RemovalConfig)
-    #: stored heatmaps are downsampled to at most this side (for reports and drill-down thumbnails)
-    heatmap_size: int = 64
-    #: detect faces: face-part regions and quality flags per image (see :mod:`.face_audit`)
-    face_parts: bool = False
-    #: deletion/insertion AUC of every explanation (explanation quality per label x group; costs forwards)
-    faithfulness: bool = False
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["removal"] = self.removal.to_dict() if self.removal else None
-        for flag in ("face_parts", "faithfulness"):
-            if not d[flag]:
-                d.pop(flag)  # runs stored before the option existed resume unchanged
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AuditConfig:
-        d = dict(d)
-        rem = d.get("removal")
-        if rem is not None:
-            fill = rem.get("fill", "mean")
-            d["removal"] = RemovalConfig(mode=rem["mode"], fill=fill if isinstance(fill, str) else tuple(fill),
-                                         blur_radius=rem.get("blur_radius"))
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -169,15 +95,6 @@ def weights_fingerprint(adapter: ModelAdapter) -> str:
         if torch.is_tensor(v):
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _downsample(m: np.ndarray, size: int) -> np.ndarray:
-    h, w = m.shape
-    if max(h, w) <= size:
-        return m.astype(np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
-    oh, ow = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
-    return F.adaptive_avg_pool2d(t, (oh, ow))[0, 0].numpy()
 
 
 def _check_existing(store: RunStore, manifest: Manifest, config: AuditConfig) -> bool:
@@ -377,11 +294,11 @@ def run_audit(
             _check_methods(adapter, cfg)
             batches = _batches(todo, batch_size, cancel)
             with contextlib.closing(eng.map_batches(src, adapter, space, cfg, batches)) as results:
-                for batch, records, heats in results:
-                    store.write_batch(key, records, heats)
+                for batch, scored in results:
+                    store.write_batch(key, scored)
                     processed_now += len(batch)
                     done[key] += len(batch)
-                    n_err += sum(r["status"] == "error" for r in records)
+                    n_err += sum(not r.ok for r in scored)
                     report(mi, n_err, "running")
             report(mi, n_err, "model-done")
             del adapter  # free the weights before loading the next model
@@ -458,159 +375,3 @@ def _check_methods(adapter: ModelAdapter, cfg: AuditConfig) -> None:
     for m in cfg.methods:
         cls = get_explainer(m)
         cls(adapter, **dict(cfg.method_params.get(m, cfg.method_params.get(cls.name, {}))))
-
-
-def _view(adapter: ModelAdapter, img) -> dict | None:
-    """Where the model's input lies in the image, for a model that does not see the whole image
-    (a face chip: its landmarks, size and padding; see :func:`.face_audit.heatmap_in_image`)."""
-    locate = getattr(adapter, "locate", None)
-    if locate is None:
-        return None
-    _, lm = locate(img)
-    return {"kind": "face_chip", "size": int(adapter.input_size), "padding": float(getattr(adapter, "padding", 0.2)),
-            "landmarks": np.asarray(lm, dtype=float).tolist()}
-
-
-def method_agreement(maps: Mapping[str, np.ndarray | None]) -> dict[str, float]:
-    """Spearman rank correlation between every pair of methods' maps of one image (``"a~b"`` keys).
-
-    Maps are compared at model resolution; a constant map has no ranking (the pair is left out).
-    """
-    from scipy.stats import rankdata
-
-    names = [m for m, v in maps.items() if v is not None]
-    ranks = {}
-    for m in names:
-        v = np.asarray(maps[m], dtype=np.float64).ravel()
-        if np.ptp(v) > 0:
-            r = rankdata(v)
-            ranks[m] = (r - r.mean()) / np.linalg.norm(r - r.mean())
-    out = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if a in ranks and b in ranks and ranks[a].shape == ranks[b].shape:
-                out[f"{a}~{b}"] = float(ranks[a] @ ranks[b])
-    return out
-
-
-def _process_batch(
-    adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, batch: Sequence
-) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
-    from ..api import explain_batch, method_params
-    from ..explainers import get_explainer
-    from ..explainers._cam import CamExplainer
-    from ..images import load_image
-
-    t0 = time.perf_counter()
-    records: list[dict] = []
-    images, rows, masks, face_info = [], [], [], []
-    for row in batch:
-        try:
-            img = load_image(row.file)
-            adapter.check_image(img)  # e.g. a face model and a photo without a face: this row's error
-            size = (img.height, img.width)
-            named = {name: region_mask(spec, size) for name, spec in row.regions.items()}
-            face = None
-            if cfg.face_parts:
-                from .face_audit import face_parts_for_image
-
-                named, face = face_parts_for_image(img, named)
-        except (ImageError, BiasscopeError, OSError) as exc:
-            records.append({"image_id": row.image_id, "path": row.path, "status": "error", "error": str(exc)})
-            continue
-        images.append(img)
-        rows.append(row)
-        masks.append(named)
-        face_info.append(face)
-    heats: list[tuple[int, str, np.ndarray]] = []
-    if not images:
-        return records, heats
-    x = adapter.preprocess(images)
-    label_classes = [list(space.classes[r.label]) for r in rows]
-
-    def choose(p: np.ndarray, i: int) -> int:
-        """The class explained for image ``i`` with probabilities ``p``."""
-        if cfg.explain_target == "predicted":
-            return int(np.argsort(-p, kind="stable")[0])  # the top-1 of space.evaluate
-        cls = label_classes[i]
-        return int(cls[int(np.argmax(p[cls]))])
-
-    precomputed: dict = {}
-    first = get_explainer(cfg.methods[0]) if cfg.methods else None
-    if first is not None and issubclass(first, CamExplainer) and adapter.fast_dtype is None:
-        # prediction and the first CAM share one forward pass (the floor is one forward+backward):
-        # targets are chosen from the CAM's own fp32 logits before its backward pass
-        cam = first(adapter, **method_params(cfg.method_params, cfg.methods[0], first))
-
-        def select(logits: torch.Tensor, start: int) -> torch.Tensor:
-            p = torch.softmax(logits, dim=1).double().numpy()
-            return torch.tensor([choose(p[j], start + j) for j in range(p.shape[0])], dtype=torch.long)
-
-        t0_cam = time.perf_counter()
-        attr = cam.run(x, select)
-        precomputed[cam.name] = (attr, time.perf_counter() - t0_cam)
-        probs_t = torch.softmax(attr.logits, dim=1)
-    else:
-        probs_t = adapter.probabilities(x)
-    probs = probs_t.double().numpy()
-    evals = space.evaluate(probs)
-    if precomputed:  # chosen by select() from these same probabilities
-        targets = precomputed[cam.name][0].targets.tolist()
-    else:
-        targets = [choose(p, i) for i, p in enumerate(probs)]
-    shares: list[dict] = [{} for _ in images]
-    quality: list[dict] = [{} for _ in images]
-    agreement: list[dict] = [{} for _ in images]
-    if cfg.methods:
-        fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
-        exps = explain_batch(adapter, images, cfg.methods, target=targets, params=cfg.method_params,
-                             faithfulness=cfg.faithfulness, inputs=x, probabilities=fp32_probs,
-                             precomputed=precomputed)
-        for i, (row, e) in enumerate(zip(rows, exps)):
-            agreement[i] = method_agreement({m: ex.model_heatmap for m, ex in e.items()})
-            for method, ex in e.items():
-                quality[i][method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
-                shares[i][method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in masks[i].items()}
-                # the model's own map (a face chip's map is placed back with the record's "view")
-                src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
-                heats.append((row.image_id, method, _downsample(np.asarray(src), cfg.heatmap_size)))
-    removal: list[dict] = [{} for _ in images]
-    if cfg.removal is not None and any(masks):
-        removal = region_removal_effects(
-            adapter, images, masks, [space.classes[r.label] for r in rows], config=cfg.removal,
-            base_scores=[ev["scores"][r.label] for r, ev in zip(rows, evals)],
-        )
-    per_image = (time.perf_counter() - t0) / len(images)
-    names = adapter.class_names
-    for i, (row, ev, img) in enumerate(zip(rows, evals, images)):
-        counted = ev["predicted"]
-        records.append({
-            "image_id": row.image_id,
-            "path": row.path,
-            "status": "ok",
-            "error": None,
-            "width": img.width,
-            "height": img.height,
-            "top": [{"index": c, "class": names[c], "probability": q} for c, q in zip(ev["top"], ev["top_probs"])],
-            "pred_index": ev["top"][0],
-            "pred_class": names[ev["top"][0]],
-            "pred_prob": ev["top_probs"][0],
-            "pred_label": ev["pred_label"],
-            "p_true": ev["scores"][row.label],
-            "correct": bool(counted[row.label]),
-            "correct_top1": bool(ev["hit_top1"][row.label]),
-            "correct_topk": bool(ev["hit_topk"][row.label]),
-            "scores": ev["scores"],
-            "predicted": {k: bool(v) for k, v in counted.items()},
-            "target_index": targets[i],
-            "target_class": names[targets[i]],
-            "shares": shares[i],
-            "quality": quality[i],
-            "agreement": agreement[i],
-            "removal": removal[i],
-            "seconds": per_image,
-            **({"face": face_info[i]} if cfg.face_parts else {}),
-            **({"view": _view(adapter, img)} if not adapter.whole_image else {}),
-        })
-    records.sort(key=lambda r: r["image_id"])
-    return records, heats

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BiasscopeError
+from .values import ImageResult, json_safe
 
 __all__ = ["DB_NAME", "RunStore", "json_safe"]
 
@@ -40,19 +40,6 @@ CREATE TABLE IF NOT EXISTS heatmaps (
     h INTEGER NOT NULL, w INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (model, image_id, method));
 """
-
-
-def json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by ``None`` and numpy scalars by Python ones, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _dumps(obj: Any) -> str:
@@ -117,9 +104,23 @@ class RunStore:
             )
 
     def images(self) -> list[dict]:
+        """Every manifest row of the run, by image id."""
+        return self._image_rows("", ())
+
+    def image_row(self, image_id: int) -> dict | None:
+        """One manifest row (path, file, label, attributes, regions), or ``None``."""
+        rows = self._image_rows("WHERE image_id = ?", (int(image_id),))
+        return rows[0] if rows else None
+
+    def n_images(self) -> int:
+        """How many images the run's manifest has."""
+        with self.connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def _image_rows(self, where: str, args: tuple) -> list[dict]:
         with self.connect() as conn:
             rows = conn.execute("SELECT image_id, line, path, file, label, attributes, regions FROM images "
-                                "ORDER BY image_id").fetchall()
+                                f"{where} ORDER BY image_id", args).fetchall()
         return [{"image_id": r[0], "line": r[1], "path": r[2], "file": r[3], "label": r[4],
                  "attributes": json.loads(r[5]), "regions": json.loads(r[6])} for r in rows]
 
@@ -158,43 +159,49 @@ class RunStore:
                 out.setdefault(model, {"ok": 0, "error": 0})[status] = n
         return out
 
-    def write_batch(
-        self,
-        model: str,
-        records: Sequence[dict],
-        heatmaps: Sequence[tuple[int, str, np.ndarray]] = (),
-    ) -> None:
-        """Commit one batch of per-image records and heatmaps atomically."""
+    def count(self, model: str | None = None, *, status: str | None = None) -> int:
+        """How many results are stored (all models or one; every status or one), without reading them."""
+        where, args = _where(model, None, status)
+        with self.connect() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM results r {where}", args).fetchone()[0])
+
+    def write_batch(self, model: str, results: Sequence[ImageResult]) -> None:
+        """Commit one batch of per-image results and their heatmaps atomically."""
         with self.connect() as conn:
             conn.executemany(
                 "INSERT INTO results VALUES (?, ?, ?, ?)",
-                [(model, int(r["image_id"]), r["status"], _dumps(r)) for r in records],
+                [(model, int(r.image_id), r.status, _dumps(r.to_json())) for r in results],
             )
             conn.executemany(
                 "INSERT INTO heatmaps VALUES (?, ?, ?, ?, ?, ?)",
-                [(model, int(i), m, int(h.shape[0]), int(h.shape[1]), np.asarray(h, dtype="<f2").tobytes())
-                 for i, m, h in heatmaps],
+                [(model, int(r.image_id), m, int(h.shape[0]), int(h.shape[1]), np.asarray(h, dtype="<f2").tobytes())
+                 for r in results for m, h in r.heatmaps.items()],
             )
 
-    def results(self, model: str | None = None) -> list[dict]:
-        """Stored records (all models, or one), ordered by model position then image id."""
+    def results(
+        self,
+        model: str | None = None,
+        *,
+        image_id: int | None = None,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[ImageResult]:
+        """Stored results ordered by model position then image id: all, or one model's, one image's, one
+        status's; ``offset``/``limit`` page through them in SQLite (nothing else is read)."""
+        where, args = _where(model, image_id, status)
         q = ("SELECT r.model, r.record FROM results r JOIN models m ON m.key = r.model "
-             + ("WHERE r.model = ? " if model else "") + "ORDER BY m.position, r.image_id")
+             f"{where} ORDER BY m.position, r.image_id LIMIT ? OFFSET ?")
         with self.connect() as conn:
-            rows = conn.execute(q, (model,) if model else ()).fetchall()
-        out = []
-        for key, rec in rows:
-            d = json.loads(rec)
-            d["model"] = key
-            out.append(d)
-        return out
+            rows = conn.execute(q, (*args, -1 if limit is None else int(limit), int(offset))).fetchall()
+        return [ImageResult.from_json(json.loads(rec), model=key) for key, rec in rows]
 
-    def record(self, model: str, image_id: int) -> dict | None:
-        """One stored record, or ``None``."""
+    def result(self, model: str, image_id: int) -> ImageResult | None:
+        """One model's stored result on one image, or ``None``."""
         with self.connect() as conn:
             row = conn.execute("SELECT record FROM results WHERE model = ? AND image_id = ?",
                                (model, int(image_id))).fetchone()
-        return json.loads(row[0]) if row else None
+        return ImageResult.from_json(json.loads(row[0]), model=model) if row else None
 
     def heatmap(self, model: str, image_id: int, method: str) -> np.ndarray | None:
         """The stored (downsampled, model-resolution) heatmap, or ``None``."""
@@ -205,3 +212,13 @@ class RunStore:
             return None
         h, w, data = row
         return np.frombuffer(data, dtype="<f2").reshape(h, w).astype(np.float32)
+
+
+def _where(model: str | None, image_id: int | None, status: str | None) -> tuple[str, tuple]:
+    """A ``WHERE`` clause over the results table (alias ``r``) and its arguments."""
+    conds, args = [], []
+    for col, v in (("model", model), ("image_id", None if image_id is None else int(image_id)), ("status", status)):
+        if v is not None:
+            conds.append(f"r.{col} = ?")
+            args.append(v)
+    return ("WHERE " + " AND ".join(conds)) if conds else "", tuple(args)

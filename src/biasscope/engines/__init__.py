@@ -1,7 +1,7 @@
 """Engines: where an audit's batches are computed. ``local`` (default) or ``ray`` (a Ray cluster).
 
 Both write the same results: the runner owns the store, resuming and cancelling; an engine only
-maps batches of manifest rows to result records (see :class:`Engine`).
+maps batches of manifest rows to per-image results (see :class:`Engine`).
 """
 
 from __future__ import annotations

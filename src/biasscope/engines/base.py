@@ -2,7 +2,7 @@
 
 The audit runner (:func:`biasscope.audit.run_audit`) owns everything that defines a run: the
 manifest, the configuration, the order of models, the SQLite store, resuming and cancelling. An
-engine only turns batches of manifest rows into result records for one model, in order, one batch
+engine only turns batches of manifest rows into per-image results for one model, in order, one batch
 at a time (a generator: the runner writes each batch before the next result is awaited, so nothing
 accumulates). The local engine computes in this process; the Ray engine on a Ray cluster.
 """
@@ -13,18 +13,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
 if TYPE_CHECKING:
     from ..audit.concepts import LabelSpace
+    from ..audit.config import AuditConfig, ModelSource
     from ..audit.manifest import ManifestRow
-    from ..audit.runner import AuditConfig, ModelSource
+    from ..audit.values import ImageResult
     from ..models.adapter import ModelAdapter
 
 __all__ = ["BatchResult", "Engine"]
 
-#: what one batch yields: the rows, their result records and their (image_id, method, map) heatmaps
-BatchResult = tuple[Sequence["ManifestRow"], list[dict], list[tuple[int, str, np.ndarray]]]
+#: what one batch yields: the rows and their results (with heatmaps; :func:`biasscope.audit.batch.score_batch`)
+BatchResult = tuple[Sequence["ManifestRow"], list["ImageResult"]]
 
 
 class Engine(ABC):
@@ -41,7 +40,7 @@ class Engine(ABC):
         config: AuditConfig,
         batches: Iterable[Sequence[ManifestRow]],
     ) -> Iterator[BatchResult]:
-        """Yield ``(rows, records, heatmaps)`` for every batch of ``batches``, in order.
+        """Yield ``(rows, results)`` for every batch of ``batches``, in order.
 
         ``source`` is what the runner was given for this model (a loaded adapter or a
         :class:`~biasscope.audit.ModelSource` that remote workers can load themselves);

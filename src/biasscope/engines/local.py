@@ -15,8 +15,7 @@ class LocalEngine(Engine):
     name = "local"
 
     def map_batches(self, source, adapter, space, config, batches: Iterable[Sequence]) -> Iterator[BatchResult]:
-        from ..audit.runner import _process_batch
+        from ..audit.batch import score_batch
 
         for batch in batches:
-            records, heats = _process_batch(adapter, space, config, batch)
-            yield batch, records, heats
+            yield batch, score_batch(adapter, space, config, batch)

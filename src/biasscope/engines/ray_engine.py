@@ -3,7 +3,7 @@
 Each actor loads the model once (the driver's already-loaded model is shipped through Ray's object
 store; models that cannot be pickled, e.g. TorchScript, are loaded by each actor from the same
 ``ModelSource``) and computes whole batches with the same code as the local engine
-(:func:`biasscope.audit.runner._process_batch`). The driver keeps a bounded number of batches in
+(:func:`biasscope.audit.batch.score_batch`). The driver keeps a bounded number of batches in
 flight, takes the results back in submission order and writes them to the run's SQLite store, so
 the results equal the local engine's and memory stays flat however many images there are.
 
@@ -50,7 +50,7 @@ class _AuditWorker:
         self.adapter: Any = None
 
     def load(self, model: Any, space: Any, config: Any) -> int:
-        from ..audit.runner import ModelSource
+        from ..audit.config import ModelSource
 
         self.adapter = None  # free the previous model first
         self.adapter = model.load() if isinstance(model, ModelSource) else model
@@ -58,10 +58,10 @@ class _AuditWorker:
         self.config = config
         return os.getpid()
 
-    def process(self, batch: Sequence) -> tuple[list[dict], list]:
-        from ..audit.runner import _process_batch
+    def process(self, batch: Sequence) -> list:
+        from ..audit.batch import score_batch
 
-        return _process_batch(self.adapter, self.space, self.config, batch)
+        return score_batch(self.adapter, self.space, self.config, batch)
 
 
 class RayEngine(Engine):
@@ -177,12 +177,10 @@ class RayEngine(Engine):
                 pending.append((batch, actors[turn % n].process.remote(list(batch))))
                 while len(pending) >= limit:
                     rows, ref = pending.popleft()
-                    records, heats = ray.get(ref)
-                    yield rows, records, heats
+                    yield rows, ray.get(ref)
             while pending:
                 rows, ref = pending.popleft()
-                records, heats = ray.get(ref)
-                yield rows, records, heats
+                yield rows, ray.get(ref)
         finally:
             for _, ref in pending:  # results nobody will write (cancelled or failed run)
                 with contextlib.suppress(Exception):  # already finished, or not cancellable here
@@ -190,7 +188,7 @@ class RayEngine(Engine):
 
     def _model_for_workers(self, source: Any, adapter: Any) -> Any:
         """The loaded adapter through the object store, or the source to load on each worker."""
-        from ..audit.runner import ModelSource
+        from ..audit.config import ModelSource
 
         try:
             return self.ray.put(adapter)

@@ -40,6 +40,7 @@ from ..audit import (
     REPORT_HTML,
     AuditConfig,
     ModelSource,
+    image_detail,
     load_concepts,
     load_manifest,
     per_image_frame,
@@ -385,7 +386,7 @@ def _image_file(mgr: AuditManager, d: Path, image_id: int) -> tuple[dict, Path]:
     """The stored image row and its file, checked (now) to resolve inside the data root."""
     if not _files_allowed(mgr, d):
         raise PathRefusedError(MSG_RUN_OUTSIDE.format(run_id=d.name))
-    row = next((r for r in RunStore(d).images() if r["image_id"] == image_id), None)
+    row = RunStore(d).image_row(image_id)
     if row is None:
         raise NotFoundError(f"image {image_id} is not in run {d.name!r}")
     f = Path(row["file"]).resolve()
@@ -738,16 +739,14 @@ def audit_images(run_id: str):
 @audit_api.get("/audits/<run_id>/images/<int:image_id>")
 def audit_image(run_id: str, image_id: int):
     mgr, d = _run(run_id)
-    store = RunStore(d)
-    img = next((r for r in store.images() if r["image_id"] == image_id), None)
-    if img is None:
+    if RunStore(d).image_row(image_id) is None:
         raise NotFoundError(f"image {image_id} is not in run {run_id!r}")
-    cfg = store.get_meta("config", {}) or {}
-    methods = list(cfg.get("methods", []))
+    detail = image_detail(d, image_id)
+    img, methods = detail["image"], list(detail["methods"])
     base = f"/api/audits/{run_id}/images/{image_id}"
     results = {}
-    for rec in (r for r in store.results() if r["image_id"] == image_id):
-        key = rec.pop("model")
+    for key, rec in detail["results"].items():
+        rec.pop("model", None)
         if rec.get("face"):
             rec["face"] = {k: v for k, v in rec["face"].items() if k != "landmarks"} | {
                 "has_landmarks": bool(rec["face"].get("landmarks"))}
@@ -788,7 +787,8 @@ def audit_overlay(run_id: str, image_id: int):
     heat = RunStore(d).heatmap(model, image_id, method)
     if heat is None:
         raise NotFoundError(f"no stored {method!r} heatmap of model {model!r} for image {image_id}")
-    view = (RunStore(d).record(model, image_id) or {}).get("view")
+    scored = RunStore(d).result(model, image_id)
+    view = scored.view if scored else None
     full = img.size
     side = _int(request.args.get("max"), "max", 16, 4096, 512)
     if max(img.size) > side:
@@ -817,13 +817,13 @@ def audit_regions(run_id: str, image_id: int):
 
     d, row, img = _load_run_image(run_id, image_id)
     mgr = audits()
-    recs = [r for r in RunStore(d).results() if r["image_id"] == image_id and r.get("face")]
+    faces = [r.face for r in RunStore(d).results(image_id=image_id) if r.face]
     out = img.copy()
-    lm = recs[0]["face"].get("landmarks") if recs else None
+    lm = faces[0].get("landmarks") if faces else None
     if lm:
         from ..faces import Face, face_part_masks, render_face_parts
 
-        box = tuple(recs[0]["face"].get("box") or (0, 0, 1, 1))
+        box = tuple(faces[0].get("box") or (0, 0, 1, 1))
         masks = face_part_masks((img.height, img.width), Face(box=box, landmarks=np.asarray(lm, dtype=float)))
         out = render_face_parts(out, masks)
     draw = ImageDraw.Draw(out)
@@ -869,9 +869,8 @@ def audit_explain(run_id: str, image_id: int):
     params = {m: get_explainer(m)(adapter, **dict(raw.get(m, {}))).config for m in methods}
     target = data.get("target")
     if target in (None, ""):  # default: the class the audit explained for this model and image
-        rec = next((r for r in RunStore(d).results(key) if r["image_id"] == image_id), None) if key in (
-            m["key"] for m in RunStore(d).models()) else None
-        target = rec.get("target_index") if rec and rec.get("status") == "ok" else None
+        scored = RunStore(d).result(key, image_id)  # None when the run did not audit this model
+        target = scored.target_index if scored and scored.ok else None
     target_idx = adapter.class_index(target) if target not in (None, "") else None
     rec, work = st.images.put(img, Path(row["path"]).name)
     job = st.jobs.new_job(model=key, adapter=adapter, image=work, image_meta=rec.to_dict(),
