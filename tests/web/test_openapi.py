@@ -1,0 +1,142 @@
+"""The OpenAPI document against the code it describes: explainer parameters are the registry's, and each
+request schema lists exactly the fields its route reads.
+
+Parameters: a differential test, jsonschema on the generated schema against ``Param.coerce`` (the one
+validation the server runs) on values at, inside and outside each declared range. Request fields: the
+routes' parsed payload is replaced by a dict that records every key looked up while real requests run.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import jsonschema
+import pytest
+
+from biasscope.errors import BiasscopeError
+from biasscope.explainers import Param, list_explainers
+from biasscope.explainers.registry import ALIASES
+from biasscope.web import routes
+from biasscope.web.openapi import openapi_document
+
+from .conftest import png, two_colour
+
+
+def _validator(doc: dict, name: str) -> jsonschema.protocols.Validator:
+    """A validator for a component schema, resolving its $refs within the document."""
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _coerce_ok(p: Param, value: object) -> bool:
+    try:
+        p.coerce(value)
+    except BiasscopeError:
+        return False
+    return True
+
+
+def _probes(p: Param) -> list[object]:
+    """Typed JSON values at, inside and just outside the declared range, and of the wrong type."""
+    out: list[object] = [p.default, True, "text", [1], {"a": 1}]
+    if p.type is int:
+        out += [p.min, p.max, p.min - 1, p.max + 1, (p.min + p.max) // 2, p.min + 0.5, 2**70]
+    elif p.type is float:
+        span = p.max - p.min
+        out += [p.min, p.max, p.min - 1e-3 * span - 1e-9, p.max + 1e-3 * span + 1e-9, (p.min + p.max) / 2, 7]
+    elif p.type is bool:
+        out += [False, 0, 1]
+    elif p.type is str:
+        out += [*(p.choices or ()), "surely-not-a-choice"]
+    return [v for v in out if v is not None]
+
+
+def test_explainer_parameter_schemas_accept_exactly_what_the_server_accepts() -> None:
+    doc = openapi_document()
+    schemas = doc["components"]["schemas"]
+    n = 0
+    for cls in list_explainers():
+        comp = schemas[f"Params_{cls.name}"]
+        assert list(comp["properties"]) == [p.name for p in cls.params]
+        assert comp["additionalProperties"] is False
+        v = _validator(doc, f"Params_{cls.name}")
+        for p in cls.params:
+            s = comp["properties"][p.name]
+            assert s["default"] == p.default and s.get("minimum") == p.min and s.get("maximum") == p.max
+            assert s.get("enum") == (list(p.choices) if p.choices else None)
+            for value in _probes(p):
+                if isinstance(value, float) and not math.isfinite(value):
+                    continue
+                assert v.is_valid({p.name: value}) == _coerce_ok(p, value), (cls.name, p.name, value)
+                n += 1
+        # an unknown parameter is refused by both
+        assert not v.is_valid({"no_such_parameter": 1})
+    assert n > 100
+    # the per-method map takes every method name and alias, and nothing else
+    params = _validator(doc, "ExplainerParams")
+    assert set(schemas["ExplainerParams"]["properties"]) == {c.name for c in list_explainers()} | set(ALIASES)
+    assert params.is_valid({"ig": {"steps": 8}, "gradcam": {}})
+    assert not params.is_valid({"ig": {"steps": 0.5}}) and not params.is_valid({"no_such_method": {}})
+
+
+def test_method_choices_and_params_in_every_request_come_from_the_registry() -> None:
+    doc = openapi_document()
+    names = {c.name for c in list_explainers()} | set(ALIASES)
+    seen = 0
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            for kind, content in op.get("requestBody", {}).get("content", {}).items():
+                props = content["schema"]["properties"]
+                if "methods" in props:
+                    alts = props["methods"].get("oneOf", [props["methods"]])
+                    assert [set(a["items"]["enum"]) for a in alts if a["type"] == "array"] == [names], path
+                    seen += 1
+                if "params" in props and kind == "application/json":
+                    assert props["params"] == {"$ref": "#/components/schemas/ExplainerParams"}, path
+    assert seen >= 5  # explain, jobs (JSON and multipart), audits, audit image explain
+
+
+class _Reads(dict):
+    """A request payload that records which fields the route looks up."""
+
+    def __init__(self, data: dict, log: set[str]) -> None:
+        super().__init__(data)
+        self.log = log
+
+    def get(self, key, default=None):
+        self.log.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.log.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.log.add(key)
+        return super().__contains__(key)
+
+
+def _documented(doc: dict, path: str) -> set[str]:
+    return set(doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
+
+
+@pytest.mark.parametrize("path", ["/api/images", "/api/predict", "/api/explain", "/api/jobs"])
+def test_request_schema_lists_exactly_the_fields_the_route_reads(client, monkeypatch, path) -> None:
+    log: set[str] = set()
+    original = routes._payload
+    monkeypatch.setattr(routes, "_payload", lambda: _Reads(original(), log))
+    stored = client.post("/api/images", data={"image": (io.BytesIO(png(two_colour((255, 0, 0), (0, 0, 255)))),
+                                                        "x.png")}, content_type="multipart/form-data").get_json()
+    log.clear()
+    bodies: list[dict] = [{"image_id": stored["id"]}, {"sample": "no-such-sample"}]
+    if path != "/api/images":
+        bodies = [b | {"methods": ["gradcam"], "params": {"gradcam": {}}, "faithfulness": False, "top": 2,
+                       "heatmaps": False} for b in bodies]
+        bodies += [bodies[0] | {"target": 1}, bodies[0] | {"concept": "warm = red, green"}]
+    for body in bodies:
+        r = client.post(path, json=body)
+        assert r.status_code in (200, 201, 202, 400, 404), r.get_json()
+    doc = openapi_document()
+    # every documented field is read, and the route reads no undocumented one
+    assert log == _documented(doc, path), (sorted(log - _documented(doc, path)), sorted(_documented(doc, path) - log))
