@@ -3,7 +3,7 @@ request schema lists exactly the fields its route reads.
 
 Parameters: a differential test, jsonschema on the generated schema against ``Param.coerce`` (the one
 validation the server runs) on values at, inside and outside each declared range. Request fields: the
-routes' parsed payload is replaced by a dict that records every key looked up while real requests run.
+JSON parser's objects are replaced by dicts that record every key looked up while real requests run.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ import math
 
 import jsonschema
 import pytest
+from flask import has_request_context
 
 from biasscope.errors import BiasscopeError
 from biasscope.explainers import Param, list_explainers
 from biasscope.explainers.registry import ALIASES
-from biasscope.web import routes
+from biasscope.web import jsonio
 from biasscope.web.openapi import openapi_document
 
 from .conftest import png, two_colour
+from .test_audits import _fixed_batch_size, audit_app, data_root  # noqa: F401  (fixtures)
 
 
 def _validator(doc: dict, name: str) -> jsonschema.protocols.Validator:
@@ -121,14 +123,30 @@ def _documented(doc: dict, path: str) -> set[str]:
     return set(doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
 
 
-@pytest.mark.parametrize("path", ["/api/images", "/api/predict", "/api/explain", "/api/jobs"])
-def test_request_schema_lists_exactly_the_fields_the_route_reads(client, monkeypatch, path) -> None:
+@pytest.fixture
+def reads(monkeypatch) -> set[str]:
+    """The fields looked up in every JSON request body parsed from now on (all go through jsonio)."""
     log: set[str] = set()
-    original = routes._payload
-    monkeypatch.setattr(routes, "_payload", lambda: _Reads(original(), log))
+    original = jsonio.loads_json
+    def recording(*args, **kwargs):
+        data = original(*args, **kwargs)
+        # only request bodies: the test client's parsing of responses happens outside a request
+        return _Reads(data, log) if isinstance(data, dict) and has_request_context() else data
+
+    monkeypatch.setattr(jsonio, "loads_json", recording)
+    return log
+
+
+def _check(reads: set[str], documented: set[str]) -> None:
+    """Every documented field is read, and the route reads no undocumented one."""
+    assert reads == documented, {"read, not documented": sorted(reads - documented),
+                                 "documented, never read": sorted(documented - reads)}
+
+
+@pytest.mark.parametrize("path", ["/api/images", "/api/predict", "/api/explain", "/api/jobs"])
+def test_request_schema_lists_exactly_the_fields_the_route_reads(client, reads, path) -> None:
     stored = client.post("/api/images", data={"image": (io.BytesIO(png(two_colour((255, 0, 0), (0, 0, 255)))),
                                                         "x.png")}, content_type="multipart/form-data").get_json()
-    log.clear()
     bodies: list[dict] = [{"image_id": stored["id"]}, {"sample": "no-such-sample"}]
     if path != "/api/images":
         bodies = [b | {"methods": ["gradcam"], "params": {"gradcam": {}}, "faithfulness": False, "top": 2,
@@ -137,6 +155,30 @@ def test_request_schema_lists_exactly_the_fields_the_route_reads(client, monkeyp
     for body in bodies:
         r = client.post(path, json=body)
         assert r.status_code in (200, 201, 202, 400, 404), r.get_json()
+    _check(reads, _documented(openapi_document(), path))
+
+
+def test_audit_request_schemas_list_exactly_the_fields_the_routes_read(audit_app, reads) -> None:  # noqa: F811
+    from .test_audits import BODY, wait_audit
+
+    client = audit_app.test_client()
     doc = openapi_document()
-    # every documented field is read, and the route reads no undocumented one
-    assert log == _documented(doc, path), (sorted(log - _documented(doc, path)), sorted(_documented(doc, path) - log))
+    r = client.post("/api/manifests/inspect", json={"manifest": BODY["manifest"]})
+    assert r.status_code == 200, r.get_json()
+    _check(reads, _documented(doc, "/api/manifests/inspect"))
+    reads.clear()
+    full = BODY | {"name": "fields", "params": {"gradcam": {}}, "removal": "blur", "face_parts": False,
+                   "exclude_flags": [], "top_k": 3, "match": "top1", "batch_size": 8}
+    r = client.post("/api/audits", json=full)
+    assert r.status_code == 202, r.get_json()
+    _check(reads, _documented(doc, "/api/audits"))
+    assert wait_audit(client, "fields")["status"] == "complete"
+    reads.clear()
+    r = client.post("/api/audits/fields/images/0/explain",
+                    json={"model": "biased", "methods": ["gradcam"], "params": {"gradcam": {}}, "target": 0,
+                          "faithfulness": False})
+    assert r.status_code == 202, r.get_json()
+    _check(reads, _documented(doc, "/api/audits/{run_id}/images/{image_id}/explain"))
+    reads.clear()
+    client.post("/api/audits/fields/resume", json={"batch_size": 8})  # complete: nothing left, but it parses
+    _check(reads, _documented(doc, "/api/audits/{run_id}/resume"))

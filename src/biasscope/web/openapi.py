@@ -500,6 +500,8 @@ _PATHS.update({
         "responses": {"200": _json(_AUDIT_RUN)} | _errors(404) | _AUDIT_ERR}},
     "/api/audits/{run_id}/resume": {"post": {
         "summary": "Resume a cancelled or interrupted audit where it stopped", "parameters": [_RUN],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"batch_size": _AUDIT_FIELDS["batch_size"]}}}}},
         "responses": {"202": _json(_AUDIT_RUN, "Accepted")} | _errors(400, 404, 503) | _AUDIT_ERR}},
     "/api/audits/{run_id}/metrics.json": _get("The run's metrics.json", [_RUN, _DOWNLOAD], _json({"type": "object"}),
                                               404),
