@@ -119,8 +119,12 @@ class _Reads(dict):
         return super().__contains__(key)
 
 
+def _documented_schema(doc: dict, path: str) -> dict:
+    return doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+
 def _documented(doc: dict, path: str) -> set[str]:
-    return set(doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
+    return set(_documented_schema(doc, path)["properties"])
 
 
 @pytest.fixture
@@ -182,3 +186,37 @@ def test_audit_request_schemas_list_exactly_the_fields_the_routes_read(audit_app
     reads.clear()
     client.post("/api/audits/fields/resume", json={"batch_size": 8})  # complete: nothing left, but it parses
     _check(reads, _documented(doc, "/api/audits/{run_id}/resume"))
+
+
+def _outside(s: dict) -> list[float]:
+    """Values just outside a documented numeric range."""
+    out = []
+    if "minimum" in s:
+        out.append(s["minimum"] - 1)
+    if "maximum" in s:
+        out.append(s["maximum"] + 1)
+    out += [s[k] for k in ("exclusiveMinimum", "exclusiveMaximum") if k in s]
+    return out
+
+
+@pytest.mark.parametrize("path", ["/api/audits", "/api/verify-audits"])
+def test_documented_ranges_of_run_fields_are_enforced(audit_app, path) -> None:  # noqa: F811
+    """Each bounded number of a run request: its documented bounds pass, just outside them is a 400 naming it."""
+    from .test_audits import BODY
+
+    client = audit_app.test_client()
+    props = _documented_schema(openapi_document(), path)["properties"]
+    bounded = {k: v for k, v in props.items() if _outside(v)}
+    assert set(bounded) >= ({"top_k", "n_boot", "n_perm", "min_group_size", "batch_size"} if path == "/api/audits"
+                            else {"far", "explain"})
+    body = BODY if path == "/api/audits" else {"manifest": BODY["manifest"]}
+    for name, s in bounded.items():
+        for bad in _outside(s):
+            r = client.post(path, json=body | {"name": f"range-{name}", name: bad})
+            assert r.status_code == 400 and f"'{name}'" in r.get_json()["error"]["message"], (name, bad, r.get_json())
+        # the documented bounds themselves pass this field's check (the run name, checked later, stops it)
+        for ok in (s[k] for k in ("minimum", "maximum") if k in s):
+            r = client.post(path, json=body | {"name": "not a valid run name!", name: ok})
+            msg = r.get_json()["error"]["message"]
+            assert r.status_code == 400 and f"'{name}'" not in msg and "'name'" in msg, (name, ok, msg)
+    assert client.get(path).get_json()["runs"] == []  # nothing was started

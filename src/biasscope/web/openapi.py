@@ -465,9 +465,14 @@ _AUDIT_FIELDS = {
     "exclude_flags": {"type": "array", "items": {"type": "string"}, "description": "quality flags to leave out"},
     "stereotypical": {"type": "array", "items": {"type": "string"}, "description": "LABEL:GROUP cells"},
     "name": {"type": "string", "description": "run name (default: manifest name and time)"},
-    "top_k": {"type": "integer"}, "match": {"type": "string", "enum": ["top1", "topk"]},
-    "n_boot": {"type": "integer"}, "n_perm": {"type": "integer"}, "min_group_size": {"type": "integer"},
-    "batch_size": {"type": "integer"},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+    "match": {"type": "string", "enum": ["top1", "topk"]},
+    "n_boot": {"type": "integer", "minimum": 100, "maximum": 20000, "default": 1000,
+               "description": "bootstrap resamples per interval"},
+    "n_perm": {"type": "integer", "minimum": 100, "maximum": 20000, "default": 1000,
+               "description": "permutations per test"},
+    "min_group_size": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 30},
+    "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 16},
 }
 _AUDIT_RUN = {"type": "object", "description": "run_info of the run plus 'job' (live status in this server), "
               "'resumable' and 'files_allowed'"}
@@ -552,7 +557,11 @@ _PATHS.update({
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
                      "type": "object", "required": ["manifest"], "properties": {
                          "manifest": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
-                         "far": {"type": "number"}, "explain": {"type": "integer"}, "name": {"type": "string"}}}}}},
+                         "far": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.001,
+                                 "description": "false accept rate at which the global threshold is chosen"},
+                         "explain": {"type": "integer", "minimum": 0, "maximum": 50, "default": 0,
+                                     "description": "pairs per subgroup whose match is explained"},
+                         "name": {"type": "string"}}}}}},
                  "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404) | _AUDIT_ERR},
     },
     "/api/verify-audits/{verify_id}": _get("A verification run: status, summary and metrics", [_VERIFY],
