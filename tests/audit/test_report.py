@@ -162,6 +162,39 @@ def test_comparison_and_group_tables_match_metrics_json(audit) -> None:
             _close(row[4], v["mean_p_true"])
 
 
+def _cell_nums(text: str) -> list[str]:
+    """mean [lo, hi] (n=N) -> [mean, lo, hi] ('-' when there is no value)."""
+    return [] if text == "-" or text.startswith("- ") else _nums(text.split("(n=")[0])
+
+
+def test_region_cell_tables_match_metrics_json(audit) -> None:
+    _, metrics, page = audit
+    p = _parse(page)
+    tables = _tables_with(p, ["quantity", "label", "group", "n images", "mean [95% CI]", "when correct",
+                              "when wrong"])
+    want = [cells for mm in metrics["models"].values() for entry in mm["groupings"].values()
+            for cells in ((entry.get("regions") or {}).get("cells"), (entry.get("faithfulness") or {}).get("cells"))
+            if cells]
+    assert len(tables) == len(want) == 2
+    n_checked = 0
+    for table, cells in zip(tables, want):
+        rows = [(lab, gval, c, cell["by_outcome"]) for per_label in cells.values() for lab, cell in per_label.items()
+                for gval, c in cell["by_group"].items()]
+        assert len(table) - 1 == len(rows)
+        for row, (lab, gval, c, outcome) in zip(table[1:], rows):
+            assert row[1:4] == [lab, gval, str(c["n"])]
+            for text, cell in ((row[4], c), (row[5], outcome["correct"].get(gval)),
+                               (row[6], outcome["wrong"].get(gval))):
+                if not cell or cell.get("mean") is None:
+                    assert _cell_nums(text) == [], text
+                    continue
+                assert f"(n={cell['n']})" in text or text == row[4]
+                for shown, v in zip(_cell_nums(text), (cell["mean"], *cell["ci"]), strict=True):
+                    _close(shown, v)
+                    n_checked += 1
+    assert n_checked > 50
+
+
 def test_gap_tables_match_metrics_json(audit) -> None:
     _, metrics, page = audit
     p = _parse(page)
