@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from biasscope.errors import BiasscopeError
 from biasscope.regions import (
@@ -101,6 +101,16 @@ def test_remove_region_blur_changes_only_masked_pixels() -> None:
     assert out[mask].astype(float).std() < 0.5 * arr[mask].astype(float).std()
     with pytest.raises(BiasscopeError):
         RemovalConfig(mode="erase")  # type: ignore[arg-type]
+
+
+def test_remove_region_blur_default_radius_is_a_quarter_of_the_region() -> None:
+    """No radius given: max(2, shorter side / 4) (the web's removal=blur); was a crash on numpy ints."""
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    mask = box_mask((2, 4, 22, 16), (24, 24))  # 20 x 12: radius 3
+    out = np.asarray(remove_region(Image.fromarray(arr), mask, RemovalConfig(mode="blur")))
+    want = np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(3.0)))
+    assert (out[mask] == want[mask]).all() and (out[~mask] == arr[~mask]).all()
 
 
 def test_removal_effects_batched_equal_one_by_one() -> None:

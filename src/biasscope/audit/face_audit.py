@@ -16,8 +16,6 @@ largest absolute value so that every image weighs the same), with difference map
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -40,7 +38,6 @@ __all__ = [
     "face_columns",
     "face_part_names",
     "face_parts_for_image",
-    "face_report_section",
     "face_summary",
     "heatmap_in_image",
     "mark_excluded",
@@ -309,39 +306,3 @@ def _cell_pairs(keys: list[tuple[str, str]]) -> list[tuple]:
         ks = [k for k in keys if k[0] == lab]
         pairs += [(k, ks[0]) for k in ks[1:]]
     return pairs
-
-
-# ---------------------------------------------------------------------------------------- report
-def _e(x: object) -> str:
-    return html.escape(str(x))
-
-
-def face_report_section(run_dir: str | Path, faces: Mapping[str, Any] | None) -> str:
-    """The report's face section of one model: quality flags per group and the aligned heatmaps."""
-    if not faces or not (faces.get("quality") or faces.get("heatmaps")):
-        return ""
-    parts = ["<h3>Faces: quality flags and aligned heatmaps</h3>"]
-    for g, by in faces.get("quality", {}).items():
-        head = "".join(f"<th>{_e(f)}</th>" for f in quality_flags())
-        rows = "".join(
-            f"<tr><td>{_e(gval)}</td><td>{e['n']}</td><td>{e['n_with_face']}</td>"
-            + "".join(f"<td>{v['count']} ({100 * (v['rate'] or 0):.0f}%)</td>" for v in e["flags"].values())
-            + (f"<td>{e.get('n_excluded', 0)}</td>" if "n_excluded" in e else "") + "</tr>"
-            for gval, e in by.items())
-        ex_head = "<th>excluded</th>" if any("n_excluded" in e for e in by.values()) else ""
-        parts.append(f"<table><tr><th>{_e(g)}</th><th>n</th><th>with face</th>{head}{ex_head}</tr>{rows}</table>")
-    for method, m in faces.get("heatmaps", {}).items():
-        for g, scopes in m.get("groupings", {}).items():
-            for scope, e in scopes.items():
-                p = Path(run_dir) / e["file"]
-                if not p.is_file():
-                    continue
-                src = "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
-                what = "group" if scope == "group" else "label x group cell"
-                parts.append(
-                    f"<figure style='width:auto;margin:8px 0'><img style='width:auto;max-width:100%' "
-                    f"alt='aligned {_e(method)} heatmaps by {_e(g)}' src='{src}'>"
-                    f"<figcaption>{_e(method)}: mean aligned heatmap per {what} of {_e(g)} (each map scaled by its "
-                    "largest absolute value), over the mean aligned face; below, differences between groups "
-                    "(red: more attribution than the group it is compared with).</figcaption></figure>")
-    return "".join(parts)

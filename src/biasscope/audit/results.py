@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BiasscopeError
+from ..formatting import fmt_number
 from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
 from .metrics import MetricsOptions, compute_model_metrics
 from .store import DB_NAME, RunStore, json_safe
@@ -167,15 +168,6 @@ def load_metrics(run_dir: str | Path) -> dict:
     if not p.is_file():
         return finalize_run(run_dir, report=False)
     return json.loads(p.read_text(encoding="utf-8"))
-
-
-def fmt_number(x: float | None, pct: bool = False) -> str:
-    """A number for people: 3 decimals (or a percentage with 1), scientific notation when that would read 0."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if pct:
-        return f"{100 * x:.1f}%" if x == 0 or abs(100 * x) >= 0.05 else f"{100 * x:.1e}%"
-    return f"{x:.3f}" if x == 0 or abs(x) >= 0.0005 else f"{x:.2e}"
 
 
 _fmt = fmt_number

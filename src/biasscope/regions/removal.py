@@ -69,7 +69,8 @@ def remove_region(image: Image.Image, mask: np.ndarray, config: RemovalConfig | 
         return _like(arr, image)
     rows, cols = np.nonzero(m)
     side = min(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    radius = cfg.blur_radius if cfg.blur_radius is not None else max(2.0, side / 4.0)
+    # a Python float: PIL compares the radius with a tuple, which a numpy scalar turns into an array
+    radius = float(cfg.blur_radius if cfg.blur_radius is not None else max(2.0, side / 4.0))
     blurred = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(radius)))
     arr[m] = blurred[m]
     return _like(arr, image)

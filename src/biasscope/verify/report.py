@@ -6,44 +6,19 @@ so it can be embedded in another page or written alone (:func:`write_verify_repo
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from ..faces.parts import FACE_PART_COLOURS, FACE_PARTS
+from ..formatting import png_data_uri, render_template
 from .pairs import join_columns
 
 __all__ = ["verify_report_section", "write_plots", "write_verify_report"]
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2433;background:#f6f7f9}
-main{max-width:1100px;margin:0 auto;padding:24px}section{background:#fff;border-radius:8px;padding:12px 20px;
-margin:16px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}table{border-collapse:collapse;margin:8px 0;font-size:.9em}
-td,th{border:1px solid #d6dae2;padding:4px 8px;text-align:right}th{background:#eef1f5}
-td:first-child,th:first-child{text-align:left}.flag{color:#b3261e;font-weight:600}.muted{color:#667}
-.warn{background:#fff4e5;border-left:4px solid #f0a030;padding:6px 10px}img{max-width:100%}
-"""
-
-
-def _e(x: object) -> str:
-    return html.escape(str(x))
-
-
-def _rate(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.2e}" if 0 < x < 1e-2 else f"{x:.4f}"
-
-
-def _ci(ci: list | None) -> str:
-    if not ci or ci[0] is None:
-        return ""
-    return f" <span class=muted>[{_rate(ci[0])}, {_rate(ci[1])}]</span>"
 
 
 def _finest(metrics: dict) -> str:
@@ -174,89 +149,19 @@ def _mean_heatmaps(explained: list[dict], folder: Path, files: dict, plt) -> Non
     plt.close(fig)
 
 
-def _img(path: Path | None, alt: str) -> str:
-    if path is None or not Path(path).is_file():
-        return ""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></figure>'
+def _plot_uris(plots: Mapping[str, Path] | None) -> dict[str, str]:
+    """The plots that exist on disk, as ``data:`` URIs (the page then needs no other file)."""
+    return {k: png_data_uri(p) for k, p in (plots or {}).items()
+            if k.startswith("plot_") and p is not None and Path(p).is_file()}
 
 
 def verify_report_section(metrics: dict, plots: Mapping[str, Path] | None = None) -> str:
     """The verification audit as one self-contained ``<section>`` (tables + inlined plots)."""
-    plots = plots or {}
-    o = metrics["overall"]
-    far = metrics["options"]["far"]
-    parts = ['<section id="verification"><h2>Face verification</h2>',
-             f"<p>Model <b>{_e(metrics.get('model', {}).get('name', '?'))}</b>; {o['n_genuine']} genuine and "
-             f"{o['n_impostor']} same-subgroup impostor pairs. Global threshold "
-             f"<b>{_rate(o['threshold'])}</b> (cosine; a match is a score above it) chosen at FAR {far:g}: "
-             f"FMR {_rate(o['fmr'])}, FNMR {_rate(o['fnmr'])}. Cross-group impostors: "
-             f"{metrics['cross_group']['n_impostor']} pairs, FMR {_rate(metrics['cross_group']['fmr'])}.</p>"]
-    for w in metrics.get("warnings", []):
-        parts.append(f'<p class="warn">{_e(w)}</p>')
-    fars = [str(f) for f in metrics["options"]["fars"]]
-    for gname, g in metrics["groupings"].items():
-        parts.append(f"<h3>{_e(gname)}</h3><table><tr><th>subgroup</th><th>identities</th><th>genuine</th>"
-                     "<th>impostor</th><th>FMR (global t)</th><th>FNMR (global t)</th>"
-                     + "".join(f"<th>TAR@FAR {f}</th>" for f in fars)
-                     + "<th>own threshold</th><th>FMR / FNMR (own t)</th></tr>")
-        for name, e in g["subgroups"].items():
-            parts.append(
-                f"<tr><td>{_e(name)}</td><td>{e['n_identities']}</td><td>{e['n_genuine']}</td>"
-                f"<td>{e['n_impostor']}</td><td>{_rate(e['fmr'])}{_ci(e['fmr_ci'])}</td>"
-                f"<td>{_rate(e['fnmr'])}{_ci(e['fnmr_ci'])}</td>"
-                + "".join(f"<td>{_rate(e['tar_at_far'][f])}</td>" for f in fars)
-                + f"<td>{_rate(e['threshold'])}</td><td>{_rate(e['fmr_own_threshold'])} / "
-                f"{_rate(e['fnmr_own_threshold'])}</td></tr>")
-        parts.append("</table>")
-    if metrics.get("flagged"):
-        parts.append("<h3>Flagged gaps</h3><ul>")
-        for f in metrics["flagged"]:
-            parts.append(f'<li class="flag">{_e(f["grouping"])}: {_e(f["metric"].upper())} of {_e(f["high_group"])} '
-                         f"{_rate(f['high'])} vs {_e(f['low_group'])} {_rate(f['low'])} "
-                         f"(ratio {_e(f['ratio'])}, Holm p {_rate(f['p_adjusted'])})</li>")
-        parts.append("</ul>")
-    else:
-        parts.append(f"<p>No gap flagged ({metrics.get('n_tests', 0)} tests, Holm-adjusted, minimum ratio "
-                     f"{metrics['options']['min_ratio']}).</p>")
-    for key, alt in (("plot_scores", "score distributions"), ("plot_det", "DET curves"),
-                     ("plot_rates", "FMR and FNMR before and after subgroup thresholds")):
-        parts.append(_img(plots.get(key), alt))
-    why = metrics.get("why")
-    if why:
-        kind = why.get("pairs", "genuine")
-        what = "genuine pairs" if kind == "genuine" else "top-scoring impostor pairs: why different people match"
-        parts.append(f"<h3>Why faces match ({_e(why['method'])}, {why['n_pairs']} {what})</h3>")
-        for gname, g in why["groupings"].items():
-            parts.append(f"<p><b>{_e(gname)}</b>: share of the positive attribution on each face part, mean "
-                         "[95% interval] <span class=muted>(part's share of the chip's area)</span></p><table><tr>"
-                         "<th>subgroup</th><th>n</th>" + "".join(f"<th>{_e(p)}</th>" for p in FACE_PARTS) + "</tr>")
-            for name, e in g["subgroups"].items():
-                cells = []
-                for p in FACE_PARTS:
-                    v = e[p]
-                    if v["mean"] is None:
-                        cells.append("<td>n/a</td>")
-                        continue
-                    area = f" <span class=muted>({v['area']:.0%})</span>" if v.get("area") is not None else ""
-                    cells.append(f"<td>{v['mean']:.1%} <span class=muted>[{v['ci'][0]:.1%}, {v['ci'][1]:.1%}]"
-                                 f"</span>{area}</td>")
-                parts.append(f"<tr><td>{_e(name)}</td><td>{e['n']}</td>{''.join(cells)}</tr>")
-            parts.append("</table>")
-        parts.append(_img(plots.get("plot_parts"), "face-part shares"))
-        parts.append(_img(plots.get("plot_heatmaps"), "mean heatmaps"))
-        for f in why.get("flagged", []):
-            parts.append(f'<p class="flag">{_e(f["grouping"])}: the {_e(f["part"])} carries {f["high"]:.1%} of the '
-                         f"match evidence for {_e(f['high_group'])} vs {f['low']:.1%} for {_e(f['low_group'])} "
-                         f"(Holm p {_rate(f['p_adjusted'])})</p>")
-    parts.append("</section>")
-    return "\n".join(p for p in parts if p)
+    return render_template("verify_section.html", metrics=metrics, plots=_plot_uris(plots), parts=FACE_PARTS)
 
 
 def write_verify_report(metrics: dict, path: Path, *, plots: Mapping[str, Path] | None = None) -> Path:
     """``report.html``: the section alone in a self-contained page."""
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>biasscope verification audit</title>"
-            f"<style>{_CSS}</style></head><body><main><h1>Face verification audit</h1>"
-            f"{verify_report_section(metrics, plots)}</main></body></html>")
+    page = render_template("verify_page.html", section=Markup(verify_report_section(metrics, plots)))
     path.write_text(page, encoding="utf-8")
     return path

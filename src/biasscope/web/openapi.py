@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document of the JSON API (served at ``/api/openapi.json``, rendered at ``/docs``)."""
+"""The OpenAPI 3.1 document of the JSON API (served at ``/api/openapi.json``, rendered at ``/docs``).
+
+Explainer parameters are generated from the explainer registry (each :class:`~biasscope.explainers.Param`'s
+type, default, range and choices) when the document is built, so they cannot drift from what the
+server validates; tests/web/test_openapi.py checks the request fields against what the routes read.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,54 @@ import copy
 from typing import Any
 
 from .. import __version__
+from ..explainers import Explainer, Param, list_explainers
+from ..explainers.registry import ALIASES
 
-__all__ = ["openapi_document"]
+__all__ = ["explainer_params_schemas", "openapi_document", "param_schema"]
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def param_schema(p: Param) -> dict[str, Any]:
+    """One declared parameter as JSON Schema: its type, default, range and choices."""
+    out: dict[str, Any] = {"type": _JSON_TYPES[p.type], "default": p.default}
+    if p.min is not None:
+        out["minimum"] = p.min
+    if p.max is not None:
+        out["maximum"] = p.max
+    if p.choices is not None:
+        out["enum"] = list(p.choices)
+    if p.help:
+        out["description"] = p.help
+    return out
+
+
+def _params_name(cls: type[Explainer]) -> str:
+    return "Params_" + cls.name
+
+
+def explainer_params_schemas() -> dict[str, Any]:
+    """Component schemas: ``Params_<method>`` per registered explainer (unknown parameters are refused,
+    as :class:`~biasscope.explainers.Explainer` does) and ``ExplainerParams``, the per-method map that
+    requests send (method names or their aliases as keys)."""
+    out: dict[str, Any] = {}
+    by_name: dict[str, Any] = {}
+    for cls in list_explainers():
+        out[_params_name(cls)] = {
+            "type": "object", "title": f"{cls.label} parameters", "additionalProperties": False,
+            "properties": {p.name: param_schema(p) for p in cls.params}}
+        by_name[cls.name] = _ref(_params_name(cls))
+    by_name |= {alias: by_name[name] for alias, name in ALIASES.items() if name in by_name}
+    out["ExplainerParams"] = {
+        "type": "object", "properties": by_name, "additionalProperties": False,
+        "description": 'per-method parameters, e.g. {"integrated_gradients": {"steps": 32}}; '
+                       "numbers may also come as text (form fields); an empty value means the default"}
+    return out
+
+
+def _method_names() -> list[str]:
+    names = [cls.name for cls in list_explainers()]
+    return names + [a for a, n in ALIASES.items() if n in names]
 
 
 def _ref(name: str) -> dict:
@@ -41,11 +92,8 @@ _EXPLAIN_FIELDS = _IMAGE_FIELDS | {
         "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
         "description": "method names (GET /api/explainers), a list or comma-separated",
     },
-    "params": {
-        "type": "object",
-        "additionalProperties": {"type": "object"},
-        "description": 'per-method parameters, e.g. {"integrated_gradients": {"steps": 32}}',
-    },
+    "method": {"type": "string", "deprecated": True, "description": "one method name; use 'methods'"},
+    "params": {"$ref": "#/components/schemas/ExplainerParams"},
     "target": {
         "oneOf": [{"type": "integer"}, {"type": "string"}],
         "description": "class index or class name to explain; default: the top-1 class",
@@ -278,7 +326,8 @@ _PATHS: dict[str, Any] = {
     "/api/images": {
         "post": {
             "summary": "Upload an image (multipart 'image') or pick a sample; returns its id",
-            "requestBody": _body({"sample": _IMAGE_FIELDS["sample"]}),
+            "requestBody": _body({"sample": _IMAGE_FIELDS["sample"],
+                                  "image_id": {"type": "string", "description": "an image stored before: its record"}}),
             "responses": {"201": _json(_ref("Image"), "Stored")} | _errors(400, 404, 413),
         }
     },
@@ -410,15 +459,20 @@ _AUDIT_FIELDS = {
     "concepts": {"oneOf": [{"type": "string"}, {"type": "object"}],
                  "description": "lines 'LABEL = class, class' or {LABEL: [class, ...]}"},
     "methods": {"type": "array", "items": {"type": "string"}},
-    "params": {"type": "object", "additionalProperties": {"type": "object"}},
+    "params": _ref("ExplainerParams"),
     "removal": {"type": "string", "enum": ["fill", "blur", "none"], "description": "how regions are removed"},
     "face_parts": {"type": "boolean", "description": "face-part regions, quality flags, aligned heatmaps"},
     "exclude_flags": {"type": "array", "items": {"type": "string"}, "description": "quality flags to leave out"},
     "stereotypical": {"type": "array", "items": {"type": "string"}, "description": "LABEL:GROUP cells"},
     "name": {"type": "string", "description": "run name (default: manifest name and time)"},
-    "top_k": {"type": "integer"}, "match": {"type": "string", "enum": ["top1", "topk"]},
-    "n_boot": {"type": "integer"}, "n_perm": {"type": "integer"}, "min_group_size": {"type": "integer"},
-    "batch_size": {"type": "integer"},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+    "match": {"type": "string", "enum": ["top1", "topk"]},
+    "n_boot": {"type": "integer", "minimum": 100, "maximum": 20000, "default": 1000,
+               "description": "bootstrap resamples per interval"},
+    "n_perm": {"type": "integer", "minimum": 100, "maximum": 20000, "default": 1000,
+               "description": "permutations per test"},
+    "min_group_size": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 30},
+    "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 16},
 }
 _AUDIT_RUN = {"type": "object", "description": "run_info of the run plus 'job' (live status in this server), "
               "'resumable' and 'files_allowed'"}
@@ -451,6 +505,8 @@ _PATHS.update({
         "responses": {"200": _json(_AUDIT_RUN)} | _errors(404) | _AUDIT_ERR}},
     "/api/audits/{run_id}/resume": {"post": {
         "summary": "Resume a cancelled or interrupted audit where it stopped", "parameters": [_RUN],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"batch_size": _AUDIT_FIELDS["batch_size"]}}}}},
         "responses": {"202": _json(_AUDIT_RUN, "Accepted")} | _errors(400, 404, 503) | _AUDIT_ERR}},
     "/api/audits/{run_id}/metrics.json": _get("The run's metrics.json", [_RUN, _DOWNLOAD], _json({"type": "object"}),
                                               404),
@@ -484,7 +540,7 @@ _PATHS.update({
         "parameters": [_RUN, _IMG],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
             "model": {"type": "string"}, "methods": {"type": "array", "items": {"type": "string"}},
-            "params": {"type": "object"}, "target": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+            "params": _ref("ExplainerParams"), "target": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
             "faithfulness": {"type": "boolean"}}}}}},
         "responses": {"202": _json(_ref("Job"), "Accepted")} | _errors(400, 404, 503) | _AUDIT_ERR}},
 })
@@ -501,7 +557,11 @@ _PATHS.update({
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
                      "type": "object", "required": ["manifest"], "properties": {
                          "manifest": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
-                         "far": {"type": "number"}, "explain": {"type": "integer"}, "name": {"type": "string"}}}}}},
+                         "far": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.001,
+                                 "description": "false accept rate at which the global threshold is chosen"},
+                         "explain": {"type": "integer", "minimum": 0, "maximum": 50, "default": 0,
+                                     "description": "pairs per subgroup whose match is explained"},
+                         "name": {"type": "string"}}}}}},
                  "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404) | _AUDIT_ERR},
     },
     "/api/verify-audits/{verify_id}": _get("A verification run: status, summary and metrics", [_VERIFY],
@@ -532,9 +592,26 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "components": {
-            "schemas": copy.deepcopy(_SCHEMAS),
+            "schemas": copy.deepcopy(_SCHEMAS) | explainer_params_schemas(),
             "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{}, {"token": []}],
-        "paths": copy.deepcopy(_PATHS),
+        "paths": _with_method_names(copy.deepcopy(_PATHS)),
     }
+
+
+def _with_method_names(paths: dict[str, Any]) -> dict[str, Any]:
+    """The registry's method names (and aliases) as the choices of every 'methods' request field."""
+    names = _method_names()
+    for ops in paths.values():
+        for op in ops.values():
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                props = content["schema"].get("properties", {})
+                if "methods" in props:
+                    m = props["methods"]
+                    for alt in m.get("oneOf", [m]):  # a comma-separated string stays a free string
+                        if alt.get("type") == "array":
+                            alt["items"]["enum"] = names
+                if "method" in props:
+                    props["method"]["enum"] = names
+    return paths
