@@ -20,9 +20,6 @@ import logging
 import math
 import re
 import sqlite3
-import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -47,11 +44,12 @@ from ..audit import (
 )
 from ..audit.face_audit import FACE_DIR, quality_flags
 from ..audit.store import DB_NAME, RunStore, json_safe
-from ..errors import BiasscopeError, CancelledError, ManifestError
+from ..errors import BiasscopeError, ManifestError
 from ..explainers import get_explainer, list_explainers
 from ..images import load_image
+from ..jobs import TERMINAL, BackgroundJob, JobPool, JobStatus, normal_status
 from ..models import ModelAdapter
-from .jobs import TERMINAL, BusyError, fast_png
+from .jobs import fast_png
 from .jsonio import json_object_body
 from .paths import HUB_NAME, scrub_paths
 from .state import ModelRegistry, NotFoundError
@@ -82,6 +80,7 @@ MAX_NAME_BYTES = 255  # the file systems' limit per name (NAME_MAX)
 MAX_PATH_BYTES = 4096  # ... and per path (PATH_MAX)
 MSG_RUN_OUTSIDE = ("run {run_id!r} audited files outside this server's data root; its images and report "
                    "cannot be served")
+MSG_STOPPED = "the audit stopped before it finished (the server stopped, or it failed); resume it to continue"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FACE_FILE_RE = re.compile(r"^m\d+_[A-Za-z0-9_.-]+\.png$")
 
@@ -160,22 +159,21 @@ def _source(registry: ModelRegistry, name: str) -> RegistrySource:
     return src
 
 
-@dataclass
-class WebAudit:
-    """An audit queued or running in this server (the run's results live in its folder)."""
+@dataclass(kw_only=True, eq=False)
+class WebAudit(BackgroundJob):
+    """An audit queued or running in this server (its id is the run id; its results live in its folder)."""
 
-    run_id: str
+    kind = "audit"
+
     run_dir: Path
-    status: str = "queued"
     progress: dict = field(default_factory=dict)
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    future: Future | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.id
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "progress": self.progress, "error": self.error, "created": self.created,
+        return {"status": str(self.status), "progress": self.progress, "error": self.error, "created": self.created,
                 "finished": self.finished}
 
 
@@ -192,9 +190,10 @@ class AuditManager:
         else:
             self.runs_dir = self.data_root / ".biasscope-runs" if self.data_root else None
         self.max_pending = max_pending
-        self._jobs: dict[str, WebAudit] = {}
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="biasscope-audit")
+        self._pool: JobPool[WebAudit] = JobPool(
+            workers=workers, max_pending=max_pending, name="biasscope-audit", public=self.public,
+            conflict=RunBusyError, busy="{pending} audits are already queued or running; try again when one finishes",
+            internal="internal error while auditing; the details are in the server log")
 
     @property
     def enabled(self) -> bool:
@@ -223,65 +222,36 @@ class AuditManager:
         return d
 
     def live(self, run_id: str) -> WebAudit | None:
-        with self._lock:
-            return self._jobs.get(run_id)
+        return self._pool.get(run_id)
 
     def active(self, run_id: str) -> bool:
         j = self.live(run_id)
-        return j is not None and j.status not in TERMINAL
+        return j is not None and j.active
 
     def submit(self, run_id: str, run_dir: Path, manifest, sources: list, cfg: AuditConfig, *,
                batch_size: int, metrics_options: dict | None) -> WebAudit:
-        with self._lock:
-            pending = sum(1 for j in self._jobs.values() if j.status not in TERMINAL)
-            cur = self._jobs.get(run_id)
-            if cur is not None and cur.status not in TERMINAL:
-                raise RunBusyError(f"audit {run_id!r} is already {cur.status}")
-            if pending >= self.max_pending:
-                raise BusyError(f"{pending} audits are already queued or running; try again when one finishes")
-            job = WebAudit(run_id=run_id, run_dir=run_dir)
-            self._jobs[run_id] = job
-        job.future = self._pool.submit(self._run, job, manifest, sources, cfg, batch_size, metrics_options)
-        return job
+        from ..audit import run_audit
+
+        def work(job: WebAudit) -> None:
+            def progress(p) -> None:
+                job.progress = {"fraction": round(p.fraction, 4), "done": p.done_all, "total": p.total_all,
+                                "model": p.model, "model_index": p.model_index, "n_models": p.n_models,
+                                "errors": p.errors, "eta_s": p.eta_s, "stage": p.stage}
+
+            run_audit(manifest, sources, job.run_dir, cfg, batch_size=batch_size, progress=progress,
+                      cancel=job.cancel_event, metrics_options=metrics_options)
+
+        return self._pool.submit(WebAudit(id=run_id, run_dir=run_dir), work)
 
     def cancel(self, run_id: str) -> WebAudit:
         job = self.live(run_id)
-        if job is None or job.status in TERMINAL:
+        if job is None or not job.active:
             raise RunBusyError(f"audit {run_id!r} is not running in this server")
-        job.cancel_event.set()
-        if job.future is not None and job.future.cancel():
-            job.status, job.finished = "cancelled", time.time()
+        self._pool.cancel(run_id)
         return job
 
     def shutdown(self) -> None:
-        with self._lock:
-            jobs = list(self._jobs.values())
-        for j in jobs:
-            j.cancel_event.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _run(self, job: WebAudit, manifest, sources, cfg, batch_size, metrics_options) -> None:
-        from ..audit import run_audit
-
-        def progress(p) -> None:
-            job.progress = {"fraction": round(p.fraction, 4), "done": p.done_all, "total": p.total_all,
-                            "model": p.model, "model_index": p.model_index, "n_models": p.n_models,
-                            "errors": p.errors, "eta_s": p.eta_s, "stage": p.stage}
-
-        job.status = "running"
-        try:
-            run_audit(manifest, sources, job.run_dir, cfg, batch_size=batch_size, progress=progress,
-                      cancel=job.cancel_event, metrics_options=metrics_options)
-            job.status = "done"
-        except CancelledError:
-            job.status = "cancelled"
-        except BiasscopeError as exc:
-            job.status, job.error = "error", self.public(str(exc))
-        except Exception:  # a worker must never die silently; the client sees no traceback
-            log.exception("audit %s failed", job.run_id)
-            job.status, job.error = "error", "internal error while auditing; the details are in the server log"
-        finally:
-            job.finished = time.time()
+        self._pool.shutdown()
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -346,15 +316,18 @@ def _run_status(mgr: AuditManager, d: Path) -> dict:
     info["id"] = run_id
     job = mgr.live(run_id)
     info["job"] = job.to_dict() if job else None
-    if job is not None and job.status not in TERMINAL:
-        info["status"] = job.status
-    elif info["status"] == "running":  # the process that ran it stopped without saying so
-        info["status"] = "interrupted"
-    info["resumable"] = info["status"] in ("interrupted", "cancelled") or (
-        info["status"] in ("error", "failed") and info["progress"] < 1.0)
-    if job is not None and job.status == "error":
-        info["status"], info["error"] = "error", job.error
-        info["resumable"] = info["progress"] < 1.0
+    stored = info["status"]
+    if job is not None and job.active:
+        status = job.status
+    elif job is not None and job.status == JobStatus.ERROR:
+        status, info["error"] = job.status, job.error
+    else:  # the store's word; a run still marked running stopped without saying so (the server stopped)
+        status = JobStatus.ERROR if stored == "running" else normal_status(stored)
+        if status == JobStatus.ERROR and not info.get("error"):
+            info["error"] = MSG_STOPPED
+    info["status"] = str(status)
+    info["resumable"] = not (job is not None and job.active) and (
+        stored in ("interrupted", "cancelled", "running") or (status == JobStatus.ERROR and info["progress"] < 1.0))
     man = info.get("manifest") or {}
     root = mgr.data_root
     info["manifest"] = {k: v for k, v in man.items() if k not in ("root", "path")}
@@ -445,12 +418,13 @@ def list_audits():
             if (d / DB_NAME).is_file():
                 try:
                     if not _files_allowed(mgr, d):
-                        runs.append({"id": d.name, "name": d.name, "status": "outside data root",
+                        runs.append({"id": d.name, "name": d.name, "status": JobStatus.ERROR,
                                      "files_allowed": False, "error": MSG_RUN_OUTSIDE.format(run_id=d.name)})
                         continue
                     runs.append(_run_status(mgr, d))
                 except Exception as exc:  # one broken run must not hide the others
-                    runs.append({"id": d.name, "name": d.name, "status": "unreadable", "error": mgr.public(str(exc))})
+                    runs.append({"id": d.name, "name": d.name, "status": JobStatus.ERROR,
+                                 "error": mgr.public(str(exc))})
     runs.sort(key=lambda r: r.get("created") or "", reverse=True)
     return jsonify({"enabled": True, "data_root": str(mgr.data_root), "runs_dir": str(mgr.runs_dir),
                     "quality_flags": quality_flags(), "runs": runs})
@@ -612,7 +586,7 @@ def get_audit(run_id: str):
     mgr = audits()
     job = mgr.live(run_id)
     d = mgr.run_dir(run_id, exists=job is None)
-    starting = {"id": run_id, "name": run_id, "status": job.status if job else "unknown",
+    starting = {"id": run_id, "name": run_id, "status": job.status if job else JobStatus.QUEUED,
                 "job": job.to_dict() if job else None, "progress": 0.0, "has_metrics": False}
     if not (d / DB_NAME).is_file():  # queued: nothing written yet
         return jsonify(starting)

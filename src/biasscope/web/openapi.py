@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from .. import __version__
+from ..jobs import JobStatus
 
 __all__ = ["openapi_document"]
 
@@ -171,13 +172,21 @@ _SCHEMAS: dict[str, Any] = {
             "stops": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "JobStatus": {
+        "type": "string",
+        "enum": [str(v) for v in JobStatus],
+        "description": "The one status vocabulary of explanation jobs, their methods, audits and verification "
+                       "audits: queued -> running -> done | error | cancelled. 'error' comes with an 'error' "
+                       "message (also for a run that stopped early, or one whose files cannot be served); an "
+                       "audit run that stopped early says 'resumable': true.",
+    },
     "MethodResult": {
         "type": "object",
         "properties": {
             "name": {"type": "string"},
             "label": {"type": "string"},
             "signed": {"type": "boolean"},
-            "status": {"type": "string", "enum": ["queued", "running", "done", "error", "cancelled"]},
+            "status": _ref("JobStatus"),
             "progress": {"type": "number"},
             "error": {"type": ["string", "null"]},
             "result": {
@@ -209,7 +218,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string"},
-            "status": {"type": "string", "enum": ["queued", "running", "done", "error", "cancelled"]},
+            "status": _ref("JobStatus"),
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "error": {"type": ["string", "null"]},
             "model": _ref("Model"),
@@ -421,7 +430,8 @@ _AUDIT_FIELDS = {
     "batch_size": {"type": "integer"},
 }
 _AUDIT_RUN = {"type": "object", "description": "run_info of the run plus 'job' (live status in this server), "
-              "'resumable' and 'files_allowed'"}
+              "'resumable' and 'files_allowed'", "properties": {"status": _ref("JobStatus"),
+                                                                "error": {"type": ["string", "null"]}}}
 
 
 def _get(summary: str, params: list, ok: dict, *codes: int) -> dict:
@@ -492,7 +502,7 @@ _PATHS.update({
 # face verification audits (web/verify.py)
 _VERIFY = _path_param("verify_id", "verification run id (its folder in RUNS/.verify)")
 _VERIFY_RUN = {"type": "object", "description": "id, status, job (live status in this server), summary; "
-               "metrics (metrics.json) once done"}
+               "metrics (metrics.json) once done", "properties": {"status": _ref("JobStatus")}}
 _PATHS.update({
     "/api/verify-audits": {
         "get": {"summary": "Face verification runs (dlib-face) in the runs directory",
@@ -502,7 +512,7 @@ _PATHS.update({
                      "type": "object", "required": ["manifest"], "properties": {
                          "manifest": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
                          "far": {"type": "number"}, "explain": {"type": "integer"}, "name": {"type": "string"}}}}}},
-                 "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404) | _AUDIT_ERR},
+                 "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404, 409, 503) | _AUDIT_ERR},
     },
     "/api/verify-audits/{verify_id}": _get("A verification run: status, summary and metrics", [_VERIFY],
                                            _json(_VERIFY_RUN), 404),
@@ -528,7 +538,8 @@ def openapi_document() -> dict[str, Any]:
                 "null, never NaN or Infinity. Request bodies larger than the upload limit are refused with 413 "
                 "before they are read. Method parameters are checked against their declared type and range "
                 "(GET /api/explainers): numbers must be finite, an int parameter takes no fraction, a bool "
-                "only true/false, seeds 0 to 4294967295."
+                "only true/false, seeds 0 to 4294967295. Jobs and runs report one status vocabulary "
+                "(components.schemas.JobStatus): queued, running, done, error, cancelled."
             ),
         },
         "components": {
