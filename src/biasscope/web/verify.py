@@ -21,17 +21,10 @@ from flask import Blueprint, jsonify, send_file
 
 from ..errors import BiasscopeError
 from ..jobs import BackgroundJob, JobPool, JobStatus
-from .audits import (
-    MSG_RUN_OUTSIDE,
-    RUN_ID_RE,
-    PathRefusedError,
-    RunBusyError,
-    _int,
-    _list,
-    _payload,
-    audits,
-    resolve_in_root,
-)
+from .audit_requests import RunBusyError
+from .audits import audits
+from .jsonio import field_int, field_list, request_fields
+from .security import MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, resolve_in_root
 from .state import NotFoundError
 
 __all__ = ["VERIFY_DIR", "VerifyJob", "VerifyManager", "install_verify", "verify_api"]
@@ -200,18 +193,18 @@ def list_verify_audits():
 
 @verify_api.post("/verify-audits")
 def create_verify_audit():
-    data = _payload()
+    data = request_fields()
     manifest = resolve_in_root(audits().root(), data.get("manifest"), "manifest")
     if not manifest.is_file():
         raise NotFoundError(f"manifest {data.get('manifest')!r} not found under the data root")
-    groups = _list(data.get("groups"), "groups")
+    groups = field_list(data.get("groups"), "groups")
     try:
         far = float(data.get("far", 1e-3))
     except (TypeError, ValueError):
         raise BiasscopeError("'far' must be a number between 0 and 1") from None
     if not 0 < far < 1:
         raise BiasscopeError(f"'far' must be between 0 and 1 (exclusive), got {far}")
-    explain = _int(data.get("explain"), "explain", 0, 50, 0)
+    explain = field_int(data.get("explain"), "explain", 0, 50, 0)
     name = data.get("name") or datetime.now(UTC).strftime("verify-%Y%m%d-%H%M%S")
     if not isinstance(name, str) or not RUN_ID_RE.match(name):
         raise BiasscopeError("'name' may use letters, digits, '.', '_' and '-' (at most 100)")
