@@ -46,12 +46,11 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..jobs import TERMINAL, BackgroundJob, JobPool, JobStatus, normal_status
 from ..models import ModelAdapter
-from .audit_requests import RunBusyError, load_root_manifest, parse_audit_request
+from .audit_requests import RunBusyError, load_root_manifest, method_names, method_params, parse_audit_request
 from .drawing import draw_regions
 from .jobs import fast_png
 from .jsonio import field_bool as _bool
 from .jsonio import field_int as _int
-from .jsonio import field_list as _list
 from .jsonio import request_fields as _payload
 from .paths import HUB_NAME, scrub_paths
 from .security import MSG_OUTSIDE, MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, inside, resolve_in_root
@@ -617,14 +616,8 @@ def audit_explain(run_id: str, image_id: int):
     st = state()
     key = st.models.check_name(str(data.get("model") or ""))
     adapter = st.models.get(key)
-    methods = []
-    for m in _list(data.get("methods"), "methods") or ["gradcam"]:
-        name = get_explainer(m).name
-        if name not in methods:
-            methods.append(name)
-    raw = data.get("params") or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise BiasscopeError("'params' must map method names to objects of parameters")
+    methods = method_names(data.get("methods"), ["gradcam"])
+    raw = method_params(data.get("params"))
     params = {m: get_explainer(m)(adapter, **dict(raw.get(m, {}))).config for m in methods}
     target = data.get("target")
     if target in (None, ""):  # default: the class the audit explained for this model and image
