@@ -19,11 +19,11 @@ from ..audit.face_audit import quality_flags
 from ..errors import BiasscopeError
 from ..explainers import get_explainer
 from ..jobs import JobConflictError
-from .jsonio import field_bool, field_int, field_list
+from .jsonio import field_bool, field_int, field_list, method_names, method_params
 from .security import RUN_ID_RE, resolve_in_root
 from .state import ModelRegistry, NotFoundError
 
-__all__ = ["AuditRequest", "RunBusyError", "load_root_manifest", "method_names", "method_params", "parse_audit_request"]
+__all__ = ["AuditRequest", "RunBusyError", "load_root_manifest", "parse_audit_request"]
 
 MSG_RUN_NAME = "'name' may use letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"
 
@@ -51,24 +51,6 @@ def load_root_manifest(root: Path, rel: Any, groups: list[str]) -> Manifest:
     if not path.is_file():
         raise NotFoundError(f"manifest {rel!r} not found under the data root")
     return load_manifest(path, groups=groups)
-
-
-def method_names(value: Any, default: list[str] | None = None) -> list[str]:
-    """Explainer names (a list or comma-separated), canonical and without repeats; ``default`` when none."""
-    names: list[str] = []
-    for m in field_list(value, "methods") or list(default or []):
-        name = get_explainer(m).name
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def method_params(value: Any) -> dict[str, dict[str, Any]]:
-    """The ``params`` field: method name -> object of parameters (empty when absent)."""
-    params = value or {}
-    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-        raise BiasscopeError("'params' must map method names to objects of parameters")
-    return params
 
 
 def _ready_models(data: dict[str, Any], models: ModelRegistry) -> list[str]:

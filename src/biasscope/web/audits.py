@@ -46,11 +46,12 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..jobs import TERMINAL, BackgroundJob, JobPool, JobStatus, normal_status
 from ..models import ModelAdapter
-from .audit_requests import RunBusyError, load_root_manifest, method_names, method_params, parse_audit_request
+from .audit_requests import RunBusyError, load_root_manifest, parse_audit_request
 from .drawing import draw_regions
 from .jobs import fast_png
 from .jsonio import field_bool as _bool
 from .jsonio import field_int as _int
+from .jsonio import method_names, method_params
 from .jsonio import request_fields as _payload
 from .paths import HUB_NAME, scrub_paths
 from .security import MSG_OUTSIDE, MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, inside, resolve_in_root

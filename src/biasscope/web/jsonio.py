@@ -18,6 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from ..audit.store import json_safe
 from ..errors import BiasscopeError
+from ..explainers import get_explainer
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -29,6 +30,8 @@ __all__ = [
     "field_list",
     "json_object_body",
     "loads_json",
+    "method_names",
+    "method_params",
     "request_fields",
 ]
 
@@ -139,6 +142,24 @@ def field_list(value: Any, name: str) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
         raise BiasscopeError(f"'{name}' must be a list of strings or a comma-separated string")
     return [v.strip() for v in items if v.strip()]
+
+
+def method_names(value: Any, default: list[str] | None = None) -> list[str]:
+    """Explainer names (a list or comma-separated), canonical and without repeats; ``default`` when none."""
+    names: list[str] = []
+    for m in field_list(value, "methods") or list(default or []):
+        name = get_explainer(m).name
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def method_params(value: Any) -> dict[str, dict[str, Any]]:
+    """The ``params`` field: method name -> object of parameters (empty when absent)."""
+    params = value or {}
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise BiasscopeError("'params' must map method names to objects of parameters")
+    return params
 
 
 def dumps_strict(obj: Any, **kwargs: Any) -> str:

@@ -23,7 +23,7 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
 from .app import public_message, state
-from .jsonio import dumps_strict, field_bool, field_int, request_fields
+from .jsonio import dumps_strict, field_bool, field_int, method_names, method_params, request_fields
 from .openapi import openapi_document
 from .samples import load_sample, sample_list
 from .state import ImageRecord, NotFoundError
@@ -85,15 +85,7 @@ def _methods(data: dict[str, Any]) -> list[str]:
     raw = data.get("methods", data.get("method"))
     if raw is None or raw == "" or raw == []:
         raise BiasscopeError("no explanation method given; choose from " + ", ".join(e.name for e in list_explainers()))
-    items = raw.split(",") if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not all(isinstance(m, str) for m in items):
-        raise BiasscopeError("'methods' must be a list of method names or a comma-separated string")
-    out: list[str] = []
-    for m in items:
-        if m.strip():
-            name = get_explainer(m).name
-            if name not in out:
-                out.append(name)
+    out = method_names(raw)
     if not out:
         raise BiasscopeError("no explanation method given")
     return out
@@ -101,9 +93,7 @@ def _methods(data: dict[str, Any]) -> list[str]:
 
 def _params(data: dict[str, Any], methods: list[str], adapter: ModelAdapter) -> dict[str, dict[str, Any]]:
     """Validated, coerced parameters per method (also checks the method runs on this model)."""
-    raw = data.get("params") or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise BiasscopeError("'params' must map method names to objects of parameters")
+    raw = method_params(data.get("params"))
     given: dict[str, dict[str, Any]] = {}
     for key, values in raw.items():
         name = get_explainer(key).name
