@@ -312,3 +312,26 @@ def test_face_parts_audit_in_the_dashboard_data(make_app, tmp_path):
     tinted = np.asarray(Image.open(io.BytesIO(c.get(d["regions_url"]).data)).convert("RGB"), dtype=int)
     orig = np.asarray(Image.open(root / "faces" / d["path"]).convert("RGB"), dtype=int)
     assert (np.abs(tinted - orig).sum(-1) > 30).mean() > 0.2  # face parts tinted
+
+
+def test_stored_run_states_are_reported_in_the_job_vocabulary(audit_app, data_root, tmp_path):
+    """A run store says complete / interrupted, or still 'running' when its server was killed; the API
+    says done, or error with a reason and 'resumable' (nothing outside queued/running/done/error/cancelled)."""
+    from biasscope.audit.store import RunStore
+    from biasscope.jobs import JobStatus
+    from biasscope.web.audits import MSG_STOPPED
+
+    m = load_manifest(data_root / "synth" / "manifest.csv", groups=["gender"])
+    run_audit(m, [make_adapter(2.0, "biased")], tmp_path / "runs" / "old",
+              AuditConfig(groups=["gender"], methods=[], concepts=CONCEPTS), finalize=False)
+    client, store = audit_app.test_client(), RunStore(tmp_path / "runs" / "old")
+    seen = {}
+    for stored in ("complete", "interrupted", "running", "cancelled"):
+        store.set_meta("status", stored)
+        info = client.get("/api/audits/old").get_json()
+        listed = client.get("/api/audits").get_json()["runs"]
+        assert [r["status"] for r in listed] == [info["status"]]
+        seen[stored] = (info["status"], info["resumable"], info.get("error"))
+    assert seen == {"complete": ("done", False, None), "interrupted": ("error", True, MSG_STOPPED),
+                    "running": ("error", True, MSG_STOPPED), "cancelled": ("cancelled", True, None)}
+    assert {s for s, _, _ in seen.values()} <= {str(s) for s in JobStatus}
