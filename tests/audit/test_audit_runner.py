@@ -30,9 +30,9 @@ from biasscope.audit import (
     per_image_frame,
     run_audit,
     run_info,
-    start_audit,
 )
 from biasscope.errors import BiasscopeError, CancelledError
+from biasscope.jobs import BackgroundJob, JobPool, JobStatus
 from tests.audit.synth import CONCEPTS, make_adapter, write_dataset
 
 STATS = {"n_boot": 500, "n_perm": 500, "min_group_size": 10, "stereotypical": ["doctor:male", "nurse:female"]}
@@ -226,13 +226,25 @@ def test_cancel_flag_then_resume(small, tmp_path: Path) -> None:
 
 
 def test_background_job_reports_progress(small, tmp_path: Path) -> None:
+    """An audit on the one job mechanism (as the web runs it): done, progress to the last image, same results."""
     csv, ref = small
     m = load_manifest(csv, groups=["gender"])
-    job = start_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], tmp_path / "job", _cfg(),
-                      batch_size=4, finalize=False)
-    assert job.join(120)
-    d = job.to_dict()
-    assert job.state == "complete" and d["fraction"] == 1.0 and d["done"] == d["total"] == 50 and d["errors"] == 1
+    seen = []
+
+    def work(job: BackgroundJob) -> None:
+        run_audit(m, [make_adapter(2.0, "biased"), make_adapter(0.0, "fair")], tmp_path / "job", _cfg(), batch_size=4,
+                  finalize=False, progress=seen.append, cancel=job.cancel_event)
+
+    pool: JobPool[BackgroundJob] = JobPool(workers=1, name="test-audit")
+    try:
+        job = pool.submit(BackgroundJob(id="job"), work)
+        assert job.future is not None
+        job.future.result(timeout=120)
+    finally:
+        pool.shutdown()
+    last = seen[-1]
+    assert job.status == JobStatus.DONE and job.finished is not None and job.error is None
+    assert last.fraction == 1.0 and last.done_all == last.total_all == 50 and last.errors == 1
     _frames_equal(ref, tmp_path / "job")
 
 

@@ -71,7 +71,7 @@ def wait_audit(client, run_id: str, timeout: float = 120.0, until=None) -> dict:
     while True:
         r = client.get(f"/api/audits/{run_id}").get_json()
         assert "error" not in r or "status" in r, r
-        if until(r) if until else r["status"] in ("complete", "done", "error", "cancelled", "interrupted"):
+        if until(r) if until else r["status"] in ("done", "error", "cancelled"):
             return r
         if time.monotonic() > deadline:
             raise AssertionError(f"audit did not finish in {timeout}s: {r}")
@@ -101,10 +101,10 @@ def test_start_follow_and_dashboard_equal_a_direct_run(audit_app, data_root, tmp
     r = client.post("/api/audits", json=BODY | {"name": "web-run"})
     assert r.status_code == 202 and r.headers["Location"] == "/api/audits/web-run"
     info = wait_audit(client, "web-run")
-    assert info["status"] == "complete" and info["progress"] == 1.0 and info["has_metrics"]
+    assert info["status"] == "done" and info["progress"] == 1.0 and info["has_metrics"]
     assert info["manifest"]["path"] == "synth/manifest.csv" and "root" not in info["manifest"]
     listed = client.get("/api/audits").get_json()
-    assert [x["id"] for x in listed["runs"]] == ["web-run"] and listed["runs"][0]["status"] == "complete"
+    assert [x["id"] for x in listed["runs"]] == ["web-run"] and listed["runs"][0]["status"] == "done"
 
     web = client.get("/api/audits/web-run/metrics.json").get_json()
     m = load_manifest(data_root / "synth" / "manifest.csv", groups=["gender"])
@@ -169,8 +169,8 @@ def test_cancel_then_resume_equals_uninterrupted(audit_app, data_root, tmp_path)
     assert info["resumable"] and 0 < info["progress"] < 1
     r = client.post("/api/audits/slow-run/resume", json={})
     assert r.status_code == 202
-    info = wait_audit(client, "slow-run", until=lambda r: r["status"] in ("complete", "error"))
-    assert info["status"] == "complete"
+    info = wait_audit(client, "slow-run", until=lambda r: r["status"] in ("done", "error"))
+    assert info["status"] == "done"
     web = pd.read_csv(io.BytesIO(client.get("/api/audits/slow-run/per_image.csv").data))
     m = load_manifest(data_root / "synth" / "manifest.csv", groups=["gender"])
     run_audit(m, [make_adapter(2.0, "slow")], tmp_path / "ref", AuditConfig(groups=["gender"], concepts=CONCEPTS),
@@ -245,7 +245,7 @@ def test_nothing_outside_the_data_root_can_be_read(make_app, data_root, tmp_path
     assert [d["name"] for d in listing["folders"]] == ["ok"] and listing["manifests"] == []
     # the foreign run is listed but none of its content is served, by any route
     runs_listed = c.get("/api/audits").get_json()["runs"]
-    assert runs_listed == [{"id": "foreign", "name": "foreign", "status": "outside data root",
+    assert runs_listed == [{"id": "foreign", "name": "foreign", "status": "error",
                             "files_allowed": False, "error": runs_listed[0]["error"]}]
     secret_bytes = secret.read_bytes()
     served = 0
@@ -269,7 +269,7 @@ def test_nothing_outside_the_data_root_can_be_read(make_app, data_root, tmp_path
     (root / "good" / "manifest.csv").write_text("path,label,gender\nimg/a.png,doctor,female\nimg/b.png,nurse,male\n")
     assert c.post("/api/audits", json=start | {"manifest": "good/manifest.csv", "name": "good",
                                            "stereotypical": "doctor:female"}).status_code == 202
-    assert wait_audit(c, "good")["status"] == "complete"
+    assert wait_audit(c, "good")["status"] == "done"
     assert c.get("/api/audits/good/images/0/image.png").status_code == 200
     (root / "good" / "img" / "a.png").unlink()
     (root / "good" / "img" / "a.png").symlink_to(secret)
@@ -298,7 +298,7 @@ def test_face_parts_audit_in_the_dashboard_data(make_app, tmp_path):
                                     "n_boot": 100, "n_perm": 100, "min_group_size": 1, "name": "faces"})
     assert r.status_code == 202, r.get_json()
     info = wait_audit(c, "faces", timeout=300)
-    assert info["status"] == "complete" and info["config"]["face_parts"] is True
+    assert info["status"] == "done" and info["config"]["face_parts"] is True
     assert (root / ".biasscope-runs" / "faces" / "metrics.json").is_file()  # default runs directory
     mm = c.get("/api/audits/faces/metrics.json").get_json()["models"]["gender"]
     assert mm["faces"]["quality"]["source"]["lfw"]["flags"]["blurry"]["count"] == 5
@@ -312,3 +312,26 @@ def test_face_parts_audit_in_the_dashboard_data(make_app, tmp_path):
     tinted = np.asarray(Image.open(io.BytesIO(c.get(d["regions_url"]).data)).convert("RGB"), dtype=int)
     orig = np.asarray(Image.open(root / "faces" / d["path"]).convert("RGB"), dtype=int)
     assert (np.abs(tinted - orig).sum(-1) > 30).mean() > 0.2  # face parts tinted
+
+
+def test_stored_run_states_are_reported_in_the_job_vocabulary(audit_app, data_root, tmp_path):
+    """A run store says complete / interrupted, or still 'running' when its server was killed; the API
+    says done, or error with a reason and 'resumable' (nothing outside queued/running/done/error/cancelled)."""
+    from biasscope.audit.store import RunStore
+    from biasscope.jobs import JobStatus
+    from biasscope.web.audits import MSG_STOPPED
+
+    m = load_manifest(data_root / "synth" / "manifest.csv", groups=["gender"])
+    run_audit(m, [make_adapter(2.0, "biased")], tmp_path / "runs" / "old",
+              AuditConfig(groups=["gender"], methods=[], concepts=CONCEPTS), finalize=False)
+    client, store = audit_app.test_client(), RunStore(tmp_path / "runs" / "old")
+    seen = {}
+    for stored in ("complete", "interrupted", "running", "cancelled"):
+        store.set_meta("status", stored)
+        info = client.get("/api/audits/old").get_json()
+        listed = client.get("/api/audits").get_json()["runs"]
+        assert [r["status"] for r in listed] == [info["status"]]
+        seen[stored] = (info["status"], info["resumable"], info.get("error"))
+    assert seen == {"complete": ("done", False, None), "interrupted": ("error", True, MSG_STOPPED),
+                    "running": ("error", True, MSG_STOPPED), "cancelled": ("cancelled", True, None)}
+    assert {s for s, _, _ in seen.values()} <= {str(s) for s in JobStatus}

@@ -199,7 +199,7 @@ def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
         page.click("#start-btn")
         page.wait_for_url(base + "/audits/from-page")
         page.wait_for_selector("body[data-ready='1']", timeout=120_000)
-        expect(page.locator("#run-meta")).to_contain_text("status complete")
+        expect(page.locator("#run-meta")).to_contain_text("status done")
         metrics = page.evaluate("() => fetch('/api/audits/from-page/metrics.json').then(r => r.json())")
         by_group = metrics["models"]["biased"]["groupings"]["gender"]["by_group"]
         table = page.locator(".model-block[data-model='biased'] .grouping[data-grouping='gender'] table.per-group")

@@ -88,7 +88,7 @@ def test_a_foreign_verification_run_is_listed_but_not_served(make_app, face_root
     root.mkdir()
     c = make_app(DATA_ROOT=str(root), RUNS_DIR=str(runs)).test_client()
     listed = c.get("/api/verify-audits").get_json()["runs"]
-    assert [(r["id"], r["status"]) for r in listed] == [("foreign", "outside data root")]
+    assert [(r["id"], r["status"]) for r in listed] == [("foreign", "error")]
     for url in ("/api/verify-audits/foreign", "/api/verify-audits/foreign/report.html"):
         resp = c.get(url)
         assert resp.status_code == 403 and b"astronaut" not in resp.data

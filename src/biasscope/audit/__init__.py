@@ -10,7 +10,6 @@ Typical use::
 """
 
 from .concepts import NONE_LABEL, LabelSpace, load_concepts, parse_concept
-from .jobs import AuditJob, start_audit
 from .manifest import Manifest, ManifestRow, load_manifest, manifest_from_folder, write_manifest
 from .metrics import MetricsOptions, bias_score, compute_model_metrics, gap_test, holm_adjust
 from .results import (
@@ -35,7 +34,6 @@ __all__ = [
     "PER_IMAGE_CSV",
     "REPORT_HTML",
     "AuditConfig",
-    "AuditJob",
     "AuditProgress",
     "LabelSpace",
     "Manifest",
@@ -61,6 +59,5 @@ __all__ = [
     "per_image_frame",
     "run_audit",
     "run_info",
-    "start_audit",
     "write_manifest",
 ]

@@ -2,13 +2,13 @@
 
 The app reads manifests and images only under the data root given at start
 (``biasscope serve --data-root DIR``); without one, every audit route answers 409 with the fix.
-Paths from clients are relative to the root: absolute paths and ``..`` are refused (400), and a path
-that resolves outside the root (a symlink) is refused (403). Image-bearing routes check again, at
-read time, that the stored file still resolves inside the root. Runs live in the runs directory
-(default ``DATA_ROOT/.biasscope-runs``); run ids are plain folder names.
+Paths from clients are relative to the root (:mod:`biasscope.web.security`); image-bearing routes
+check again, at read time, that the stored file still resolves inside the root. Runs live in the runs
+directory (default ``DATA_ROOT/.biasscope-runs``); run ids are plain folder names. A start request is
+parsed and checked by :mod:`biasscope.web.audit_requests`; regions are drawn by :mod:`biasscope.web.drawing`.
 
-Audits run on a small thread pool (one at a time by default) with the same status vocabulary as
-explanation jobs (queued, running, done, error, cancelled), progress after every committed batch
+Audits run on a :class:`~biasscope.jobs.JobPool` (one at a time by default) with the status vocabulary
+of every job (queued, running, done, error, cancelled), progress after every committed batch
 and cancellation between batches; the runner is resumable, so a cancelled or interrupted audit
 (even from an earlier server) is resumed with ``POST /api/audits/{run_id}/resume``.
 """
@@ -20,15 +20,10 @@ import logging
 import math
 import re
 import sqlite3
-import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from flask import Blueprint, Response, jsonify, render_template, request, send_file
 from PIL import Image
@@ -41,49 +36,35 @@ from ..audit import (
     AuditConfig,
     ModelSource,
     image_detail,
-    load_concepts,
     load_manifest,
     per_image_frame,
     run_info,
 )
 from ..audit.face_audit import FACE_DIR, quality_flags
 from ..audit.store import DB_NAME, RunStore, json_safe
-from ..errors import BiasscopeError, CancelledError, ManifestError
+from ..errors import BiasscopeError, ManifestError
 from ..explainers import get_explainer, list_explainers
 from ..images import load_image
+from ..jobs import TERMINAL, BackgroundJob, JobPool, JobStatus, normal_status
 from ..models import ModelAdapter
-from .jobs import TERMINAL, BusyError, fast_png
-from .jsonio import json_object_body
+from .audit_requests import RunBusyError, load_root_manifest, parse_audit_request
+from .drawing import draw_regions
+from .jobs import fast_png
+from .jsonio import field_bool as _bool
+from .jsonio import field_int as _int
+from .jsonio import method_names, method_params
+from .jsonio import request_fields as _payload
 from .paths import HUB_NAME, scrub_paths
+from .security import MSG_OUTSIDE, MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, inside, resolve_in_root
 from .state import ModelRegistry, NotFoundError
 
-__all__ = [
-    "MSG_ABSOLUTE",
-    "MSG_DISABLED",
-    "MSG_DOTDOT",
-    "MSG_OUTSIDE",
-    "AuditManager",
-    "AuditsDisabledError",
-    "PathRefusedError",
-    "audit_api",
-    "audit_pages",
-    "resolve_in_root",
-]
+__all__ = ["MSG_DISABLED", "AuditManager", "AuditsDisabledError", "WebAudit", "audit_api", "audit_pages", "install"]
 
 log = logging.getLogger("biasscope.web")
 
 MSG_DISABLED = ("audits are disabled: this server has no data root. Start it with "
                 "`biasscope serve --data-root DIR` (manifests and images are read only under DIR)")
-MSG_ABSOLUTE = "{what} {path!r} is absolute; give a path relative to the data root"
-MSG_DOTDOT = "{what} {path!r} contains '..'; give a path inside the data root"
-MSG_OUTSIDE = "{what} {path!r} resolves outside the data root (a symbolic link?); it cannot be read"
-MSG_NAME_TOO_LONG = "{what} has a folder or file name of {n} bytes; names are at most {limit} bytes"
-MSG_PATH_TOO_LONG = "{what} is {n} bytes long; paths are at most {limit} bytes"
-MAX_NAME_BYTES = 255  # the file systems' limit per name (NAME_MAX)
-MAX_PATH_BYTES = 4096  # ... and per path (PATH_MAX)
-MSG_RUN_OUTSIDE = ("run {run_id!r} audited files outside this server's data root; its images and report "
-                   "cannot be served")
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MSG_STOPPED = "the audit stopped before it finished (the server stopped, or it failed); resume it to continue"
 FACE_FILE_RE = re.compile(r"^m\d+_[A-Za-z0-9_.-]+\.png$")
 
 audit_api = Blueprint("audit_api", __name__, url_prefix="/api")
@@ -94,55 +75,6 @@ class AuditsDisabledError(BiasscopeError):
     """No data root was configured."""
 
     status = 409
-
-
-class PathRefusedError(BiasscopeError):
-    """A path resolves outside the data root."""
-
-    status = 403
-
-
-class RunBusyError(BiasscopeError):
-    """The run is already queued or running."""
-
-    status = 409
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
-
-
-def resolve_in_root(root: Path, rel: Any, what: str = "path") -> Path:
-    """``root / rel`` resolved, refusing absolute paths and ``..`` (400) and escapes via links (403)."""
-    if not isinstance(rel, str) or not rel.strip():
-        raise BiasscopeError(f"'{what}' must be a path relative to the data root")
-    text = rel.strip()
-    if "\x00" in text:
-        raise BiasscopeError(f"{what} contains a NUL character")
-    posix = text.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) or PurePosixPath(posix).is_absolute():
-        raise BiasscopeError(MSG_ABSOLUTE.format(what=what, path=text))
-    parts = PurePosixPath(posix).parts
-    if ".." in parts:
-        raise BiasscopeError(MSG_DOTDOT.format(what=what, path=text))
-    longest = max((len(p.encode("utf-8", "surrogatepass")) for p in parts), default=0)
-    if longest > MAX_NAME_BYTES:
-        raise BiasscopeError(MSG_NAME_TOO_LONG.format(what=what, n=longest, limit=MAX_NAME_BYTES))
-    total = len(posix.encode("utf-8", "surrogatepass"))
-    if total > MAX_PATH_BYTES:
-        raise BiasscopeError(MSG_PATH_TOO_LONG.format(what=what, n=total, limit=MAX_PATH_BYTES))
-    base = root.resolve()
-    try:
-        full = base.joinpath(*parts).resolve()
-    except OSError as exc:  # e.g. a symlink loop
-        raise BiasscopeError(f"{what} {text[:200]!r} cannot be resolved: {exc.strerror or exc}") from None
-    if not _inside(full, base):
-        raise PathRefusedError(MSG_OUTSIDE.format(what=what, path=text))
-    return full
 
 
 class RegistrySource(ModelSource):
@@ -161,22 +93,21 @@ def _source(registry: ModelRegistry, name: str) -> RegistrySource:
     return src
 
 
-@dataclass
-class WebAudit:
-    """An audit queued or running in this server (the run's results live in its folder)."""
+@dataclass(kw_only=True, eq=False)
+class WebAudit(BackgroundJob):
+    """An audit queued or running in this server (its id is the run id; its results live in its folder)."""
 
-    run_id: str
+    kind = "audit"
+
     run_dir: Path
-    status: str = "queued"
     progress: dict = field(default_factory=dict)
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    future: Future | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.id
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "progress": self.progress, "error": self.error, "created": self.created,
+        return {"status": str(self.status), "progress": self.progress, "error": self.error, "created": self.created,
                 "finished": self.finished}
 
 
@@ -193,9 +124,10 @@ class AuditManager:
         else:
             self.runs_dir = self.data_root / ".biasscope-runs" if self.data_root else None
         self.max_pending = max_pending
-        self._jobs: dict[str, WebAudit] = {}
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="biasscope-audit")
+        self._pool: JobPool[WebAudit] = JobPool(
+            workers=workers, max_pending=max_pending, name="biasscope-audit", public=self.public,
+            conflict=RunBusyError, busy="{pending} audits are already queued or running; try again when one finishes",
+            internal="internal error while auditing; the details are in the server log")
 
     @property
     def enabled(self) -> bool:
@@ -224,65 +156,36 @@ class AuditManager:
         return d
 
     def live(self, run_id: str) -> WebAudit | None:
-        with self._lock:
-            return self._jobs.get(run_id)
+        return self._pool.get(run_id)
 
     def active(self, run_id: str) -> bool:
         j = self.live(run_id)
-        return j is not None and j.status not in TERMINAL
+        return j is not None and j.active
 
     def submit(self, run_id: str, run_dir: Path, manifest, sources: list, cfg: AuditConfig, *,
                batch_size: int, metrics_options: dict | None) -> WebAudit:
-        with self._lock:
-            pending = sum(1 for j in self._jobs.values() if j.status not in TERMINAL)
-            cur = self._jobs.get(run_id)
-            if cur is not None and cur.status not in TERMINAL:
-                raise RunBusyError(f"audit {run_id!r} is already {cur.status}")
-            if pending >= self.max_pending:
-                raise BusyError(f"{pending} audits are already queued or running; try again when one finishes")
-            job = WebAudit(run_id=run_id, run_dir=run_dir)
-            self._jobs[run_id] = job
-        job.future = self._pool.submit(self._run, job, manifest, sources, cfg, batch_size, metrics_options)
-        return job
+        from ..audit import run_audit
+
+        def work(job: WebAudit) -> None:
+            def progress(p) -> None:
+                job.progress = {"fraction": round(p.fraction, 4), "done": p.done_all, "total": p.total_all,
+                                "model": p.model, "model_index": p.model_index, "n_models": p.n_models,
+                                "errors": p.errors, "eta_s": p.eta_s, "stage": p.stage}
+
+            run_audit(manifest, sources, job.run_dir, cfg, batch_size=batch_size, progress=progress,
+                      cancel=job.cancel_event, metrics_options=metrics_options)
+
+        return self._pool.submit(WebAudit(id=run_id, run_dir=run_dir), work)
 
     def cancel(self, run_id: str) -> WebAudit:
         job = self.live(run_id)
-        if job is None or job.status in TERMINAL:
+        if job is None or not job.active:
             raise RunBusyError(f"audit {run_id!r} is not running in this server")
-        job.cancel_event.set()
-        if job.future is not None and job.future.cancel():
-            job.status, job.finished = "cancelled", time.time()
+        self._pool.cancel(run_id)
         return job
 
     def shutdown(self) -> None:
-        with self._lock:
-            jobs = list(self._jobs.values())
-        for j in jobs:
-            j.cancel_event.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _run(self, job: WebAudit, manifest, sources, cfg, batch_size, metrics_options) -> None:
-        from ..audit import run_audit
-
-        def progress(p) -> None:
-            job.progress = {"fraction": round(p.fraction, 4), "done": p.done_all, "total": p.total_all,
-                            "model": p.model, "model_index": p.model_index, "n_models": p.n_models,
-                            "errors": p.errors, "eta_s": p.eta_s, "stage": p.stage}
-
-        job.status = "running"
-        try:
-            run_audit(manifest, sources, job.run_dir, cfg, batch_size=batch_size, progress=progress,
-                      cancel=job.cancel_event, metrics_options=metrics_options)
-            job.status = "done"
-        except CancelledError:
-            job.status = "cancelled"
-        except BiasscopeError as exc:
-            job.status, job.error = "error", self.public(str(exc))
-        except Exception:  # a worker must never die silently; the client sees no traceback
-            log.exception("audit %s failed", job.run_id)
-            job.status, job.error = "error", "internal error while auditing; the details are in the server log"
-        finally:
-            job.finished = time.time()
+        self._pool.shutdown()
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -292,54 +195,6 @@ def audits() -> AuditManager:
     return state().audits
 
 
-def _payload() -> dict[str, Any]:
-    """The JSON object body (empty when the request sends no JSON)."""
-    return json_object_body() if request.mimetype == "application/json" else {}
-
-
-def _list(value: Any, name: str) -> list[str]:
-    if value is None or value == "":
-        return []
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-        raise BiasscopeError(f"'{name}' must be a list of strings or a comma-separated string")
-    return [v.strip() for v in items if v.strip()]
-
-
-def _int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise BiasscopeError(f"'{name}' must be an integer")
-    try:
-        v = int(value)
-    except ValueError:
-        raise BiasscopeError(f"'{name}' must be an integer, got {value!r}") from None
-    if not lo <= v <= hi:
-        raise BiasscopeError(f"'{name}' must be between {lo} and {hi}, got {v}")
-    return v
-
-
-def _bool(value: Any, name: str, default: bool = False) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    s = str(value).lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise BiasscopeError(f"'{name}' must be true or false")
-
-
-def _manifest(rel: Any, groups: list[str]):
-    path = resolve_in_root(audits().root(), rel, "manifest")
-    if not path.is_file():
-        raise NotFoundError(f"manifest {rel!r} not found under the data root")
-    return load_manifest(path, groups=groups)
-
-
 def _run_status(mgr: AuditManager, d: Path) -> dict:
     info = run_info(d)
     info.pop("run_dir", None)
@@ -347,19 +202,22 @@ def _run_status(mgr: AuditManager, d: Path) -> dict:
     info["id"] = run_id
     job = mgr.live(run_id)
     info["job"] = job.to_dict() if job else None
-    if job is not None and job.status not in TERMINAL:
-        info["status"] = job.status
-    elif info["status"] == "running":  # the process that ran it stopped without saying so
-        info["status"] = "interrupted"
-    info["resumable"] = info["status"] in ("interrupted", "cancelled") or (
-        info["status"] in ("error", "failed") and info["progress"] < 1.0)
-    if job is not None and job.status == "error":
-        info["status"], info["error"] = "error", job.error
-        info["resumable"] = info["progress"] < 1.0
+    stored = info["status"]
+    if job is not None and job.active:
+        status = job.status
+    elif job is not None and job.status == JobStatus.ERROR:
+        status, info["error"] = job.status, job.error
+    else:  # the store's word; a run still marked running stopped without saying so (the server stopped)
+        status = JobStatus.ERROR if stored == "running" else normal_status(stored)
+        if status == JobStatus.ERROR and not info.get("error"):
+            info["error"] = MSG_STOPPED
+    info["status"] = str(status)
+    info["resumable"] = not (job is not None and job.active) and (
+        stored in ("interrupted", "cancelled", "running") or (status == JobStatus.ERROR and info["progress"] < 1.0))
     man = info.get("manifest") or {}
     root = mgr.data_root
     info["manifest"] = {k: v for k, v in man.items() if k not in ("root", "path")}
-    if man.get("path") and root is not None and _inside(Path(man["path"]).resolve(), root):
+    if man.get("path") and root is not None and inside(Path(man["path"]).resolve(), root):
         info["manifest"]["path"] = Path(man["path"]).resolve().relative_to(root).as_posix()
     info["files_allowed"] = _files_allowed(mgr, d)
     if isinstance(info.get("error"), str):
@@ -370,7 +228,7 @@ def _run_status(mgr: AuditManager, d: Path) -> dict:
 def _files_allowed(mgr: AuditManager, d: Path) -> bool:
     man = RunStore(d).get_meta("manifest", {}) or {}
     root = man.get("root")
-    return bool(root) and mgr.data_root is not None and _inside(Path(root).resolve(), mgr.data_root)
+    return bool(root) and mgr.data_root is not None and inside(Path(root).resolve(), mgr.data_root)
 
 
 def _run(run_id: str) -> tuple[AuditManager, Path]:
@@ -391,7 +249,7 @@ def _image_file(mgr: AuditManager, d: Path, image_id: int) -> tuple[dict, Path]:
         raise NotFoundError(f"image {image_id} is not in run {d.name!r}")
     f = Path(row["file"]).resolve()
     assert mgr.data_root is not None
-    if not _inside(f, mgr.data_root):
+    if not inside(f, mgr.data_root):
         raise PathRefusedError(MSG_OUTSIDE.format(what="image", path=row["path"]))
     return row, f
 
@@ -446,12 +304,13 @@ def list_audits():
             if (d / DB_NAME).is_file():
                 try:
                     if not _files_allowed(mgr, d):
-                        runs.append({"id": d.name, "name": d.name, "status": "outside data root",
+                        runs.append({"id": d.name, "name": d.name, "status": JobStatus.ERROR,
                                      "files_allowed": False, "error": MSG_RUN_OUTSIDE.format(run_id=d.name)})
                         continue
                     runs.append(_run_status(mgr, d))
                 except Exception as exc:  # one broken run must not hide the others
-                    runs.append({"id": d.name, "name": d.name, "status": "unreadable", "error": mgr.public(str(exc))})
+                    runs.append({"id": d.name, "name": d.name, "status": JobStatus.ERROR,
+                                 "error": mgr.public(str(exc))})
     runs.sort(key=lambda r: r.get("created") or "", reverse=True)
     return jsonify({"enabled": True, "data_root": str(mgr.data_root), "runs_dir": str(mgr.runs_dir),
                     "quality_flags": quality_flags(), "runs": runs})
@@ -474,7 +333,7 @@ def list_files():
             real = p.resolve()
         except OSError:
             continue
-        if not _inside(real, root):
+        if not inside(real, root):
             continue  # links out of the root are not shown
         relp = p.relative_to(root).as_posix()
         if real.is_dir():
@@ -489,7 +348,7 @@ def list_files():
 def inspect_manifest():
     data = _payload()
     try:
-        m = _manifest(data.get("manifest"), [])
+        m = load_root_manifest(audits().root(), data.get("manifest"), [])
     except ManifestError as exc:
         mgr = audits()
         return jsonify({"valid": False, "message": mgr.public(str(exc).split("\n")[0]),
@@ -505,91 +364,11 @@ def inspect_manifest():
     })
 
 
-def _start(data: dict[str, Any]):
-    mgr = audits()
-    st_models = _models()
-    groups = _list(data.get("groups"), "groups")
-    if not groups:
-        raise BiasscopeError("choose at least one group column ('groups')")
-    man = _manifest(data.get("manifest"), groups)
-    names = _list(data.get("models"), "models")
-    if not names:
-        raise BiasscopeError("choose at least one model ('models')")
-    names = list(dict.fromkeys(st_models.check_name(n) for n in names))
-    for n in names:
-        s = st_models.status(n)
-        if not s["ready"]:
-            from ..errors import WeightsMissingError
-
-            raise WeightsMissingError(f"model {n}: {s['reason']}. Fix: {s['fix']}")
-    methods = []
-    for m in _list(data.get("methods"), "methods"):
-        name = get_explainer(m).name
-        if name not in methods:
-            methods.append(name)
-    params = data.get("params") or {}
-    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-        raise BiasscopeError("'params' must map method names to objects of parameters")
-    concepts_raw = data.get("concepts") or {}
-    if isinstance(concepts_raw, str):
-        concepts_raw = [ln for ln in concepts_raw.splitlines() if ln.strip()]
-    concepts = load_concepts(concepts_raw) if concepts_raw else {}
-    removal = str(data.get("removal") or "fill")
-    if removal not in ("fill", "blur", "none"):
-        raise BiasscopeError("'removal' must be fill, blur or none")
-    from ..regions import RemovalConfig
-
-    flags = _list(data.get("exclude_flags"), "exclude_flags")
-    face_parts = _bool(data.get("face_parts"), "face_parts")
-    unknown = [f for f in flags if f not in quality_flags()]
-    if unknown:
-        raise BiasscopeError(f"unknown quality flag(s) {', '.join(unknown)}; choose from {', '.join(quality_flags())}")
-    if flags and not face_parts:
-        raise BiasscopeError("excluding images by quality flag needs face parts ('face_parts': true)")
-    cfg = AuditConfig(groups=groups, methods=methods, concepts=concepts,
-                      top_k=_int(data.get("top_k"), "top_k", 1, 1000, 5),
-                      match="topk" if data.get("match") == "topk" else "top1",
-                      method_params={get_explainer(k).name: dict(v) for k, v in params.items()},
-                      removal=None if removal == "none" else RemovalConfig(mode=removal),  # type: ignore[arg-type]
-                      face_parts=face_parts)
-    stereo = _list(data.get("stereotypical"), "stereotypical")
-    for s in stereo:
-        if ":" not in s:
-            raise BiasscopeError(f"stereotypical cell {s!r}: expected LABEL:GROUP, e.g. doctor:male")
-    mopts = {"n_boot": _int(data.get("n_boot"), "n_boot", 100, 20000, 1000),
-             "n_perm": _int(data.get("n_perm"), "n_perm", 100, 20000, 1000),
-             "min_group_size": _int(data.get("min_group_size"), "min_group_size", 1, 100000, 30),
-             "stereotypical": stereo, "exclude_flags": flags}
-    batch = _int(data.get("batch_size"), "batch_size", 1, 1024, 16)
-    # validate stereotypical cells, methods and labels on each model now, not in the worker (which
-    # checks again before it creates the run's folder, so a refused run leaves nothing behind)
-    from ..audit import LabelSpace
-    from ..audit.runner import check_stereotypical
-
-    check_stereotypical(man, stereo, None, groups)
-
-    for n in names:
-        adapter = st_models.get(n)
-        LabelSpace.build(adapter, man.labels, cfg.concepts, top_k=cfg.top_k, match=cfg.match)
-        for m in methods:
-            get_explainer(m)(adapter, **dict(cfg.method_params.get(m, {})))
-    if face_parts:
-        from ..audit.face_audit import check_face_parts
-
-        check_face_parts(man.region_names)
-    name = str(data.get("name") or "").strip()
-    if name:
-        if not RUN_ID_RE.match(name):
-            raise BiasscopeError("'name' may use letters, digits, '.', '_' and '-' (at most 100, not starting "
-                                 "with '.')")
-    else:
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(str(data.get("manifest"))).stem).strip("-") or "audit"
-        name = f"{stem}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    run_dir = mgr.run_dir(name, exists=False)
-    if run_dir.exists():
-        raise RunBusyError(f"a run named {name!r} already exists; choose another name or resume it")
-    return mgr.submit(name, run_dir, man, [_source(st_models, n) for n in names], cfg, batch_size=batch,
-                      metrics_options=mopts)
+def _start(data: dict[str, Any]) -> WebAudit:
+    mgr, registry = audits(), _models()
+    req = parse_audit_request(data, mgr.root(), lambda name: mgr.run_dir(name, exists=False), registry)
+    return mgr.submit(req.name, req.run_dir, req.manifest, [_source(registry, n) for n in req.models], req.config,
+                      batch_size=req.batch_size, metrics_options=req.metrics_options)
 
 
 def _models() -> ModelRegistry:
@@ -613,7 +392,7 @@ def get_audit(run_id: str):
     mgr = audits()
     job = mgr.live(run_id)
     d = mgr.run_dir(run_id, exists=job is None)
-    starting = {"id": run_id, "name": run_id, "status": job.status if job else "unknown",
+    starting = {"id": run_id, "name": run_id, "status": job.status if job else JobStatus.QUEUED,
                 "job": job.to_dict() if job else None, "progress": 0.0, "has_metrics": False}
     if not (d / DB_NAME).is_file():  # queued: nothing written yet
         return jsonify(starting)
@@ -645,7 +424,7 @@ def resume_audit(run_id: str):
     man_meta = meta.get("manifest") or {}
     assert mgr.data_root is not None
     path = Path(man_meta.get("path") or "")
-    if not man_meta.get("path") or not _inside(path.resolve(), mgr.data_root):
+    if not man_meta.get("path") or not inside(path.resolve(), mgr.data_root):
         raise PathRefusedError(MSG_RUN_OUTSIDE.format(run_id=run_id))
     cfg = AuditConfig.from_dict(meta.get("config") or {})
     man = load_manifest(path.resolve(), groups=cfg.groups)
@@ -811,37 +590,17 @@ def audit_overlay(run_id: str, image_id: int):
 @audit_api.get("/audits/<run_id>/images/<int:image_id>/regions.png")
 def audit_regions(run_id: str, image_id: int):
     """The image with its manifest regions outlined and its face parts (if any) tinted."""
-    from PIL import ImageDraw
-
-    from ..regions import parse_region, region_mask
-
     d, row, img = _load_run_image(run_id, image_id)
     mgr = audits()
     faces = [r.face for r in RunStore(d).results(image_id=image_id) if r.face]
-    out = img.copy()
-    lm = faces[0].get("landmarks") if faces else None
-    if lm:
-        from ..faces import Face, face_part_masks, render_face_parts
-
-        box = tuple(faces[0].get("box") or (0, 0, 1, 1))
-        masks = face_part_masks((img.height, img.width), Face(box=box, landmarks=np.asarray(lm, dtype=float)))
-        out = render_face_parts(out, masks)
-    draw = ImageDraw.Draw(out)
-    palette = [(47, 111, 237), (217, 130, 43), (58, 157, 93), (184, 74, 98), (125, 91, 166)]
     man_root = Path((RunStore(d).get_meta("manifest", {}) or {}).get("root") or "")
-    for i, (name, text) in enumerate(sorted(row["regions"].items())):
-        spec = parse_region(name, text, man_root)
-        if spec.path is not None:
-            assert mgr.data_root is not None
-            if not _inside(spec.path.resolve(), mgr.data_root):
-                raise PathRefusedError(MSG_OUTSIDE.format(what="mask", path=text))
-        m = region_mask(spec, (img.height, img.width))
-        ys, xs = np.nonzero(m)
-        if len(xs):
-            c = palette[i % len(palette)]
-            draw.rectangle((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), outline=c,
-                           width=max(1, img.width // 150))
-            draw.text((int(xs.min()) + 3, int(ys.min()) + 2), name, fill=c)
+
+    def check_mask(path: Path, text: str) -> None:
+        assert mgr.data_root is not None
+        if not inside(path.resolve(), mgr.data_root):
+            raise PathRefusedError(MSG_OUTSIDE.format(what="mask", path=text))
+
+    out = draw_regions(img, row["regions"], man_root, face=faces[0] if faces else None, check_mask=check_mask)
     side = _int(request.args.get("max"), "max", 16, 4096, 512)
     if max(out.size) > side:
         out.thumbnail((side, side), Image.Resampling.LANCZOS)
@@ -858,14 +617,8 @@ def audit_explain(run_id: str, image_id: int):
     st = state()
     key = st.models.check_name(str(data.get("model") or ""))
     adapter = st.models.get(key)
-    methods = []
-    for m in _list(data.get("methods"), "methods") or ["gradcam"]:
-        name = get_explainer(m).name
-        if name not in methods:
-            methods.append(name)
-    raw = data.get("params") or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise BiasscopeError("'params' must map method names to objects of parameters")
+    methods = method_names(data.get("methods"), ["gradcam"])
+    raw = method_params(data.get("params"))
     params = {m: get_explainer(m)(adapter, **dict(raw.get(m, {}))).config for m in methods}
     target = data.get("target")
     if target in (None, ""):  # default: the class the audit explained for this model and image

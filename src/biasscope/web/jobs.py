@@ -11,10 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import secrets
-import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +21,14 @@ from PIL import Image
 from ..api import explain
 from ..errors import BiasscopeError, CancelledError
 from ..explainers import Explanation
+from ..jobs import TERMINAL, BackgroundJob, BusyError, JobPool, JobStatus
 from ..models import ModelAdapter, Prediction
 from ..render import colorize, render_overlay, value_limits
 from .state import NotFoundError
 
-__all__ = ["BusyError", "Job", "JobManager", "MethodResult", "fast_png", "legend"]
+__all__ = ["TERMINAL", "BusyError", "Job", "JobManager", "MethodResult", "fast_png", "legend"]
 
 log = logging.getLogger("biasscope.web")
-
-TERMINAL = frozenset({"done", "error", "cancelled"})
 
 
 def fast_png(img: Image.Image) -> bytes:
@@ -40,12 +36,6 @@ def fast_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-class BusyError(BiasscopeError):
-    """Too many jobs are queued; the client should retry later."""
-
-    status = 503
 
 
 def legend(exp: Explanation, stops: int = 11) -> dict:
@@ -79,11 +69,12 @@ class MethodResult:
     legend: dict | None = None
 
 
-@dataclass
-class Job:
-    """A unit of explanation work with its results."""
+@dataclass(kw_only=True, eq=False)
+class Job(BackgroundJob):
+    """A unit of explanation work with its results (status, cancel switch and times: :class:`BackgroundJob`)."""
 
-    id: str
+    kind = "job"
+
     model: str
     image_id: str
     image_meta: dict
@@ -91,15 +82,9 @@ class Job:
     params: dict[str, dict[str, Any]]
     target: int | None
     faithfulness: bool
-    status: str = "queued"
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
     model_info: dict = field(default_factory=dict)
     predictions: list[Prediction] = field(default_factory=list)
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     image: Image.Image | None = field(default=None, repr=False)
-    future: Future | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -110,6 +95,15 @@ class Job:
                 total += arr.nbytes if arr is not None else 0
             total += len(m.heatmap_png or b"") + len(m.overlay_png or b"")
         return total
+
+    def finish(self, status: JobStatus, error: str | None = None) -> None:
+        """End the job; its methods that had not finished end with it (cancelled, or failed with its error)."""
+        for m in self.methods.values():
+            if m.status not in TERMINAL:
+                m.status = status
+                if status == JobStatus.ERROR:
+                    m.error = error
+        super().finish(status, error)
 
     @property
     def progress(self) -> float:
@@ -169,7 +163,9 @@ class Job:
 
 
 class JobManager:
-    """Runs jobs on ``workers`` threads; at most ``max_pending`` unfinished jobs at once."""
+    """Explanation jobs on a :class:`~biasscope.jobs.JobPool` of ``workers`` threads; at most
+    ``max_pending`` unfinished jobs at once; finished ones kept ``ttl_s`` seconds, at most ``max_jobs``
+    of them and ``max_result_bytes`` of results."""
 
     def __init__(
         self,
@@ -181,21 +177,21 @@ class JobManager:
         max_result_bytes: int = 256 * 1024 * 1024,
         top: int = 5,
     ) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="biasscope-job")
+        self._pool: JobPool[Job] = JobPool(
+            workers=workers, max_pending=max_pending, name="biasscope-job", ttl_s=ttl_s, max_jobs=max_jobs,
+            max_bytes=max_result_bytes, clock=lambda: time.time(),
+            busy="the server is busy ({max_pending} jobs pending); try again in a few seconds")
         self.max_pending = max_pending
         self.max_jobs = max_jobs
         self.ttl_s = ttl_s
         self.max_result_bytes = max_result_bytes
         self.top = top
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return len(self._pool)
 
     def pending(self) -> int:
-        with self._lock:
-            return sum(1 for j in self._jobs.values() if j.status not in TERMINAL)
+        return self._pool.pending()
 
     def new_job(
         self,
@@ -225,70 +221,37 @@ class JobManager:
 
     def submit(self, job: Job, adapter: ModelAdapter) -> Job:
         """Queue ``job`` on the pool; raises :class:`BusyError` if too many are pending."""
-        with self._lock:
-            self._purge_locked(time.time())
-            if sum(1 for j in self._jobs.values() if j.status not in TERMINAL) >= self.max_pending:
-                raise BusyError(f"the server is busy ({self.max_pending} jobs pending); try again in a few seconds")
-            self._jobs[job.id] = job
-        job.future = self._pool.submit(self.run, job, adapter)
-        return job
+        return self._pool.submit(job, lambda j: self.run(j, adapter))
 
     def run_inline(self, job: Job, adapter: ModelAdapter) -> Job:
         """Run ``job`` in the calling thread and keep its results like a background job's."""
-        with self._lock:
-            self._purge_locked(time.time())
-            self._jobs[job.id] = job
-        self.run(job, adapter)
-        return job
+        self._pool.add(job, bounded=False)
+        return self._pool.run_inline(job, lambda j: self.run(j, adapter))
 
     def get(self, job_id: str) -> Job:
-        with self._lock:
-            self._purge_locked(time.time())
-            job = self._jobs.get(str(job_id))
+        job = self._pool.get(job_id)
         if job is None:
             raise NotFoundError(f"job {job_id!r} not found (results expire after {self.ttl_s:.0f} s)")
         return job
 
     def cancel(self, job_id: str) -> Job:
         """Ask ``job`` to stop; a queued job stops at once, a running one at its next progress report."""
-        job = self.get(job_id)
-        job.cancel_event.set()
-        if job.future is not None and job.future.cancel():
-            self._finish_cancelled(job)
+        self.get(job_id)
+        job = self._pool.cancel(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id!r} not found (results expire after {self.ttl_s:.0f} s)")
         return job
 
     def delete(self, job_id: str) -> None:
-        job = self.cancel(job_id)
-        with self._lock:
-            self._jobs.pop(job.id, None)
+        self.get(job_id)
+        self._pool.remove(job_id)
 
     def shutdown(self) -> None:
-        with self._lock:
-            jobs = list(self._jobs.values())
-        for j in jobs:
-            j.cancel_event.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     # ------------------------------------------------------------------ internals
-    def _purge_locked(self, now: float) -> None:
-        for k in [k for k, j in self._jobs.items() if j.finished is not None and now - j.finished > self.ttl_s]:
-            del self._jobs[k]
-        finished = [k for k, j in self._jobs.items() if j.finished is not None]
-        for k in finished[: max(0, len(self._jobs) - self.max_jobs)]:
-            del self._jobs[k]
-        # memory budget: drop the oldest finished jobs until the results fit
-        total = sum(j.nbytes for j in self._jobs.values())
-        for k in [k for k, j in self._jobs.items() if j.finished is not None]:
-            if total <= self.max_result_bytes:
-                break
-            total -= self._jobs.pop(k).nbytes
-
     def _finish_cancelled(self, job: Job) -> None:
-        for m in job.methods.values():
-            if m.status not in TERMINAL:
-                m.status = "cancelled"
-        job.status = "cancelled"
-        job.finished = time.time()
+        job.finish(JobStatus.CANCELLED)
 
     def run(self, job: Job, adapter: ModelAdapter) -> None:
         """Compute predictions, then each method in turn; never raises."""

@@ -18,8 +18,22 @@ from flask.json.provider import DefaultJSONProvider
 
 from ..audit.store import json_safe
 from ..errors import BiasscopeError
+from ..explainers import get_explainer
 
-__all__ = ["MAX_JSON_DEPTH", "MSG_JSON_DEPTH", "StrictJSONProvider", "dumps_strict", "json_object_body", "loads_json"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MSG_JSON_DEPTH",
+    "StrictJSONProvider",
+    "dumps_strict",
+    "field_bool",
+    "field_int",
+    "field_list",
+    "json_object_body",
+    "loads_json",
+    "method_names",
+    "method_params",
+    "request_fields",
+]
 
 log = logging.getLogger("biasscope.web")
 
@@ -72,6 +86,80 @@ def json_object_body() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BiasscopeError(MSG_JSON_OBJECT)
     return data
+
+
+def request_fields() -> dict[str, Any]:
+    """The request's fields, from a JSON object or a (multipart) form; empty when it sends neither.
+
+    A form's repeated ``methods`` become a list and its ``params`` field is JSON text (parsed here)."""
+    if request.mimetype == "application/json":
+        return json_object_body()
+    data: dict[str, Any] = {k: v for k, v in request.form.items()}
+    if "methods" in request.form and len(request.form.getlist("methods")) > 1:
+        data["methods"] = request.form.getlist("methods")
+    if isinstance(data.get("params"), str):
+        text = data["params"]
+        data["params"] = loads_json(text, "'params'") if text.strip() else {}
+        if not isinstance(data["params"], dict):
+            raise BiasscopeError("'params' must be a JSON object such as {\"lime\": {\"num_samples\": 500}}")
+    return data
+
+
+def field_bool(value: Any, name: str, default: bool = False) -> bool:
+    """A request field as a bool (true/false, 1/0, yes/no, on/off); ``default`` when absent or empty."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise BiasscopeError(f"'{name}' must be true or false, got {value!r}")
+
+
+def field_int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
+    """A request field as an integer in ``[lo, hi]``; ``default`` when absent or empty."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BiasscopeError(f"'{name}' must be an integer, got {value!r}")
+    try:
+        v = value if isinstance(value, int) else int(value.strip())
+    except ValueError:
+        raise BiasscopeError(f"'{name}' must be an integer, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise BiasscopeError(f"'{name}' must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def field_list(value: Any, name: str) -> list[str]:
+    """A request field as a list of non-empty strings (a JSON list or a comma-separated string)."""
+    if value is None or value == "":
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise BiasscopeError(f"'{name}' must be a list of strings or a comma-separated string")
+    return [v.strip() for v in items if v.strip()]
+
+
+def method_names(value: Any, default: list[str] | None = None) -> list[str]:
+    """Explainer names (a list or comma-separated), canonical and without repeats; ``default`` when none."""
+    names: list[str] = []
+    for m in field_list(value, "methods") or list(default or []):
+        name = get_explainer(m).name
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def method_params(value: Any) -> dict[str, dict[str, Any]]:
+    """The ``params`` field: method name -> object of parameters (empty when absent)."""
+    params = value or {}
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise BiasscopeError("'params' must map method names to objects of parameters")
+    return params
 
 
 def dumps_strict(obj: Any, **kwargs: Any) -> str:

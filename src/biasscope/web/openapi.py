@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__
 from ..explainers import Explainer, Param, list_explainers
 from ..explainers.registry import ALIASES
+from ..jobs import JobStatus
 
 __all__ = ["explainer_params_schemas", "openapi_document", "param_schema"]
 
@@ -219,13 +220,21 @@ _SCHEMAS: dict[str, Any] = {
             "stops": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "JobStatus": {
+        "type": "string",
+        "enum": [str(v) for v in JobStatus],
+        "description": "The one status vocabulary of explanation jobs, their methods, audits and verification "
+                       "audits: queued -> running -> done | error | cancelled. 'error' comes with an 'error' "
+                       "message (also for a run that stopped early, or one whose files cannot be served); an "
+                       "audit run that stopped early says 'resumable': true.",
+    },
     "MethodResult": {
         "type": "object",
         "properties": {
             "name": {"type": "string"},
             "label": {"type": "string"},
             "signed": {"type": "boolean"},
-            "status": {"type": "string", "enum": ["queued", "running", "done", "error", "cancelled"]},
+            "status": _ref("JobStatus"),
             "progress": {"type": "number"},
             "error": {"type": ["string", "null"]},
             "result": {
@@ -257,7 +266,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string"},
-            "status": {"type": "string", "enum": ["queued", "running", "done", "error", "cancelled"]},
+            "status": _ref("JobStatus"),
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "error": {"type": ["string", "null"]},
             "model": _ref("Model"),
@@ -475,7 +484,8 @@ _AUDIT_FIELDS = {
     "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 16},
 }
 _AUDIT_RUN = {"type": "object", "description": "run_info of the run plus 'job' (live status in this server), "
-              "'resumable' and 'files_allowed'"}
+              "'resumable' and 'files_allowed'", "properties": {"status": _ref("JobStatus"),
+                                                                "error": {"type": ["string", "null"]}}}
 
 
 def _get(summary: str, params: list, ok: dict, *codes: int) -> dict:
@@ -548,7 +558,7 @@ _PATHS.update({
 # face verification audits (web/verify.py)
 _VERIFY = _path_param("verify_id", "verification run id (its folder in RUNS/.verify)")
 _VERIFY_RUN = {"type": "object", "description": "id, status, job (live status in this server), summary; "
-               "metrics (metrics.json) once done"}
+               "metrics (metrics.json) once done", "properties": {"status": _ref("JobStatus")}}
 _PATHS.update({
     "/api/verify-audits": {
         "get": {"summary": "Face verification runs (dlib-face) in the runs directory",
@@ -562,7 +572,7 @@ _PATHS.update({
                          "explain": {"type": "integer", "minimum": 0, "maximum": 50, "default": 0,
                                      "description": "pairs per subgroup whose match is explained"},
                          "name": {"type": "string"}}}}}},
-                 "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404) | _AUDIT_ERR},
+                 "responses": {"202": _json(_VERIFY_RUN, "Accepted")} | _errors(400, 404, 409, 503) | _AUDIT_ERR},
     },
     "/api/verify-audits/{verify_id}": _get("A verification run: status, summary and metrics", [_VERIFY],
                                            _json(_VERIFY_RUN), 404),
@@ -588,7 +598,8 @@ def openapi_document() -> dict[str, Any]:
                 "null, never NaN or Infinity. Request bodies larger than the upload limit are refused with 413 "
                 "before they are read. Method parameters are checked against their declared type and range "
                 "(GET /api/explainers): numbers must be finite, an int parameter takes no fraction, a bool "
-                "only true/false, seeds 0 to 4294967295."
+                "only true/false, seeds 0 to 4294967295. Jobs and runs report one status vocabulary "
+                "(components.schemas.JobStatus): queued, running, done, error, cancelled."
             ),
         },
         "components": {

@@ -23,7 +23,7 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
 from .app import public_message, state
-from .jsonio import dumps_strict, json_object_body, loads_json
+from .jsonio import dumps_strict, field_bool, field_int, method_names, method_params, request_fields
 from .openapi import openapi_document
 from .samples import load_sample, sample_list
 from .state import ImageRecord, NotFoundError
@@ -43,48 +43,6 @@ MSG_NO_IMAGE = (
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _payload() -> dict[str, Any]:
-    """The request's fields, from a JSON object or a (multipart) form."""
-    if request.mimetype == "application/json":
-        return json_object_body()
-    data: dict[str, Any] = {k: v for k, v in request.form.items()}
-    if "methods" in request.form and len(request.form.getlist("methods")) > 1:
-        data["methods"] = request.form.getlist("methods")
-    if isinstance(data.get("params"), str):
-        text = data["params"]
-        data["params"] = loads_json(text, "'params'") if text.strip() else {}
-        if not isinstance(data["params"], dict):
-            raise BiasscopeError("'params' must be a JSON object such as {\"lime\": {\"num_samples\": 500}}")
-    return data
-
-
-def _as_bool(value: Any, name: str, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise BiasscopeError(f"'{name}' must be true or false, got {value!r}")
-
-
-def _as_int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise BiasscopeError(f"'{name}' must be an integer, got {value!r}")
-    try:
-        v = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise BiasscopeError(f"'{name}' must be an integer, got {value!r}") from None
-    if not lo <= v <= hi:
-        raise BiasscopeError(f"'{name}' must be between {lo} and {hi}, got {v}")
-    return v
-
-
 def _model_key(data: dict[str, Any]) -> str:
     st = state()
     name = data.get("model") or st.models.default_choice().name
@@ -127,15 +85,7 @@ def _methods(data: dict[str, Any]) -> list[str]:
     raw = data.get("methods", data.get("method"))
     if raw is None or raw == "" or raw == []:
         raise BiasscopeError("no explanation method given; choose from " + ", ".join(e.name for e in list_explainers()))
-    items = raw.split(",") if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not all(isinstance(m, str) for m in items):
-        raise BiasscopeError("'methods' must be a list of method names or a comma-separated string")
-    out: list[str] = []
-    for m in items:
-        if m.strip():
-            name = get_explainer(m).name
-            if name not in out:
-                out.append(name)
+    out = method_names(raw)
     if not out:
         raise BiasscopeError("no explanation method given")
     return out
@@ -143,9 +93,7 @@ def _methods(data: dict[str, Any]) -> list[str]:
 
 def _params(data: dict[str, Any], methods: list[str], adapter: ModelAdapter) -> dict[str, dict[str, Any]]:
     """Validated, coerced parameters per method (also checks the method runs on this model)."""
-    raw = data.get("params") or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise BiasscopeError("'params' must map method names to objects of parameters")
+    raw = method_params(data.get("params"))
     given: dict[str, dict[str, Any]] = {}
     for key, values in raw.items():
         name = get_explainer(key).name
@@ -179,7 +127,7 @@ def _prepare_job(data: dict[str, Any]):
         name, concept_classes = parse_concept(data["concept"])
         adapter = concept_adapter(adapter, name, concept_classes)
         target = adapter.concept_index
-    faith = _as_bool(data.get("faithfulness"), "faithfulness", True)
+    faith = field_bool(data.get("faithfulness"), "faithfulness", True)
     rec, img = _image(data)
     adapter.check_image(img)  # e.g. no face for a face model: a 422 now, not a failed job
     classes = {m: get_explainer(m) for m in methods}
@@ -259,7 +207,7 @@ def models():
 def model_classes(name: str):
     adapter = state().models.get(name)
     q = request.args.get("q", "").strip().lower()
-    limit = _as_int(request.args.get("limit"), "limit", 1, 100_000, 100_000)
+    limit = field_int(request.args.get("limit"), "limit", 1, 100_000, 100_000)
     rows = [{"index": i, "label": c} for i, c in enumerate(adapter.class_names) if q in c.lower()]
     return jsonify({"model": name, "count": len(rows), "classes": rows[:limit]})
 
@@ -305,7 +253,7 @@ def sample_image(name: str):
 
 @api.post("/images")
 def upload_image():
-    rec, _ = _image(_payload())
+    rec, _ = _image(request_fields())
     return jsonify(rec.to_dict()), 201
 
 
@@ -322,10 +270,10 @@ def get_image(image_id: str):
 
 @api.post("/predict")
 def predict_route():
-    data = _payload()
+    data = request_fields()
     key = _model_key(data)
     adapter = state().models.get(key)
-    top = _as_int(data.get("top"), "top", 1, adapter.num_classes, int(current_app.config["TOP_K"]))
+    top = field_int(data.get("top"), "top", 1, adapter.num_classes, int(current_app.config["TOP_K"]))
     rec, img = _image(data)
     t0 = time.perf_counter()
     preds = predict(adapter, img, top=top)[0]
@@ -373,8 +321,8 @@ def explain_route():
     """Cheap requests are answered now (200); dear ones (a slow method, or an estimated cost above
     MAX_SYNC_COST) are queued as a job and answered 202 like POST /api/jobs, so no request thread
     is held for long."""
-    data = _payload()
-    heatmaps = _as_bool(data.get("heatmaps"), "heatmaps", False)
+    data = request_fields()
+    heatmaps = field_bool(data.get("heatmaps"), "heatmaps", False)
     job, adapter, classes = _prepare_job(data)
     reason = _queue_reason(job, adapter, classes)
     if reason is not None:
@@ -387,7 +335,7 @@ def explain_route():
 
 @api.post("/jobs")
 def create_job():
-    job, adapter, _ = _prepare_job(_payload())
+    job, adapter, _ = _prepare_job(request_fields())
     state().jobs.submit(job, adapter)
     return _accepted(job)
 
@@ -413,7 +361,7 @@ def job_result(job_id: str):
     job = state().jobs.get(job_id)
     doc = {"biasscope_version": __version__} | job.to_dict(heatmaps=True)
     body = dumps_strict(doc, indent=1).encode()
-    download = _as_bool(request.args.get("download"), "download", False)
+    download = field_bool(request.args.get("download"), "download", False)
     return send_file(io.BytesIO(body), mimetype="application/json", as_attachment=download,
                      download_name=f"biasscope-{job.id}.json")
 
@@ -421,14 +369,14 @@ def job_result(job_id: str):
 @api.get("/jobs/<job_id>/methods/<method>/heatmap.png")
 def job_heatmap(job_id: str, method: str):
     _, m = _method_result(job_id, method)
-    download = _as_bool(request.args.get("download"), "download", False)
+    download = field_bool(request.args.get("download"), "download", False)
     return _png(m.heatmap_png or b"", f"{method}-heatmap.png", download)
 
 
 @api.get("/jobs/<job_id>/methods/<method>/overlay.png")
 def job_overlay(job_id: str, method: str):
     job, m = _method_result(job_id, method)
-    download = _as_bool(request.args.get("download"), "download", False)
+    download = field_bool(request.args.get("download"), "download", False)
     alpha_raw = request.args.get("alpha")
     alpha = None
     if alpha_raw not in (None, ""):

@@ -12,36 +12,54 @@ import io
 import json
 import logging
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, jsonify, send_file
 
-from ..errors import BiasscopeError, CancelledError
-from .audits import MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, _int, _list, _payload, audits, resolve_in_root
-from .jobs import TERMINAL
+from ..errors import BiasscopeError
+from ..jobs import BackgroundJob, JobPool, JobStatus
+from .audit_requests import RunBusyError
+from .audits import audits
+from .jsonio import field_int, field_list, request_fields
+from .security import MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, resolve_in_root
 from .state import NotFoundError
 
-__all__ = ["VERIFY_DIR", "VerifyManager", "install_verify", "verify_api"]
+__all__ = ["VERIFY_DIR", "VerifyJob", "VerifyManager", "install_verify", "verify_api"]
 
 log = logging.getLogger("biasscope.web")
 VERIFY_DIR = ".verify"
+MSG_VERIFY_STOPPED = ("the verification audit stopped before it finished; start it again with the same name to "
+                      "resume it")
 verify_api = Blueprint("verify_api", __name__, url_prefix="/api")
 
 
-class VerifyManager:
-    """Verification jobs of this server: status per run id, one worker thread, one shared dlib model."""
+@dataclass(kw_only=True, eq=False)
+class VerifyJob(BackgroundJob):
+    """A verification audit queued or running in this server (its id is the run id)."""
 
-    def __init__(self) -> None:
-        self._jobs: dict[str, dict[str, Any]] = {}
-        self._cancel: dict[str, threading.Event] = {}
+    kind = "verification run"
+
+    progress: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": str(self.status), "progress": self.progress} | {
+            k: v for k, v in self.state_dict().items() if k != "status"}
+
+
+class VerifyManager:
+    """Verification jobs of this server: one worker thread of a :class:`~biasscope.jobs.JobPool`, one shared
+    dlib model."""
+
+    def __init__(self, max_pending: int = 4) -> None:
+        self._pool: JobPool[VerifyJob] = JobPool(
+            workers=1, max_pending=max_pending, name="biasscope-verify", conflict=RunBusyError,
+            busy="{pending} verification audits are already queued or running; try again when one finishes",
+            internal="internal error during the verification audit; see the server log")
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="biasscope-verify")
         self._model = None
-        self.futures: dict[str, Any] = {}
 
     def model(self):
         with self._lock:
@@ -51,67 +69,38 @@ class VerifyManager:
                 self._model = load_embedding_model("dlib-face")
             return self._model
 
+    @property
+    def futures(self) -> dict[str, Any]:
+        """Each job's future (tests wait on them)."""
+        return {j.id: j.future for j in self._pool.jobs()}
+
     def job_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._jobs)
+        return [j.id for j in self._pool.jobs()]
 
     def job(self, run_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            j = self._jobs.get(run_id)
-            return dict(j) if j else None
+        j = self._pool.get(run_id)
+        return j.to_dict() if j else None
 
     def submit(self, run_id: str, run_dir: Path, manifest: Path, groups: list[str], far: float, explain: int) -> dict:
-        with self._lock:
-            cur = self._jobs.get(run_id)
-            if cur is not None and cur["status"] not in TERMINAL:
-                raise BiasscopeError(f"verification run {run_id!r} is already {cur['status']}")
-            self._jobs[run_id] = {"status": "queued", "progress": None, "error": None, "created": time.time(),
-                                  "finished": None}
-            self._cancel[run_id] = threading.Event()
-        self.futures[run_id] = self._pool.submit(self._run, run_id, run_dir, manifest, groups, far, explain)
-        return self.job(run_id) or {}
-
-    def cancel(self, run_id: str) -> None:
-        with self._lock:
-            ev = self._cancel.get(run_id)
-            j = self._jobs.get(run_id)
-        if ev is None or j is None or j["status"] in TERMINAL:
-            raise BiasscopeError(f"verification run {run_id!r} is not running in this server")
-        ev.set()
-
-    def _set(self, run_id: str, **kw: Any) -> None:
-        with self._lock:
-            self._jobs[run_id].update(kw)
-
-    def _run(self, run_id: str, run_dir: Path, manifest: Path, groups: list[str], far: float, explain: int) -> None:
         from ..verify import VerifyOptions, run_verify_audit
 
-        self._set(run_id, status="running")
-        ev = self._cancel[run_id]
+        def work(job: VerifyJob) -> None:
+            def progress(stage: str, done: int, total: int) -> None:
+                job.progress = {"stage": stage, "done": done, "total": total}
 
-        def progress(stage: str, done: int, total: int) -> None:
-            self._set(run_id, progress={"stage": stage, "done": done, "total": total})
-
-        try:
             run_verify_audit(manifest, out=run_dir, model=self.model(), groups=groups, options=VerifyOptions(far=far),
-                             explain=explain, progress=progress, cancel=ev)
-            self._set(run_id, status="done")
-        except CancelledError:
-            self._set(run_id, status="cancelled")
-        except BiasscopeError as exc:
-            self._set(run_id, status="error", error=str(exc))
-        except Exception:  # the client sees no traceback; the log has it
-            log.exception("verification audit %s failed", run_id)
-            self._set(run_id, status="error", error="internal error during the verification audit; see the server log")
-        finally:
-            self._set(run_id, finished=time.time())
+                             explain=explain, progress=progress, cancel=job.cancel_event)
+
+        return self._pool.submit(VerifyJob(id=run_id), work).to_dict()
+
+    def cancel(self, run_id: str) -> None:
+        j = self._pool.get(run_id)
+        if j is None or not j.active:
+            raise BiasscopeError(f"verification run {run_id!r} is not running in this server")
+        self._pool.cancel(run_id)
 
     def shutdown(self) -> None:
-        with self._lock:
-            events = list(self._cancel.values())
-        for ev in events:
-            ev.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
 
 def _manager() -> VerifyManager:
@@ -166,10 +155,12 @@ def _summary(d: Path) -> dict[str, Any]:
     job = _manager().job(d.name)
     out: dict[str, Any] = {"id": d.name, "job": job}
     mfile = d / "metrics.json"
-    if job is not None and job["status"] != "done":  # queued, running, error, cancelled in this server
+    if job is not None and job["status"] != JobStatus.DONE:  # queued, running, error, cancelled in this server
         out["status"] = job["status"]
-    else:
-        out["status"] = "done" if mfile.is_file() else "incomplete"
+    elif mfile.is_file():
+        out["status"] = JobStatus.DONE
+    else:  # a run of an earlier server that stopped before it finished
+        out["status"], out["error"] = JobStatus.ERROR, MSG_VERIFY_STOPPED
     if mfile.is_file() and out["status"] == "done":
         m = json.loads(mfile.read_text(encoding="utf-8"))
         o = m["overall"]
@@ -191,29 +182,29 @@ def list_verify_audits():
             continue
         try:
             if not _files_allowed(d):
-                runs.append({"id": d.name, "status": "outside data root",
+                runs.append({"id": d.name, "status": JobStatus.ERROR,
                              "error": MSG_RUN_OUTSIDE.format(run_id=d.name)})
                 continue
             runs.append(_summary(d))
         except Exception as exc:  # one broken run must not hide the others
-            runs.append({"id": d.name, "status": "unreadable", "error": str(exc)})
+            runs.append({"id": d.name, "status": JobStatus.ERROR, "error": str(exc)})
     return jsonify({"runs": runs})
 
 
 @verify_api.post("/verify-audits")
 def create_verify_audit():
-    data = _payload()
+    data = request_fields()
     manifest = resolve_in_root(audits().root(), data.get("manifest"), "manifest")
     if not manifest.is_file():
         raise NotFoundError(f"manifest {data.get('manifest')!r} not found under the data root")
-    groups = _list(data.get("groups"), "groups")
+    groups = field_list(data.get("groups"), "groups")
     try:
         far = float(data.get("far", 1e-3))
     except (TypeError, ValueError):
         raise BiasscopeError("'far' must be a number between 0 and 1") from None
     if not 0 < far < 1:
         raise BiasscopeError(f"'far' must be between 0 and 1 (exclusive), got {far}")
-    explain = _int(data.get("explain"), "explain", 0, 50, 0)
+    explain = field_int(data.get("explain"), "explain", 0, 50, 0)
     name = data.get("name") or datetime.now(UTC).strftime("verify-%Y%m%d-%H%M%S")
     if not isinstance(name, str) or not RUN_ID_RE.match(name):
         raise BiasscopeError("'name' may use letters, digits, '.', '_' and '-' (at most 100)")

@@ -58,8 +58,10 @@ function table(headers, rows) {
 /* ------------------------------------------------------------------ list + form */
 const L = { manifest: null, poll: null };
 
+// status: queued | running | done | error | cancelled (the API's one vocabulary); an error says why
 function statusCell(r) {
-  return el("span", { class: `status ${r.status}`, text: r.status });
+  const err = r.error || (r.job && r.job.error);
+  return el("span", { class: `status ${r.status}`, text: r.status, title: err || null });
 }
 
 async function loadRuns() {

@@ -36,7 +36,8 @@
       cell(tr, r.id);
       const st = document.createElement("span");
       st.className = `status ${r.status}`;
-      st.textContent = r.status + (r.job && r.job.error ? `: ${r.job.error}` : "");
+      const err = r.error || (r.job && r.job.error);  // status: queued | running | done | error | cancelled
+      st.textContent = r.status + (err ? `: ${err}` : "");
       cell(tr, st);
       cell(tr, p ? `${p.stage} ${p.done}/${p.total}` : "");
       cell(tr, s.threshold !== undefined ? `${fmt(s.threshold)} @ FAR ${s.far}` : "");
