@@ -176,7 +176,7 @@ def test_audit_request_schemas_list_exactly_the_fields_the_routes_read(audit_app
     r = client.post("/api/audits", json=full)
     assert r.status_code == 202, r.get_json()
     _check(reads, _documented(doc, "/api/audits"))
-    assert wait_audit(client, "fields")["status"] == "complete"
+    assert wait_audit(client, "fields")["status"] == "done"
     reads.clear()
     r = client.post("/api/audits/fields/images/0/explain",
                     json={"model": "biased", "methods": ["gradcam"], "params": {"gradcam": {}}, "target": 0,
@@ -184,7 +184,7 @@ def test_audit_request_schemas_list_exactly_the_fields_the_routes_read(audit_app
     assert r.status_code == 202, r.get_json()
     _check(reads, _documented(doc, "/api/audits/{run_id}/images/{image_id}/explain"))
     reads.clear()
-    client.post("/api/audits/fields/resume", json={"batch_size": 8})  # complete: nothing left, but it parses
+    client.post("/api/audits/fields/resume", json={"batch_size": 8})  # done: nothing left, but it parses
     _check(reads, _documented(doc, "/api/audits/{run_id}/resume"))
 
 
