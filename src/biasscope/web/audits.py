@@ -319,6 +319,31 @@ def _int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
     return v
 
 
+def _min_effect(value: Any) -> dict[str, float]:
+    """``min_effect``: the smallest group difference flagged, per kind, as {"accuracy": 0.1, ...} (the CLI's
+    ``--min-effect KIND=VALUE``); kinds not given keep :data:`~biasscope.audit.metrics.DEFAULT_MIN_EFFECT`."""
+    from ..audit.metrics import DEFAULT_MIN_EFFECT
+
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise BiasscopeError("'min_effect' must map kinds to numbers, e.g. {\"accuracy\": 0.1}")
+    out: dict[str, float] = {}
+    for kind, v in value.items():
+        if kind not in DEFAULT_MIN_EFFECT:
+            raise BiasscopeError(f"'min_effect': unknown kind {kind!r}; choose from {', '.join(DEFAULT_MIN_EFFECT)}")
+        if v is None or v == "":
+            continue  # a blank form field keeps the default
+        try:
+            f = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            f = math.nan
+        if not (math.isfinite(f) and 0 <= f <= 1):
+            raise BiasscopeError(f"'min_effect' of {kind} must be a number between 0 and 1, got {v!r}")
+        out[kind] = f
+    return out
+
+
 def _bool(value: Any, name: str, default: bool = False) -> bool:
     if value is None or value == "":
         return default
@@ -419,7 +444,13 @@ def _records_clean(rows: list[dict]) -> list[dict]:
 def audits_page():
     mgr = audits()
     return render_template("audits.html", version=__version__, enabled=mgr.enabled, message=MSG_DISABLED,
-                           flags=quality_flags())
+                           flags=quality_flags(), min_effect=_default_min_effect())
+
+
+def _default_min_effect() -> dict[str, float]:
+    from ..audit.metrics import DEFAULT_MIN_EFFECT
+
+    return dict(DEFAULT_MIN_EFFECT)
 
 
 @audit_pages.get("/audits/<run_id>")
@@ -550,7 +581,7 @@ def _start(data: dict[str, Any]):
                       match="topk" if data.get("match") == "topk" else "top1",
                       method_params={get_explainer(k).name: dict(v) for k, v in params.items()},
                       removal=None if removal == "none" else RemovalConfig(mode=removal),  # type: ignore[arg-type]
-                      face_parts=face_parts)
+                      face_parts=face_parts, faithfulness=_bool(data.get("faithfulness"), "faithfulness"))
     stereo = _list(data.get("stereotypical"), "stereotypical")
     for s in stereo:
         if ":" not in s:
@@ -559,6 +590,9 @@ def _start(data: dict[str, Any]):
              "n_perm": _int(data.get("n_perm"), "n_perm", 100, 20000, 1000),
              "min_group_size": _int(data.get("min_group_size"), "min_group_size", 1, 100000, 30),
              "stereotypical": stereo, "exclude_flags": flags}
+    min_effect = _min_effect(data.get("min_effect"))
+    if min_effect:
+        mopts["min_effect"] = min_effect
     batch = _int(data.get("batch_size"), "batch_size", 1, 1024, 16)
     # validate stereotypical cells, methods and labels on each model now, not in the worker (which
     # checks again before it creates the run's folder, so a refused run leaves nothing behind)

@@ -419,6 +419,11 @@ _AUDIT_FIELDS = {
     "top_k": {"type": "integer"}, "match": {"type": "string", "enum": ["top1", "topk"]},
     "n_boot": {"type": "integer"}, "n_perm": {"type": "integer"}, "min_group_size": {"type": "integer"},
     "batch_size": {"type": "integer"},
+    "min_effect": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+                   "description": "smallest group difference flagged per kind (accuracy, probability, rate, share, "
+                                  "removal, faithfulness); kinds not given keep 0.05"},
+    "faithfulness": {"type": "boolean", "default": False,
+                     "description": "explanation quality (deletion/insertion AUC, IG completeness) per label x group"},
 }
 _AUDIT_RUN = {"type": "object", "description": "run_info of the run plus 'job' (live status in this server), "
               "'resumable' and 'files_allowed'"}
