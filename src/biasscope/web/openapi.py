@@ -247,6 +247,30 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/models/clip-classes": {
+        "post": {
+            "summary": "A served CLIP model over the classes you give: returns a new model name for predict, "
+                       "explain and audits. Only the class text embeddings are computed (the image tower is "
+                       "shared); the same base, classes and prompts give the same name; the 8 most recently used "
+                       "class sets are kept",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["base", "classes"],
+                "properties": {
+                    "base": {"type": "string", "description": "a served clip:ARCH model (GET /api/models)"},
+                    "classes": {"oneOf": [{"type": "array", "items": {"type": "string", "maxLength": 200},
+                                           "minItems": 2, "maxItems": 1000, "uniqueItems": True},
+                                          {"type": "string", "description": "comma-separated"}],
+                                "description": "2 to 1000 distinct non-empty class names"},
+                    "prompts": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 16,
+                                "description": "templates with '{}' for the class, averaged (default: six photo "
+                                               "prompts)"},
+                }}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "name": {"type": "string"}, "base": {"type": "string"},
+                "classes": {"type": "array", "items": {"type": "string"}}, "model": _ref("Model")}})}
+            | _errors(400, 409),
+        }
+    },
     "/api/models/{name}/classes": {
         "get": {
             "summary": "Class names of a model, optionally filtered by a substring",
