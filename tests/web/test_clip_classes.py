@@ -4,6 +4,8 @@ classes (random weights here: mechanics only), and bad class lists are refused w
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -110,3 +112,42 @@ def test_invalid_class_lists_are_a_400(client, body, says):
     r = client.post("/api/models/clip-classes", json={"base": SPEC} | body)
     assert r.status_code == 400, r.get_json()
     assert says in r.get_json()["error"]["message"]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_page_lets_the_user_type_clip_classes(make_app, clip_extra):
+    """Choosing the CLIP model shows a classes field filled with its classes; typing others and pressing the
+    button makes the page predict over exactly those classes; a non-CLIP model hides the field."""
+    import os
+
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("Debian chromium is not installed (make browser)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from .conftest import live_server
+    from .test_browser import ARGS
+
+    app = make_app(DEFAULT_MODEL=SPEC, EXTRA_MODELS=clip_extra)
+    with live_server(app) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        expect(page.locator("#clip-classes")).to_be_visible()
+        expect(page.locator("#clip-classes-input")).to_have_value("doctor, nurse")
+        page.locator("#samples .sample").first.click()
+        page.locator("#predictions li.prediction, #error:not(.hidden)").first.wait_for()
+        assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+        expect(page.locator("#predictions li.prediction")).to_have_count(2, timeout=120_000)
+        page.fill("#clip-classes-input", "surgeon, pilot, chef")
+        page.click("#clip-classes-btn")
+        expect(page.locator("#model-select")).to_have_value(re.compile(r"^clip:ViT-B-32@"), timeout=120_000)
+        expect(page.locator("#predictions li.prediction")).to_have_count(3, timeout=120_000)
+        text = page.locator("#predictions").inner_text()
+        assert all(c in text for c in ("surgeon", "pilot", "chef")) and "doctor" not in text
+        page.select_option("#model-select", "colour")
+        expect(page.locator("#clip-classes")).to_be_hidden()
+        browser.close()
