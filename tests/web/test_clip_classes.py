@@ -151,3 +151,20 @@ def test_page_lets_the_user_type_clip_classes(make_app, clip_extra):
         page.select_option("#model-select", "colour")
         expect(page.locator("#clip-classes")).to_be_hidden()
         browser.close()
+
+
+def test_pickled_clip_module_drops_its_text_tower():
+    """A pickled CLIP classifier (process pools) carries its image tower and class embeddings only; asking it
+    for other classes then says what to do instead of failing obscurely."""
+    import pickle
+
+    from biasscope.errors import ModelError
+    from biasscope.models.external import ZeroShotCLIP
+
+    text = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    m = ZeroShotCLIP(torch.nn.Linear(3, 4), text, 100.0, lambda c, p: torch.randn(len(c), 4))  # a lambda: unpicklable
+    back = pickle.loads(pickle.dumps(m))
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(back(x), m(x))
+    with pytest.raises(ModelError, match="load it again"):
+        back.with_classes(["a", "b"])
