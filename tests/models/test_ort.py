@@ -417,3 +417,38 @@ def test_an_export_is_reused_by_the_next_process_and_checked_like_a_fresh_one(
     torch.testing.assert_close(broken.probabilities(x, batch_size=8), want, atol=1e-6, rtol=1e-5)
     assert calls == [1, 1] and broken.active_backend == "onnxruntime"
     assert onnx.load_from_string(stored.read_bytes()).graph.node  # replaced by a valid graph
+
+
+def _tiny_vit() -> nn.Module:
+    """A torchvision ViT small enough for a unit test (its encoder uses fused nn.MultiheadAttention)."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16,
+                             num_classes=5).eval()
+
+
+def test_auto_skips_export_of_fused_attention_and_prints_nothing(capfd) -> None:
+    """torchvision ViTs cannot be exported at opset 17: auto stays on PyTorch with the reason, silently."""
+    vit = _tiny_vit()
+    ad = ModelAdapter(name="vit", model=vit, class_names=[f"c{i}" for i in range(5)], input_size=32,
+                      backend="auto")
+    x = torch.randn(MIN_WORK, 3, 32, 32)
+    got = ad.probabilities(x)
+    d = ad.to_dict()["backend"]
+    assert d["active"] == "torch" and d["reason"] == ort_mod.MHA_REASON
+    with torch.no_grad():
+        torch.testing.assert_close(got, torch.softmax(vit(x), dim=1))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_failed_export_prints_nothing(capfd) -> None:
+    """A failing export (here the fused-attention ViT, asked directly) raises; the exporter's graph dump
+    (kilobytes on the C++ stdout) and warnings never reach the terminal, and the descriptors are restored."""
+    with pytest.raises(Exception, match="_native_multi_head_attention"):
+        ort_mod.export_onnx(_tiny_vit(), 32)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    print("after")  # stdout works again after the export
+    assert capfd.readouterr().out == "after\n"

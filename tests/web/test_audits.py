@@ -335,3 +335,38 @@ def test_stored_run_states_are_reported_in_the_job_vocabulary(audit_app, data_ro
     assert seen == {"complete": ("done", False, None), "interrupted": ("error", True, MSG_STOPPED),
                     "running": ("error", True, MSG_STOPPED), "cancelled": ("cancelled", True, None)}
     assert {s for s, _, _ in seen.values()} <= {str(s) for s in JobStatus}
+
+
+def test_min_effect_and_faithfulness_from_the_form_are_stored_and_used(audit_app, tmp_path):
+    """The form's minimum effect per kind and explanation-quality switch reach the run: its stored options
+    carry them (kinds not given keep the defaults), and faithfulness AUCs are computed."""
+    from biasscope.audit.metrics import DEFAULT_MIN_EFFECT, effect_kind
+    from biasscope.audit.store import RunStore
+
+    client = audit_app.test_client()
+    body = BODY | {"name": "strict", "min_effect": {"accuracy": 0.2, "share": "0.3", "removal": ""},
+                   "faithfulness": True}
+    assert client.post("/api/audits", json=body).status_code == 202
+    assert wait_audit(client, "strict")["status"] == "done"
+    store = RunStore(tmp_path / "runs" / "strict")
+    want = DEFAULT_MIN_EFFECT | {"accuracy": 0.2, "share": 0.3}
+    assert store.get_meta("metrics_options")["min_effect"] == want
+    assert store.get_meta("config")["faithfulness"] is True
+    metrics = client.get("/api/audits/strict/metrics.json").get_json()
+    used = metrics["run"]["metrics_options"]["min_effect"]
+    assert used == want
+    gender = metrics["models"]["biased"]["groupings"]["gender"]
+    assert gender["faithfulness"]["cells"]
+    gaps = list(gender["gaps"].values())
+    assert gaps and all(g["min_effect"] == used[effect_kind(g["metric"])] for g in gaps)
+    assert {g["min_effect"] for g in gaps} >= {0.2}
+    # the page offers both
+    page = client.get("/audits").get_data(as_text=True)
+    assert 'id="faithfulness"' in page and all(f'data-kind="{k}"' in page for k in DEFAULT_MIN_EFFECT)
+
+
+@pytest.mark.parametrize("bad", [{"accuracy": 1.5}, {"accuracy": -0.1}, {"accuracy": "nan"}, {"accuracy": True},
+                                 {"colour": 0.1}, [0.1], "accuracy=0.1"])
+def test_invalid_min_effect_is_a_400(audit_app, bad):
+    msg = error(audit_app.test_client().post("/api/audits", json=BODY | {"min_effect": bad}), 400)["message"]
+    assert "min_effect" in msg

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import BiasscopeError, ModelError
 from .cache import cache_dir, read_blob, weights_digest, write_blob
-from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
+from .ort import BACKENDS, MHA_REASON, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
 
 __all__ = ["VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
 
@@ -282,6 +282,9 @@ class ModelAdapter:
         """
         if not ort_available():
             return None, "onnxruntime is not installed (pip install 'biasscope[onnx]')"
+        fused_mha = any(isinstance(m, nn.MultiheadAttention) for m in self.model.modules())
+        if fused_mha and self.onnx_source is None:  # known to fail: skip the probe and the export's seconds
+            return None, MHA_REASON
         with torch.no_grad():
             want = torch.softmax(self.logits(probe.to(self.device)).float(), dim=1).cpu()
         refused = []
@@ -291,6 +294,8 @@ class ModelAdapter:
             if runner is not None:
                 return runner, f"original ONNX file {why}"
             refused.append(f"original ONNX file not used: {why}")
+        if fused_mha:
+            return None, "; ".join([*refused, MHA_REASON])
         key = self._export_key()
         cached = read_blob("onnx", key, ".onnx") if key is not None else None
         if cached is not None:  # this model's export from an earlier process, checked like a fresh one

@@ -10,8 +10,9 @@ class names, so every explanation method works on it unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,11 +282,28 @@ class ZeroShotCLIP(nn.Module):
     CLIP's zero-shot recipe); only the image tower runs at prediction time.
     """
 
-    def __init__(self, visual: nn.Module, text: torch.Tensor, logit_scale: float) -> None:
+    def __init__(self, visual: nn.Module, text: torch.Tensor, logit_scale: float,
+                 text_encoder: Callable[[Sequence[str], Sequence[str]], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.visual = visual
         self.register_buffer("text", text)
         self.logit_scale = float(logit_scale)
+        #: ``(classes, prompts) -> (C, D)`` text embeddings (the text tower and tokenizer, kept outside the
+        #: module tree so hooks, exports and weight digests see the image tower only); None after pickling
+        self.text_encoder = text_encoder
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["text_encoder"] = None  # the text tower stays where it was built
+        return state
+
+    def with_classes(self, classes: Sequence[str], prompts: Sequence[str] | None = None) -> ZeroShotCLIP:
+        """The same image tower (shared, not copied) over other classes: only the text embeddings are computed."""
+        if self.text_encoder is None:
+            raise ModelError("this CLIP model has no text tower here (it was pickled); load it again to change "
+                             "its classes")
+        text = self.text_encoder(list(classes), list(prompts or DEFAULT_CLIP_PROMPTS)).to(self.text.device)
+        return ZeroShotCLIP(self.visual, text, self.logit_scale, self.text_encoder).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.visual(x)
@@ -297,15 +315,21 @@ class ZeroShotCLIP(nn.Module):
 
 @torch.no_grad()
 def class_text_embeddings(model: nn.Module, tokenizer, classes: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
-    """``(C, D)``: per class, the normalised mean of the normalised embeddings of its prompts."""
+    """``(C, D)``: per class, the normalised mean of the normalised embeddings of its prompts.
+
+    Classes are encoded in chunks of about 256 prompt texts (one text-tower batch each).
+    """
     out = []
-    for c in classes:
-        tokens = tokenizer([p.format(c) if "{}" in p else f"{p} {c}" for p in prompts])
-        e = model.encode_text(tokens).float()
+    step = max(1, 256 // max(len(prompts), 1))
+    device = next(iter(model.parameters())).device
+    for i in range(0, len(classes), step):
+        chunk = classes[i : i + step]
+        texts = [p.format(c) if "{}" in p else f"{p} {c}" for c in chunk for p in prompts]
+        e = model.encode_text(tokenizer(texts).to(device)).float()
         e = e / e.norm(dim=-1, keepdim=True)
-        m = e.mean(0)
-        out.append(m / m.norm())
-    return torch.stack(out)
+        m = e.reshape(len(chunk), len(prompts), -1).mean(1)
+        out.append(m / m.norm(dim=-1, keepdim=True))
+    return torch.cat(out)
 
 
 def build_clip(
@@ -374,7 +398,8 @@ def build_clip(
     std = tuple(tag_cfg.get("std") or pcfg.get("std"))
     size = pcfg.get("size", 224)
     size = size[0] if isinstance(size, list | tuple) else size
-    module = ZeroShotCLIP(model.visual, text, float(model.logit_scale.detach().exp()))
+    module = ZeroShotCLIP(model.visual, text, float(model.logit_scale.detach().exp()),
+                          functools.partial(class_text_embeddings, model, tokenizer))
     return ExternalModel(module.eval(), names, int(size), mean, std, f"clip:{arch}", source, note)  # type: ignore[arg-type]
 
 

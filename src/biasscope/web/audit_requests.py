@@ -7,6 +7,7 @@ with a 4xx, so a refused audit leaves no run folder behind.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,33 @@ def _config(data: dict[str, Any], groups: list[str]) -> AuditConfig:
                        match="topk" if data.get("match") == "topk" else "top1",
                        method_params={get_explainer(k).name: dict(v) for k, v in params.items()},
                        removal=None if removal == "none" else RemovalConfig(mode=removal),  # type: ignore[arg-type]
-                       face_parts=field_bool(data.get("face_parts"), "face_parts"))
+                       face_parts=field_bool(data.get("face_parts"), "face_parts"),
+                       faithfulness=field_bool(data.get("faithfulness"), "faithfulness"))
+
+
+def _min_effect(value: Any) -> dict[str, float]:
+    """``min_effect``: the smallest group difference flagged, per kind, as {"accuracy": 0.1, ...} (the CLI's
+    ``--min-effect KIND=VALUE``); kinds not given keep :data:`~biasscope.audit.metrics.DEFAULT_MIN_EFFECT`."""
+    from ..audit.metrics import DEFAULT_MIN_EFFECT
+
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise BiasscopeError("'min_effect' must map kinds to numbers, e.g. {\"accuracy\": 0.1}")
+    out: dict[str, float] = {}
+    for kind, v in value.items():
+        if kind not in DEFAULT_MIN_EFFECT:
+            raise BiasscopeError(f"'min_effect': unknown kind {kind!r}; choose from {', '.join(DEFAULT_MIN_EFFECT)}")
+        if v is None or v == "":
+            continue  # a blank form field keeps the default
+        try:
+            f = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            f = math.nan
+        if not (math.isfinite(f) and 0 <= f <= 1):
+            raise BiasscopeError(f"'min_effect' of {kind} must be a number between 0 and 1, got {v!r}")
+        out[kind] = f
+    return out
 
 
 def _metrics_options(data: dict[str, Any], face_parts: bool) -> dict[str, Any]:
@@ -98,10 +125,14 @@ def _metrics_options(data: dict[str, Any], face_parts: bool) -> dict[str, Any]:
     for s in stereo:
         if ":" not in s:
             raise BiasscopeError(f"stereotypical cell {s!r}: expected LABEL:GROUP, e.g. doctor:male")
-    return {"n_boot": field_int(data.get("n_boot"), "n_boot", 100, 20000, 1000),
-            "n_perm": field_int(data.get("n_perm"), "n_perm", 100, 20000, 1000),
-            "min_group_size": field_int(data.get("min_group_size"), "min_group_size", 1, 100000, 30),
-            "stereotypical": stereo, "exclude_flags": flags}
+    out = {"n_boot": field_int(data.get("n_boot"), "n_boot", 100, 20000, 1000),
+           "n_perm": field_int(data.get("n_perm"), "n_perm", 100, 20000, 1000),
+           "min_group_size": field_int(data.get("min_group_size"), "min_group_size", 1, 100000, 30),
+           "stereotypical": stereo, "exclude_flags": flags}
+    min_effect = _min_effect(data.get("min_effect"))
+    if min_effect:
+        out["min_effect"] = min_effect
+    return out
 
 
 def _check_on_models(man: Manifest, names: list[str], cfg: AuditConfig, stereo: list[str],

@@ -278,7 +278,13 @@ def _records_clean(rows: list[dict]) -> list[dict]:
 def audits_page():
     mgr = audits()
     return render_template("audits.html", version=__version__, enabled=mgr.enabled, message=MSG_DISABLED,
-                           flags=quality_flags())
+                           flags=quality_flags(), min_effect=_default_min_effect())
+
+
+def _default_min_effect() -> dict[str, float]:
+    from ..audit.metrics import DEFAULT_MIN_EFFECT
+
+    return dict(DEFAULT_MIN_EFFECT)
 
 
 @audit_pages.get("/audits/<run_id>")

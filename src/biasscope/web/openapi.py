@@ -304,6 +304,30 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/models/clip-classes": {
+        "post": {
+            "summary": "A served CLIP model over the classes you give: returns a new model name for predict, "
+                       "explain and audits. Only the class text embeddings are computed (the image tower is "
+                       "shared); the same base, classes and prompts give the same name; the 8 most recently used "
+                       "class sets are kept",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["base", "classes"],
+                "properties": {
+                    "base": {"type": "string", "description": "a served clip:ARCH model (GET /api/models)"},
+                    "classes": {"oneOf": [{"type": "array", "items": {"type": "string", "maxLength": 200},
+                                           "minItems": 2, "maxItems": 1000, "uniqueItems": True},
+                                          {"type": "string", "description": "comma-separated"}],
+                                "description": "2 to 1000 distinct non-empty class names"},
+                    "prompts": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 16,
+                                "description": "templates with '{}' for the class, averaged (default: six photo "
+                                               "prompts)"},
+                }}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "name": {"type": "string"}, "base": {"type": "string"},
+                "classes": {"type": "array", "items": {"type": "string"}}, "model": _ref("Model")}})}
+            | _errors(400, 409),
+        }
+    },
     "/api/models/{name}/classes": {
         "get": {
             "summary": "Class names of a model, optionally filtered by a substring",
@@ -482,6 +506,11 @@ _AUDIT_FIELDS = {
                "description": "permutations per test"},
     "min_group_size": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 30},
     "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 16},
+    "min_effect": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+                   "description": "smallest group difference flagged per kind (accuracy, probability, rate, share, "
+                                  "removal, faithfulness); kinds not given keep 0.05"},
+    "faithfulness": {"type": "boolean", "default": False,
+                     "description": "explanation quality (deletion/insertion AUC, IG completeness) per label x group"},
 }
 _AUDIT_RUN = {"type": "object", "description": "run_info of the run plus 'job' (live status in this server), "
               "'resumable' and 'files_allowed'", "properties": {"status": _ref("JobStatus"),

@@ -203,6 +203,20 @@ def models():
     )
 
 
+@api.post("/models/clip-classes")
+def clip_classes():
+    """A served CLIP model over the classes the page typed: a new model name for predict and explain."""
+    data = request_fields()
+    base = data.get("base")
+    if not isinstance(base, str) or not base:
+        raise BiasscopeError("'base' must name a served CLIP model (GET /api/models), e.g. clip:ViT-B-32")
+    st = state()
+    name = st.models.derive_clip(base, data.get("classes"), data.get("prompts"))
+    adapter = st.models.get(name)
+    return jsonify({"name": name, "base": st.models.status(name)["base"], "classes": adapter.class_names,
+                    "model": _model_info(name, adapter)})
+
+
 @api.get("/models/<name>/classes")
 def model_classes(name: str):
     adapter = state().models.get(name)

@@ -25,7 +25,40 @@ from ..errors import BiasscopeError, ModelError, WeightsMissingError
 from ..faces.attribute import FACE_MODELS, face_model_status
 from ..models import SUPPORTED_MODELS, ModelAdapter, load_model, zoo_status
 
-__all__ = ["ImageRecord", "ImageStore", "ModelRegistry", "NotFoundError"]
+__all__ = ["MAX_CLASS_CHARS", "MAX_CLIP_CLASSES", "MAX_DERIVED_MODELS", "ImageRecord", "ImageStore", "ModelRegistry",
+           "NotFoundError", "clip_class_list"]
+
+#: CLIP class sets defined on the page kept at once (each holds only its text embeddings: the image
+#: tower is the served CLIP model's, shared); the least recently used one is dropped beyond this
+MAX_DERIVED_MODELS = 8
+#: bounds of a class set defined on the page: classes per set, characters per class name or prompt, prompts
+MAX_CLIP_CLASSES = 1000
+MAX_CLASS_CHARS = 200
+MAX_CLIP_PROMPTS = 16
+
+
+def clip_class_list(value: object, name: str = "classes", lo: int = 2, hi: int = MAX_CLIP_CLASSES) -> list[str]:
+    """``lo``..``hi`` non-empty, distinct (ignoring case) strings of at most MAX_CLASS_CHARS characters, from
+    a JSON list or a comma-separated string; anything else is a 400 saying what to send."""
+    if isinstance(value, str):
+        items = value.split(",") if name == "classes" else [value]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = value
+    else:
+        raise BiasscopeError(f"'{name}' must be a list of strings (or one comma-separated string)")
+    out = [v.strip() for v in items]
+    if any(not v for v in out):
+        raise BiasscopeError(f"'{name}' has an empty entry; remove it")
+    long = [v for v in out if len(v) > MAX_CLASS_CHARS]
+    if long:
+        raise BiasscopeError(f"'{name}': {long[0][:40]!r}... is longer than {MAX_CLASS_CHARS} characters")
+    if not lo <= len(out) <= hi:
+        raise BiasscopeError(f"'{name}' must have {lo} to {hi} entries, got {len(out)}")
+    seen: set[str] = set()
+    dup = [v for v in out if v.lower() in seen or seen.add(v.lower())]  # type: ignore[func-returns-value]
+    if dup:
+        raise BiasscopeError(f"'{name}' must be distinct; {dup[0]!r} is given twice")
+    return out
 
 
 class NotFoundError(BiasscopeError):
@@ -68,16 +101,24 @@ class ModelRegistry:
         self._models: dict[str, ModelAdapter] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        #: CLIP class sets defined through the API: name -> (base model name, adapter), least recently used first
+        self._derived: OrderedDict[str, tuple[str, ModelAdapter]] = OrderedDict()
 
     @property
     def names(self) -> list[str]:
         """Every model name the app accepts: extra models first, then the documented zoo."""
         zoo = [n for n in SUPPORTED_MODELS if n not in self._extra]
-        return list(self._extra) + zoo + [n for n in FACE_MODELS if n not in self._extra]
+        return list(self._extra) + list(self._derived) + zoo + [n for n in FACE_MODELS if n not in self._extra]
 
     def status(self, name: str) -> dict:
         """``{name, ready, loaded, reason, fix, source}`` for one model (no loading); a loaded model
         adds ``backend`` and ``precision``: which engine and dtype its gradient-free forwards use and why."""
+        derived = self._derived.get(name)
+        if derived is not None:
+            base, adapter = derived
+            return {"name": name, "ready": True, "loaded": True, "reason": "", "fix": "", "base": base,
+                    "source": f"{base} over {adapter.num_classes} classes set through the API",
+                    "backend": adapter.to_dict()["backend"], "precision": adapter.to_dict()["precision"]}
         adapter = self._models.get(name)
         if name in self._extra:
             out = {"name": name, "ready": True, "loaded": adapter is not None, "reason": "", "fix": "",
@@ -114,14 +155,23 @@ class ModelRegistry:
         return DefaultChoice(self._default, False, first["reason"], first["fix"])
 
     def check_name(self, name: str) -> str:
-        key = str(name).strip().lower() if name not in self._extra else name
+        key = str(name).strip().lower() if name not in self._extra and name not in self._derived else name
         if key not in self.names:
+            base = str(name).rpartition("@")[0]
+            if base in self._extra and base.startswith("clip:"):
+                raise BiasscopeError(f"model {name!r} was a class set of {base} that has been dropped for newer "
+                                     f"ones (at most {MAX_DERIVED_MODELS} are kept); set its classes again")
             raise BiasscopeError(f"unknown model {name!r}; choose from {', '.join(self.names)}")
         return key
 
     def get(self, name: str) -> ModelAdapter:
         """The loaded model ``name`` (loaded on first use; concurrent first uses load once)."""
         key = self.check_name(name)
+        derived = self._derived.get(key)
+        if derived is not None:
+            with contextlib.suppress(KeyError):  # dropped meanwhile: this caller still gets it
+                self._derived.move_to_end(key)
+            return derived[1]
         model = self._models.get(key)
         if model is not None:
             return model
@@ -143,7 +193,47 @@ class ModelRegistry:
             return self._models[key]
 
     def loaded(self) -> list[str]:
-        return list(self._models)
+        return list(self._models) + list(self._derived)
+
+    def derive_clip(self, base: str, classes: object, prompts: object = None) -> str:
+        """A model over other classes made from the served CLIP model ``base``: its image tower is shared
+        and only the class text embeddings are computed (CLIP's zero-shot recipe, as ``--classes``). The same
+        base, classes and prompts give the same name; at most MAX_DERIVED_MODELS are kept (LRU)."""
+        import dataclasses
+        import hashlib
+        import json
+
+        from ..models.external import ZeroShotCLIP
+
+        names = clip_class_list(classes)
+        tmpl = None if prompts in (None, "", []) else clip_class_list(prompts, "prompts", 1, MAX_CLIP_PROMPTS)
+        for p in tmpl or []:
+            if p.replace("{}", "").count("{") or p.replace("{}", "").count("}") or p.count("{}") > 1:
+                raise BiasscopeError(f"prompt {p!r}: use at most one '{{}}' where the class goes, and no other braces")
+        key = self.check_name(base)
+        if key in self._derived:  # a class set of a class set: derive from the served model itself
+            key = self._derived[key][0]
+        root = self.get(key)
+        if not isinstance(root.model, ZeroShotCLIP) or root.model.text_encoder is None:
+            raise BiasscopeError(f"model {base!r} is not a CLIP model; classes can be set only for a served "
+                                 "clip:ARCH model (biasscope serve --model clip:ViT-B-32 ...)")
+        digest = hashlib.blake2b(json.dumps([key, names, tmpl]).encode(), digest_size=5).hexdigest()
+        name = f"{key}@{digest}"
+        with self._lock:
+            if name in self._derived:
+                self._derived.move_to_end(name)
+                return name
+        module = root.model.with_classes(names, tmpl)  # the text tower only
+        # the hook lock is the base's own (replace keeps it): layer hooks go on the shared image tower
+        adapter = dataclasses.replace(root, name=name, model=module, class_names=names, onnx_source=None,
+                                      _batch_sizes=dict(root._batch_sizes))  # same image tower, same batch sizes
+        adapter.source = f"{root.source} (classes set through the API)"
+        with self._lock:
+            self._derived[name] = (key, adapter)
+            self._derived.move_to_end(name)
+            while len(self._derived) > MAX_DERIVED_MODELS:
+                self._derived.popitem(last=False)
+        return name
 
 
 @dataclass

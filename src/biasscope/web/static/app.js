@@ -3,7 +3,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const S = {
-  models: [], explainers: [], image: null, model: null, predictions: [], target: null,
+  models: [], explainers: [], image: null, model: null, predictions: [], target: null, nclasses: {},
   classes: {}, job: null, poll: null, rendered: new Set(), busy: false,
 };
 
@@ -64,10 +64,45 @@ async function loadModels() {
   describeModel();
 }
 
+/* A CLIP model's classes are whatever the user types: the server derives a model over them from the
+   served CLIP model (text embeddings only) and names it; that name is then the chosen model. */
+async function showClipClasses(m) {
+  const isClip = !!m && m.ready && m.name.startsWith("clip:");
+  $("#clip-classes").classList.toggle("hidden", !isClip);
+  if (!isClip) return;
+  try {
+    const data = await api(`/api/models/${encodeURIComponent(m.name)}/classes`);
+    if (S.model === m.name) $("#clip-classes-input").value = data.classes.map((c) => c.label).join(", ");
+  } catch (e) { /* the model's own error is shown by the prediction */ }
+}
+
+async function setClipClasses() {
+  clearError();
+  const m = S.models.find((x) => x.name === S.model);
+  if (!m) return;
+  const prompt = $("#clip-prompt-input").value.trim();
+  const body = { base: m.base || m.name, classes: $("#clip-classes-input").value };
+  if (prompt) body.prompts = [prompt];
+  $("#clip-classes-btn").disabled = true;
+  try {
+    const r = await api("/api/models/clip-classes", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+    await loadModels();
+    S.model = r.name; S.target = null;
+    $("#model-select").value = r.name;
+    describeModel(); resetResults(); runPredict(); updateAvailability(S.model);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("#clip-classes-btn").disabled = false;
+  }
+}
+
 function describeModel() {
   const m = S.models.find((x) => x.name === S.model);
   const box = $("#model-status");
   box.textContent = "";
+  showClipClasses(m);
   if (!m) return;
   if (m.ready) {
     box.className = "model-status ok";
@@ -220,8 +255,13 @@ async function runPredict() {
   list.textContent = "";
   list.append(el("li", { class: "muted loading", text: `Predicting with ${S.model}…` }));
   try {
+    // at most 5, and no more than the model has (a CLIP model may have only two classes)
+    const model = S.model;
+    if (!(model in S.nclasses)) {
+      S.nclasses[model] = (await api(`/api/models/${encodeURIComponent(model)}/classes?limit=1`)).count;
+    }
     const data = await api("/api/predict", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image_id: S.image.id, model: S.model, top: 5 }) });
+      body: JSON.stringify({ image_id: S.image.id, model, top: Math.max(1, Math.min(5, S.nclasses[model])) }) });
     S.predictions = data.predictions;
     $("#pred-model").textContent = `${data.model.name} · ${(data.seconds * 1000).toFixed(0)} ms`;
     renderPredictions();
@@ -499,6 +539,8 @@ function wire() {
   $("#model-select").addEventListener("change", (ev) => {
     S.model = ev.target.value; S.target = null; describeModel(); resetResults(); runPredict(); updateAvailability(S.model);
   });
+  $("#clip-classes-btn").addEventListener("click", setClipClasses);
+  $("#clip-classes-input").addEventListener("keydown", (ev) => { if (ev.key === "Enter") setClipClasses(); });
   $("#explain-btn").addEventListener("click", runExplain);
   $("#cancel-btn").addEventListener("click", cancelJob);
   $("#target-reset").addEventListener("click", () => { S.target = null; renderPredictions(); updateTarget(); });

@@ -163,7 +163,8 @@ async function start() {
     methods: checked("method-check"), concepts: $("#concepts").value, removal: $("#removal").value,
     stereotypical: $("#stereotypical").value, face_parts: $("#face-parts").checked, exclude_flags: checked("flag-check"),
     name: $("#run-name").value.trim(), n_boot: $("#n-boot").value, n_perm: $("#n-perm").value,
-    min_group_size: $("#min-group").value,
+    min_group_size: $("#min-group").value, faithfulness: $("#faithfulness").checked,
+    min_effect: Object.fromEntries([...document.querySelectorAll(".min-effect")].map((e) => [e.dataset.kind, e.value])),
   };
   $("#start-btn").disabled = true;
   try {
