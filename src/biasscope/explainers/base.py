@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CancelledError, ExplainerError, MethodUnavailableError
-from ..models.adapter import ModelAdapter
+from ..models.adapter import ModelAdapter, resize_map
 
 __all__ = [
     "SEED_MAX",
@@ -192,6 +192,13 @@ class Attribution:
     #: explanation in one forward pass)
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+
+    def model_maps(self, size: int) -> np.ndarray:
+        """The maps at the model's input resolution ``(N, size, size)``: superpixel weights indexed by
+        segment (piecewise constant, never interpolated), else ``maps`` resized bilinearly."""
+        if self.segments is not None and self.weights is not None:
+            return np.stack([w[seg] for w, seg in zip(self.weights, self.segments)]).astype(np.float32)
+        return resize_map(self.maps, (size, size))
 
 
 @dataclass

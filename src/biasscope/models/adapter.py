@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -22,20 +22,12 @@ from PIL import Image
 from torch import nn
 
 from ..errors import BiasscopeError, ModelError
-from .cache import cache_dir, read_blob, weights_digest, write_blob
-from .ort import BACKENDS, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
+from .batching import SMALL_WORK, BatchPolicy
+from .ort import BACKENDS, MIN_WORK, OrtRunner, OrtState, build_checked_runner
+from .precision import FAST_PROB_TOL, PrecisionState, autocast, check_precision, compare, dtype_name
 
-__all__ = ["VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
+__all__ = ["FAST_PROB_TOL", "SMALL_WORK", "VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
 
-#: jobs this small run as one batch without measuring the best batch size first
-SMALL_WORK = 8
-#: largest absolute difference of softmax probabilities accepted from a checked reduced-precision
-#: forward vs fp32 (bf16 on ResNet-18 with AMX: 7e-4; LIME's probabilities vary by 1e-2 to 1e-1)
-FAST_PROB_TOL = 5e-3
-#: images per forward when a checked reduced-precision forward is compared with fp32
-FAST_PROBE = 16
-#: largest ONNX export kept in the persistent cache (bytes): a VGG's 0.5 GB is exported again instead
-MAX_CACHED_EXPORT = 256 * 2**20
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -88,9 +80,9 @@ class ModelAdapter:
     #: Runtime runs it directly, before trying an export of ``model``. Pickled with the adapter.
     onnx_source: bytes | None = field(default=None, repr=False, compare=False)
     _ort: OrtState = field(init=False, repr=False)
-    _fast: FastCheck = field(init=False, repr=False)
+    _fast: PrecisionState = field(init=False, repr=False)
     _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _batch_sizes: dict = field(default_factory=dict, repr=False)
+    _batches: BatchPolicy = field(init=False, repr=False)
     #: the model's input is the whole image resized (False: a crop the adapter cuts, e.g. a face chip)
     whole_image: ClassVar[bool] = True
 
@@ -101,10 +93,8 @@ class ModelAdapter:
         if self.backend not in BACKENDS:
             raise ModelError(f"unknown backend {self.backend!r}; use {', '.join(BACKENDS)}")
         self._ort = OrtState(requested=self.backend)
-        self._fast = FastCheck(requested="auto" if self.check_fast else _dtype_name(self.fast_dtype),
-                               pending=self.check_fast and self.fast_dtype is not None)
-        if self.check_fast and self.fast_dtype is None:
-            self._fast.reason = "no native reduced precision on this hardware (needs an AMX CPU or a GPU); fp32"
+        self._fast = PrecisionState.new(self.fast_dtype, self.check_fast)
+        self._batches = BatchPolicy()
 
     def __getstate__(self) -> dict:
         """Picklable (Ray actors, process pools): the lock and the measured batch sizes stay here."""
@@ -112,7 +102,7 @@ class ModelAdapter:
         state.pop("_hook_lock", None)
         state.pop("_ort", None)  # an ONNX Runtime session is rebuilt where the adapter lands
         state["_fast"] = dataclasses.replace(self._fast, lock=None)  # the check's verdict travels
-        state["_batch_sizes"] = {}
+        state["_batches"] = BatchPolicy()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -124,6 +114,38 @@ class ModelAdapter:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def with_model(self, model: nn.Module, **changes: object) -> ModelAdapter:
+        """This adapter over another module of the same architecture (e.g. randomised weights): the same
+        preprocessing, labels, backend and precision (the reduced-precision verdict carries over, like
+        a pickled copy's), its target layer looked up by name in ``model``, a fresh ONNX Runtime engine
+        and fresh batch sizes. ``changes`` replace other fields (``name=...``)."""
+        layer = self.target_layer
+        if self.target_layer_name:
+            layer = dict(model.named_modules()).get(self.target_layer_name)
+        elif layer is not None:
+            names = {id(m): n for n, m in self.model.named_modules()}
+            layer = dict(model.named_modules()).get(names.get(id(layer), ""))
+        copy = dataclasses.replace(self, model=model, target_layer=layer, **changes)
+        if copy.fast_dtype == self.fast_dtype and copy.check_fast == self.check_fast:
+            copy._fast = dataclasses.replace(self._fast, lock=threading.Lock())
+        return copy
+
+    def set_batch_sizes(self, *, forward: int | None = None, backward: int | None = None,
+                        onnxruntime: int | None = None) -> None:
+        """Fix batch sizes instead of measuring them (tests, a known machine, a memory limit): PyTorch
+        forwards, backward passes, and forwards through ONNX Runtime where that engine is in use."""
+        self._batches.set(forward=forward, backward=backward, onnxruntime=onnxruntime)
+
+    @property
+    def batch_sizes(self) -> dict[str, int]:
+        """The batch sizes fixed or measured so far ('forward', 'forward:onnxruntime', 'backward')."""
+        return self._batches.known()
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
+        """Context for a gradient-free forward in the reduced-precision ``fast_dtype`` when ``enabled``
+        and one is configured (a no-op otherwise)."""
+        return autocast(self.device, self.fast_dtype, enabled)
 
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
@@ -187,7 +209,7 @@ class ModelAdapter:
             if runner is not None:
                 logits = runner.logits(x[i : i + bs])
             else:
-                with self._autocast(use_fast):
+                with self.autocast(use_fast):
                     logits = self.logits(x[i : i + bs].to(self.device))
             outs.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
@@ -215,45 +237,13 @@ class ModelAdapter:
         if self.fast_dtype is None or not st.pending:
             return st.check
         with st.lock:
-            if not st.pending:
-                return st.check
-            from .calibration import representative_split
-
-            name = _dtype_name(self.fast_dtype)
-            splits = dict(zip(("calibration", "held_out"), representative_split()))
-            parts = {k: self._compare_fast([im for _, im in v]) for k, v in splits.items() if v}
-            ok = len(parts) == 2 and all(p["max_dp"] <= FAST_PROB_TOL and p["top1_flips"] == 0
-                                         for p in parts.values())
-            st.check = {"images": sum(p["images"] for p in parts.values()), **parts,
-                        "tolerance": FAST_PROB_TOL, "verdict": name if ok else "fp32"}
-            figures = ", ".join(f"{k.replace('_', '-')} {p['images']}: max |dp| {p['max_dp']:.1e}"
-                                + (f", top-1 differs on {p['top1_flips']}" if p["top1_flips"] else "")
-                                for k, p in parts.items())
-            if ok:
-                st.reason = (f"{name} matches fp32 on {st.check['images']} representative photos ({figures}; "
-                             f"tolerance {FAST_PROB_TOL:.0e})")
-            else:
-                why = figures or "no representative photos could be loaded"
-                st.reason = f"{name} disagrees with fp32 on representative photos ({why}; " \
-                            f"tolerance {FAST_PROB_TOL:.0e}); using fp32"
+            if st.pending and not check_precision(st, dtype_name(self.fast_dtype), self._compare_fast):
                 self.fast_dtype = None
-            st.pending = False
         return st.check
 
-    def _compare_fast(self, images: Sequence[Image.Image], chunk: int = FAST_PROBE) -> dict:
+    def _compare_fast(self, images: Sequence[Image.Image]) -> dict:
         """Largest |p_fast - p_fp32| and the number of clear top-1 flips over ``images``."""
-        diff, flips = 0.0, 0
-        for i in range(0, len(images), chunk):
-            x = self.preprocess(list(images[i : i + chunk]))
-            with torch.no_grad():
-                want = torch.softmax(self.logits(x).float(), dim=1).cpu()
-                with self._autocast(True):
-                    got = torch.softmax(self.logits(x).float(), dim=1).cpu()
-            diff = max(diff, float((got - want).abs().max()))
-            top2 = want.topk(min(2, want.shape[1]), dim=1).values
-            clear = (top2[:, 0] - top2[:, -1]) > 2 * FAST_PROB_TOL
-            flips += int((clear & (got.argmax(1) != want.argmax(1))).sum())
-        return {"images": len(images), "max_dp": diff, "top1_flips": flips}
+        return compare(images, self.preprocess, self.logits, lambda: self.autocast(True))
 
     @property
     def active_backend(self) -> str:
@@ -276,74 +266,10 @@ class ModelAdapter:
         return st.runner
 
     def _build_ort(self, probe: torch.Tensor) -> tuple[OrtRunner | None, str]:
-        """A runner that matches PyTorch on ``probe``: the original ONNX file first, then an export.
-
-        Returns ``(runner, reason)``; the reason names which graph is in use, or why none is.
-        """
-        if not ort_available():
-            return None, "onnxruntime is not installed (pip install 'biasscope[onnx]')"
+        """A runner that matches PyTorch on ``probe`` (see :func:`~.ort.build_checked_runner`)."""
         with torch.no_grad():
             want = torch.softmax(self.logits(probe.to(self.device)).float(), dim=1).cpu()
-        refused = []
-        if self.onnx_source is not None:
-            source = self.onnx_source
-            runner, why = self._checked_runner(lambda: source, probe, want, "ONNX Runtime cannot run it")
-            if runner is not None:
-                return runner, f"original ONNX file {why}"
-            refused.append(f"original ONNX file not used: {why}")
-        key = self._export_key()
-        cached = read_blob("onnx", key, ".onnx") if key is not None else None
-        if cached is not None:  # this model's export from an earlier process, checked like a fresh one
-            runner, why = self._checked_runner(lambda: cached, probe, want, "ONNX Runtime cannot run it")
-            if runner is not None:
-                return runner, "; ".join([*refused, f"exported graph {why} (export reused from the cache)"])
-        graph: list[bytes] = []
-
-        def export() -> bytes:
-            graph.append(export_onnx(self.model, self.input_size))
-            return graph[-1]
-
-        runner, why = self._checked_runner(export, probe, want, "export to ONNX failed")
-        if runner is not None:
-            if key is not None and len(graph[-1]) <= MAX_CACHED_EXPORT:
-                write_blob("onnx", key, graph[-1], ".onnx")
-            return runner, "; ".join([*refused, f"exported graph {why}"])
-        return None, "; ".join([*refused, f"exported graph not used: {why}", "using PyTorch"])
-
-    def _export_key(self) -> dict | None:
-        """The persistent cache's key of this model's ONNX export: a digest of its weights, input size
-        and torch version (the exporter's); None when the cache is off or the weights alone are larger than
-        MAX_CACHED_EXPORT (not stored, so not worth hashing)."""
-        size = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
-        if cache_dir() is None or size > MAX_CACHED_EXPORT:
-            return None
-        return {"kind": "onnx-export", "version": 1, "weights": weights_digest(self.model),
-                "input_size": int(self.input_size), "torch": torch.__version__}
-
-    @staticmethod
-    def _checked_runner(
-        make: Callable[[], bytes], probe: torch.Tensor, want: torch.Tensor, failed: str
-    ) -> tuple[OrtRunner | None, str]:
-        """Run ``probe`` through a session over ``make()``; keep it only if it agrees with ``want``."""
-        try:
-            runner = OrtRunner(make())
-            got = torch.softmax(runner.logits(probe), dim=1)
-        except Exception as exc:  # any exporter or runtime failure means: try the next engine
-            first = (str(exc).splitlines() or [""])[0][:200]
-            return None, f"{failed} ({type(exc).__name__}: {first})"
-        if got.shape != want.shape:
-            return None, f"its output has shape {list(got.shape)}, PyTorch's {list(want.shape)}"
-        diff = float((got - want).abs().max())
-        if not diff <= PROB_TOL:
-            return None, f"ONNX Runtime disagrees with PyTorch (max |dp| {diff:.1e} > {PROB_TOL:.0e})"
-        if not torch.equal(got.argmax(1), want.argmax(1)):
-            return None, f"ONNX Runtime disagrees with PyTorch on a top-1 class (max |dp| {diff:.1e})"
-        return runner, f"matches PyTorch on {probe.shape[0]} images (max |dp| {diff:.1e})"
-
-    def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
-        if not enabled or self.fast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.fast_dtype)
+        return build_checked_runner(self.model, self.input_size, self.onnx_source, probe, want)
 
     def predict(self, images: Sequence[Image.Image] | Image.Image, *, top: int = 5) -> list[list[Prediction]]:
         """Top-``top`` predictions for each image."""
@@ -379,17 +305,7 @@ class ModelAdapter:
         ONNX Runtime runner gradient-free forwards go through (its best batch size differs from
         PyTorch's); None for PyTorch.
         """
-        if kind not in ("forward", "backward"):
-            raise ValueError(f"unknown batch kind {kind!r}; use 'forward' or 'backward'")
-        key = kind if engine is None or kind == "backward" else f"{kind}:onnxruntime"
-        if key not in self._batch_sizes:
-            if work is not None and work <= SMALL_WORK:
-                return max(1, int(work))
-            from .batching import measure_batch_size
-
-            backward = kind == "backward"  # gradients always run in PyTorch
-            self._batch_sizes[key] = measure_batch_size(self, backward=backward, engine=None if backward else engine)
-        return self._batch_sizes[key]
+        return self._batches.size(self, kind, work, engine)
 
     def warm_up(self) -> None:
         """Do the one-off work of the first jobs now: decide a pending ``precision='auto'`` on the
@@ -425,25 +341,9 @@ class ModelAdapter:
             "source": self.source,
             "note": self.note,
             "backend": self._ort.describe(),
-            "precision": {"requested": self._fast.requested, "active": _dtype_name(self.fast_dtype),
+            "precision": {"requested": self._fast.requested, "active": dtype_name(self.fast_dtype),
                           "checked": self.check_fast, "reason": self._fast.reason, "check": self._fast.check},
         }
-
-
-@dataclass
-class FastCheck:
-    """State of the reduced-precision check: what was asked, whether the check is still to run, its verdict."""
-
-    requested: str = "fp32"
-    pending: bool = False
-    reason: str = ""
-    #: the figures of the check once made: images, per split images / max_dp / top1_flips, verdict
-    check: dict | None = None
-    lock: threading.Lock | None = field(default_factory=threading.Lock, repr=False)
-
-
-def _dtype_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 #: ``Image.info`` key where an adapter that cuts its own input (a face model) keeps what it found in
