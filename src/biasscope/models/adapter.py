@@ -3,6 +3,11 @@
 Geometry: an image of any size is resized (not cropped) to ``input_size x input_size`` so that
 every model pixel maps back onto the whole original image; heatmaps computed at model resolution
 are resized back to the original ``H x W``. This keeps explanations and region masks aligned.
+
+The adapter holds the model, its preprocessing, labels and target layer, and delegates the rest:
+:mod:`.preprocessing` (resize, normalise, maps back), :mod:`.ort` (the checked ONNX Runtime engine),
+:mod:`.precision` (reduced-precision autocast and its check against fp32), :mod:`.batching` (batch
+sizes: fixed with :meth:`ModelAdapter.set_batch_sizes` or measured once, cached by :mod:`.cache`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -25,11 +29,11 @@ from ..errors import BiasscopeError, ModelError
 from .batching import SMALL_WORK, BatchPolicy
 from .ort import BACKENDS, MIN_WORK, OrtRunner, OrtState, build_checked_runner
 from .precision import FAST_PROB_TOL, PrecisionState, autocast, check_precision, compare, dtype_name
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, resize_map, to_unit_tensor
 
-__all__ = ["FAST_PROB_TOL", "SMALL_WORK", "VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
+__all__ = ["FAST_PROB_TOL", "IMAGENET_MEAN", "IMAGENET_STD", "SMALL_WORK", "VIEW_INFO_KEY", "ModelAdapter",
+           "Prediction", "carry_view", "resize_map"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -150,14 +154,7 @@ class ModelAdapter:
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
         """Resize RGB images to the model's square input and normalise: ``(N, 3, S, S)``."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        s = self.input_size
-        arrs = [
-            np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR, reducing_gap=None)) for im in images
-        ]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
-        return self.normalize(x).to(self.device)
+        return self.normalize(to_unit_tensor(images, self.input_size)).to(self.device)
 
     def check_image(self, image: Image.Image) -> None:
         """Raise a :class:`BiasscopeError` saying why this model cannot take ``image`` (every image fits
@@ -173,14 +170,11 @@ class ModelAdapter:
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Normalise a ``[0, 1]`` tensor with this model's mean and std."""
-        mean = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-        return (x01 - mean) / std
+        return normalize(x01, self.mean, self.std)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return x * std + mean
+        """Undo :meth:`normalize`: back to ``[0, 1]`` pixel values."""
+        return denormalize(x, self.mean, self.std)
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -359,17 +353,3 @@ def carry_view(variant: Image.Image, original: Image.Image) -> Image.Image:
     if found is not None and found[0]() is original:
         variant.info[VIEW_INFO_KEY] = (weakref.ref(variant), *found[1:])
     return variant
-
-
-def resize_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    """Resize a 2-D map (or ``(N, h, w)`` stack) to ``size=(H, W)`` as float32 numpy."""
-    t = torch.as_tensor(np.asarray(m, dtype=np.float32) if not torch.is_tensor(m) else m).float()
-    squeeze = t.ndim == 2
-    if squeeze:
-        t = t[None]
-    if tuple(t.shape[-2:]) != tuple(size):
-        mode = "nearest" if nearest else "bilinear"
-        kw = {} if nearest else {"align_corners": False}
-        t = F.interpolate(t[:, None], size=size, mode=mode, **kw)[:, 0]
-    out = t.cpu().numpy().astype(np.float32)
-    return out[0] if squeeze else out
