@@ -119,7 +119,7 @@ def _telling_images(df: pd.DataFrame, model: str, stereotypical: list[str], grou
 
 
 def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups: list[str]) -> str:
-    from ..explainers import get_explainer
+    from ..explainers import is_signed
     from ..images import load_image
     from ..render import render_overlay
     from .face_audit import heatmap_in_image
@@ -145,7 +145,7 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
                 continue
             view = (store.record(model, int(row["image_id"])) or {}).get("view")  # a face chip's place
             h = heatmap_in_image(heat, view, (img.height, img.width), full)
-            signed = get_explainer(m).signed
+            signed = is_signed(m, metrics["run"]["config"].get("method_params"))
             tiles.append(f'<img alt="{_e(m)} heatmap" src="{_png_b64(render_overlay(img, h, signed=signed))}">')
         grp = ", ".join(f"{g}={_e(row[g])}" for g in groups)
         verdict = "correct" if row["correct"] else "<span class='flag'>wrong</span>"
