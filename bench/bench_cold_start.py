@@ -53,7 +53,7 @@ for _ in range(3):
     explain(adapter, img, [{method!r}])
     times.append(time.perf_counter() - t)
     cpu.append(time.process_time() - c)
-print(json.dumps({{"load_s": load_s, "explain_s": times, "cpu_s": cpu, "batch_sizes": dict(adapter._batch_sizes),
+print(json.dumps({{"load_s": load_s, "explain_s": times, "cpu_s": cpu, "batch_sizes": adapter.batch_sizes,
                   "biasscope": biasscope.__file__}}))
 """
 

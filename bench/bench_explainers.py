@@ -123,13 +123,13 @@ def contiguous_copy(module: nn.Module) -> nn.Module:
 
 def with_fast_dtype(adapter, dtype: torch.dtype | None):
     """The same model (shared weights) with another autocast dtype for gradient-free forwards."""
-    return ready(dataclasses.replace(adapter, fast_dtype=dtype, _batch_sizes={}))
+    return ready(dataclasses.replace(adapter, fast_dtype=dtype))
 
 
 def torch_fp32(adapter):
     """The same model (shared weights), fp32 forwards in eager PyTorch: what the reference libraries
     get, as a user would hand them the model."""
-    return dataclasses.replace(adapter, fast_dtype=None, backend="torch", _batch_sizes={})
+    return dataclasses.replace(adapter, fast_dtype=None, backend="torch")
 
 
 def ready(adapter):
@@ -847,7 +847,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save(complete: bool) -> None:  # after every method: a long run keeps what it measured
         record["complete"] = complete
-        record["config"]["batch_sizes"] = dict(bench.adapter._batch_sizes)
+        record["config"]["batch_sizes"] = bench.adapter.batch_sizes
         record["loadavg_end"] = list(os.getloadavg())
         out.write_text(json.dumps(record, indent=1, default=float))
 

@@ -70,7 +70,7 @@ def make_adapter(
         target_layer_name=target_layer,
     )
     if batch_size is not None:
-        adapter._batch_sizes.update(forward=batch_size, backward=batch_size)
+        adapter.set_batch_sizes(forward=batch_size, backward=batch_size)
     return adapter
 
 
@@ -227,7 +227,7 @@ def mobilenet_v2_adapter() -> ModelAdapter:
 
     adapter = load_model("mobilenet_v2")
     # measuring batch sizes costs seconds on a shared 2-core machine; batching has its own tests
-    adapter._batch_sizes.update(forward=8, backward=8)
+    adapter.set_batch_sizes(forward=8, backward=8)
     return adapter
 
 
@@ -318,7 +318,7 @@ def small_mobilenet_v2_chelsea(size: int = 112) -> tuple[ModelAdapter, torch.Ten
     from biasscope.models import load_model
 
     adapter = load_model("mobilenet_v2", input_size=size)
-    adapter._batch_sizes.update(forward=32, backward=8)
+    adapter.set_batch_sizes(forward=32, backward=8)
     x = adapter.preprocess(real_images()[0])
     return adapter, x, int(adapter.probabilities(x, fast=False).argmax())
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .errors import BiasscopeError, CancelledError
 from .explainers import Attribution, Explanation, get_explainer
-from .models.adapter import ModelAdapter, Prediction, resize_map
+from .models.adapter import ModelAdapter, Prediction
 
 __all__ = ["COMPLETENESS_LIMIT", "LOW_PROBABILITY", "explain", "explain_batch", "explanation_warnings", "method_params",
            "predict", "resolve_targets", "with_concept"]
@@ -160,12 +160,8 @@ def explain_batch(
             t0 = time.perf_counter()
             attr = exp.run(x, targets, progress=cb)
             seconds = time.perf_counter() - t0
-        s = adapter.input_size
         superpixels = attr.segments is not None and attr.weights is not None
-        if superpixels:  # piecewise-constant maps: index weights by superpixel, never interpolate
-            model_maps = np.stack([w[seg] for w, seg in zip(attr.weights, attr.segments)]).astype(np.float32)
-        else:
-            model_maps = resize_map(attr.maps, (s, s))
+        model_maps = attr.model_maps(adapter.input_size)
         faith = [{} for _ in images]
         if faithfulness:
             from .evaluation import deletion_insertion

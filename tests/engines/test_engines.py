@@ -109,12 +109,12 @@ def test_ray_engine_without_ray_says_which_extra(monkeypatch: pytest.MonkeyPatch
 
 def test_adapter_pickles_with_its_hook_layer_and_a_fresh_lock() -> None:
     a = make_adapter(1.0)
-    a._batch_sizes["forward"] = 3
+    a.set_batch_sizes(forward=3)
     b = pickle.loads(pickle.dumps(a))
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(b.probabilities(x), a.probabilities(x), rtol=0, atol=0)
     assert b.target_layer is b.model.conv  # the layer is the one inside the copied model
-    assert b._batch_sizes == {}  # measured again on the machine it lands on
+    assert b.batch_sizes == {}  # measured again on the machine it lands on
     with b.hooks():  # a working (new) lock
         pass
 

@@ -293,7 +293,7 @@ def test_gradient_shap_agrees_with_shap_gradient_explainer():
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "gradient_shap"])
 def test_image_groups_do_not_change_maps_and_progress_is_monotone(method, monkeypatch):
-    import biasscope.explainers.integrated_gradients as ig_module
+    import biasscope.explainers._gradients as ig_module
 
     adapter = make_adapter(SmoothNet(seed=5), input_size=16, num_classes=3, batch_size=5)
     x, t = _rand(3, 3, 16, 16, seed=16), torch.tensor([0, 1, 2])

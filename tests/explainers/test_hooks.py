@@ -156,7 +156,7 @@ def torchscript_adapter(tmp_path):
     path = tmp_path / "tiny.pt"
     torch.jit.script(eager).save(str(path))
     adapter = load_model(path, labels=["a", "b", "c", "d"], input_size=SIZE, mean=(0, 0, 0), std=(1, 1, 1))
-    adapter._batch_sizes.update(forward=8, backward=8)
+    adapter.set_batch_sizes(forward=8, backward=8)
     return adapter, eager
 
 

@@ -62,3 +62,30 @@ def test_command_line_text_is_checked_like_any_value():
             BOOL.parse_text(bad)
     with pytest.raises(ExplainerError, match="whole number"):
         INT.parse_text("3.7")
+
+
+def test_signed_follows_the_parameters_not_the_class():
+    """SmoothGrad is unsigned by default and signed with ``absolute=False``: the instance, the stored
+    runs' reader :func:`is_signed` and the explanation all follow the parameters."""
+    import torch
+    from PIL import Image
+
+    from biasscope.api import explain
+    from biasscope.explainers import get_explainer, is_signed
+    from tests.fixtures import LinearModel, make_adapter
+
+    w = torch.zeros(2, 3, 8, 8)
+    w[0, :, :, :4], w[0, :, :, 4:] = 1.0, -1.0  # class 0: +1 left, -1 right in every channel
+    adapter = make_adapter(LinearModel(w, torch.zeros(2)), input_size=8, num_classes=2)
+    cls = get_explainer("smoothgrad")
+    assert cls.signed is False and cls(adapter).signed is False and cls(adapter, absolute=False).signed is True
+    assert is_signed("smoothgrad") is False and is_signed("smooth_grad", {"smooth_grad": {"absolute": False}})
+    assert is_signed("smoothgrad", {"smoothgrad": {"absolute": False}}) is True
+    assert is_signed("smoothgrad", {"smoothgrad": {"no_such": 1}}) is False  # an old run's params: the default
+    assert is_signed("integrated_gradients") is True and is_signed("gradcam", {"gradcam": {}}) is False
+    img = Image.new("RGB", (8, 8), (10, 200, 30))
+    out = explain(adapter, img, ["smoothgrad"], target=0, faithfulness=False,
+                  params={"smoothgrad": {"absolute": False, "n_samples": 2}})["smoothgrad"]
+    # a linear model's gradient is its weight wherever the noise moves the input: sum over channels
+    assert out.signed is True
+    np.testing.assert_allclose(out.model_heatmap, w[0].sum(0).numpy(), atol=1e-5)

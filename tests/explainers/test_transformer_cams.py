@@ -127,7 +127,7 @@ def _random_zoo_adapter(name: str) -> ModelAdapter:
     layer, path = default_target_layer(model, name)
     adapter = ModelAdapter(name=name, model=model, class_names=[str(i) for i in range(10)], target_layer=layer,
                            target_layer_name=path, target_layout=target_layout(name, path))
-    adapter._batch_sizes.update(forward=2, backward=2)
+    adapter.set_batch_sizes(forward=2, backward=2)
     return adapter
 
 

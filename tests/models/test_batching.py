@@ -82,7 +82,7 @@ def test_environment_overrides_measurement(adapter: ModelAdapter, timed: list[in
 def test_small_jobs_run_as_one_batch_without_measuring(adapter: ModelAdapter, timed: list[int]) -> None:
     assert adapter.batch_size("backward", work=3) == 3
     assert adapter.batch_size("forward", work=1) == 1
-    assert timed == [] and adapter._batch_sizes == {}
+    assert timed == [] and adapter.batch_sizes == {}
     assert adapter.batch_size("forward", work=100) == 8  # a big job measures once, then it is known
     assert adapter.batch_size("forward", work=3) == 8
     x = torch.rand(20, 3, 4, 4)
@@ -181,7 +181,7 @@ def test_a_new_process_reuses_the_stored_measurement_without_timing(clock: list[
     _new_process()
     n = len(clock)
     fresh = _lin()  # another instance of the same architecture, in a fresh state
-    assert fresh._batch_sizes == {}
+    assert fresh.batch_sizes == {}
     assert fresh.batch_size("forward", work=100) == 8 and len(clock) == n  # read, not measured
 
 

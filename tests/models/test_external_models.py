@@ -82,7 +82,7 @@ def test_timm_state_dict_file_and_cams(tmp_path, timm_vit):
 
     torch.save(timm_vit.state_dict(), tmp_path / "vit.pth")
     adapter = load_model("timm:vit_tiny_patch16_224", weights=tmp_path / "vit.pth", backend="torch")
-    adapter._batch_sizes.update(forward=4, backward=4)
+    adapter.set_batch_sizes(forward=4, backward=4)
     x = adapter.preprocess(_img(224, 1))
     with torch.no_grad():
         torch.testing.assert_close(adapter.logits(x), timm_vit(x), rtol=1e-4, atol=1e-5)
@@ -140,7 +140,7 @@ def test_hf_gradcam_matches_pytorch_grad_cam(hf_folder):
     from biasscope.explainers import get_explainer
 
     adapter = load_model(str(hf_folder), backend="torch")
-    adapter._batch_sizes.update(forward=4, backward=4)
+    adapter.set_batch_sizes(forward=4, backward=4)
     x = adapter.preprocess(_img(32, 4))
     ours = get_explainer("gradcam")(adapter).attribute(x, torch.tensor([2])).maps.numpy()
 
@@ -266,7 +266,7 @@ def test_gradient_methods_work_unchanged_on_a_transformers_model(hf_folder):
     from biasscope.explainers import get_explainer
 
     adapter = load_model(str(hf_folder), backend="torch")
-    adapter._batch_sizes.update(forward=64, backward=64)
+    adapter.set_batch_sizes(forward=64, backward=64)
     x = adapter.preprocess([_img(32, 7), _img(32, 8)])
     attr = get_explainer("integrated_gradients")(adapter, steps=64).attribute(x, torch.tensor([0, 2]))
     for c in attr.checks:

@@ -99,7 +99,7 @@ def test_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         def logits(self, x: torch.Tensor) -> torch.Tensor:
             return super().logits(x) + torch.arange(5.0)  # a runtime that changes the answer
 
-    monkeypatch.setattr("biasscope.models.adapter.OrtRunner", Wrong)
+    monkeypatch.setattr("biasscope.models.ort.OrtRunner", Wrong)
     x = torch.randn(MIN_WORK, 3, 16, 16)
     auto = _adapter(_net(), "auto")
     torch.testing.assert_close(auto.probabilities(x), _adapter(_net(), "torch").probabilities(x))
@@ -110,7 +110,7 @@ def test_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_onnxruntime_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("biasscope.models.adapter.ort_available", lambda: False)
+    monkeypatch.setattr("biasscope.models.ort.ort_available", lambda: False)
     ad = _adapter(_net(), "auto")
     ad.probabilities(torch.randn(MIN_WORK, 3, 16, 16))
     assert ad.active_backend == "torch" and "pip install 'biasscope[onnx]'" in ad.to_dict()["backend"]["reason"]
@@ -252,7 +252,7 @@ def test_original_file_that_disagrees_falls_back_to_export(
     def no_export(*_a: object) -> bytes:
         raise RuntimeError("no exporter here")
 
-    monkeypatch.setattr("biasscope.models.adapter.export_onnx", no_export)
+    monkeypatch.setattr("biasscope.models.ort.export_onnx", no_export)
     monkeypatch.setenv("BIASSCOPE_CACHE_DIR", str(tmp_path / "empty-cache"))
     auto = load_model(path, backend="auto")
     torch.testing.assert_close(auto.probabilities(x, batch_size=8), ref.probabilities(x, batch_size=8))
@@ -309,14 +309,14 @@ def test_warm_up_builds_the_engine_and_measures_its_batch_sizes(monkeypatch: pyt
     ad = _adapter(_net(), "auto")
     ad.warm_up()
     assert ad.active_backend == "onnxruntime"
-    assert set(ad._batch_sizes) == {"forward", "forward:onnxruntime", "backward"}
+    assert set(ad.batch_sizes) == {"forward", "forward:onnxruntime", "backward"}
     assert {"OrtRunner", "torch", "backward"} <= set(engines)
     n = len(engines)
     ad.probabilities(torch.randn(40, 3, 16, 16))
     assert len(engines) == n  # nothing measured during the job
     torch_only = _adapter(_net(), "torch")
     torch_only.warm_up()
-    assert torch_only.active_backend == "torch" and set(torch_only._batch_sizes) == {"forward", "backward"}
+    assert torch_only.active_backend == "torch" and set(torch_only.batch_sizes) == {"forward", "backward"}
 
 
 class NearTie(nn.Module):
@@ -394,7 +394,7 @@ def test_an_export_is_reused_by_the_next_process_and_checked_like_a_fresh_one(
         raise AssertionError("exported again")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("biasscope.models.adapter.export_onnx", no_export)
+        mp.setattr("biasscope.models.ort.export_onnx", no_export)
         again = _adapter(_net(), "auto")  # same weights, another process's fresh adapter
         torch.testing.assert_close(again.probabilities(x, batch_size=8), want)
         assert again.active_backend == "onnxruntime"
@@ -406,7 +406,7 @@ def test_an_export_is_reused_by_the_next_process_and_checked_like_a_fresh_one(
         calls.append(1)
         return real(*a)
 
-    monkeypatch.setattr("biasscope.models.adapter.export_onnx", counting)
+    monkeypatch.setattr("biasscope.models.ort.export_onnx", counting)
     other = _adapter(_net(seed=3), "auto")  # other weights: exported anew, never the stored graph
     with torch.no_grad():
         torch.testing.assert_close(other.probabilities(x, batch_size=8), torch.softmax(_net(seed=3).eval()(x), 1),

@@ -92,7 +92,7 @@ def _one_image_diff(ad: ModelAdapter, x: torch.Tensor) -> float:
     """What the old check, made on the first request's images, measured."""
     with torch.no_grad():
         want = torch.softmax(ad.logits(x).float(), 1)
-        with ad._autocast(True):
+        with ad.autocast(True):
             got = torch.softmax(ad.logits(x).float(), 1)
     return float((got - want).abs().max())
 
@@ -118,7 +118,7 @@ def test_a_model_that_holds_the_tolerance_keeps_bf16_with_its_figures() -> None:
     x = ad.preprocess([im for _, im in calibration + held_out])
     with torch.no_grad():
         want = torch.softmax(ad.logits(x), 1)
-        with ad._autocast(True):
+        with ad.autocast(True):
             got = torch.softmax(ad.logits(x).float(), 1)
     assert max(check["calibration"]["max_dp"], check["held_out"]["max_dp"]) == pytest.approx(
         float((got - want).abs().max()), abs=1e-7)

@@ -71,7 +71,7 @@ def colour_adapter(delay: float = 0.0, *, hooks: bool = True, name: str = "colou
         source="hand-weighted test model",
         note="" if hooks else "no layer hooks on this model",
     )
-    adapter._batch_sizes.update(forward=8, backward=8)
+    adapter.set_batch_sizes(forward=8, backward=8)
     return adapter
 
 

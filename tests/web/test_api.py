@@ -268,3 +268,15 @@ def test_explain_a_concept_target(client):
     both = client.post("/api/explain", json={"image_id": rec["id"], "methods": "gradcam", "concept": "warm = red",
                                              "target": 1})
     assert both.status_code == 400
+
+
+@pytest.mark.parametrize(("absolute", "kind"), [(True, "sequential"), (False, "diverging")])
+def test_signed_smoothgrad_is_drawn_with_the_diverging_map(client, absolute, kind):
+    """SmoothGrad's ``absolute=False`` makes its map signed: the job, the legend and the PNG say so
+    (the class attribute says unsigned; reading it drew signed maps with the unsigned colour map)."""
+    rec = upload(client, png(RED_BLUE))
+    job = client.post("/api/explain", json={"image_id": rec["id"], "methods": ["smoothgrad"], "target": "blue",
+                                            "params": {"smoothgrad": {"absolute": absolute, "n_samples": 2}}})
+    m = job.get_json()["methods"]["smoothgrad"]
+    assert m["signed"] is (not absolute) and m["result"]["signed"] is (not absolute)
+    assert m["result"]["legend"]["kind"] == kind

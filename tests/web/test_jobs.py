@@ -9,6 +9,7 @@ import time
 import tracemalloc
 
 import numpy as np
+from PIL import Image
 
 from .conftest import colour_adapter, png, two_colour, wait_job
 
@@ -178,3 +179,31 @@ def test_result_memory_budget(make_app):
     c.post("/api/explain", json={"image_id": iid, "methods": ["gradcam"]})
     # the older finished job was dropped to respect the budget
     assert c.get(f"/api/jobs/{first['id']}").status_code == 404
+
+
+def test_a_job_preprocesses_and_forwards_the_image_once(make_app):
+    """k methods cost one forward for the predictions and targets plus each method's own forwards
+    (counted on the colour model's ``calls``); before, every method forwarded the image again."""
+    import torch
+
+    from biasscope.explainers import get_explainer
+
+    methods = ["gradcam", "gradcampp", "integrated_gradients"]
+    params = {"integrated_gradients": {"steps": 4}}
+    adapter = colour_adapter(name="counted")
+    # each method alone on the preprocessed image, red (class 0) as the target: its own forwards
+    x = adapter.preprocess(Image.fromarray(RED_BLUE))
+    own = []
+    for m in methods:
+        before = adapter.model.calls
+        get_explainer(m)(adapter, **params.get(m, {})).run(x, torch.tensor([0]))
+        own.append(adapter.model.calls - before)
+    assert own == [1, 1, 2]  # a CAM: one forward; IG: its 4 path points in one batch of 8, and f(x), f(b)
+    c = make_app(EXTRA_MODELS={"counted": lambda: adapter}, DEFAULT_MODEL="counted").test_client()
+    body = {"image_id": image_id(c), "methods": methods, "params": params, "faithfulness": False, "target": 0}
+    before = adapter.model.calls
+    job = wait_job(c, c.post("/api/jobs", json=body).get_json()["id"])
+    assert job["status"] == "done" and [m["status"] for m in job["methods"].values()] == ["done"] * 3
+    assert adapter.model.calls - before == 1 + sum(own)
+    assert job["predictions"][0]["label"] in ("red", "blue")
+    assert abs(job["predictions"][0]["probability"] - job["methods"]["gradcam"]["result"]["target_probability"]) < 1e-6

@@ -225,7 +225,7 @@ def face_summary(
     ``frame_rows`` are the model's per-image rows (with an ``excluded`` column when images are
     excluded); heatmaps average the included images with a face.
     """
-    from ..explainers import get_explainer
+    from ..explainers import is_signed
     from ..faces import FaceFrame, aggregate_heatmaps, render_group_heatmaps
     from .store import RunStore
 
@@ -255,7 +255,7 @@ def face_summary(
     frame = FaceFrame(size=ALIGNED_FRAME_SIZE)
     folder = Path(run_dir) / FACE_DIR
     for method in methods:
-        signed = get_explainer(method).signed
+        signed = is_signed(method, (store.get_meta("config", {}) or {}).get("method_params"))
         maps, imgs, ids = _aligned_maps(store, model, incl, method, files, faces, frame, views)
         if not maps:
             continue

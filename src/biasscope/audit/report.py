@@ -44,7 +44,7 @@ def _telling_images(df: pd.DataFrame, model: str, stereotypical: list[str], grou
 
 def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups: list[str]) -> list[dict]:
     """The most telling images of a model: thumbnail, first method's heatmap and what the caption says."""
-    from ..explainers import get_explainer
+    from ..explainers import is_signed
     from ..images import load_image
     from ..render import render_overlay
     from .face_audit import heatmap_in_image
@@ -71,7 +71,8 @@ def _gallery(run_dir: Path, df: pd.DataFrame, model: str, metrics: dict, groups:
             scored = store.result(model, int(row["image_id"]))
             view = scored.view if scored else None  # a face chip's place
             h = heatmap_in_image(heat, view, (img.height, img.width), full)
-            tiles.append((f"{m} heatmap", png_data_uri(render_overlay(img, h, signed=get_explainer(m).signed))))
+            signed = is_signed(m, metrics["run"]["config"].get("method_params"))
+            tiles.append((f"{m} heatmap", png_data_uri(render_overlay(img, h, signed=signed))))
         ratios = [(c.split(":", 2)[2], row[c]) for c in row.index if c.startswith("ratio:")
                   and isinstance(row[c], float) and not math.isnan(row[c])][:4]
         cautions = []

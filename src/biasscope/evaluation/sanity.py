@@ -17,6 +17,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
+from ..explainers import Explainer, get_explainer
 from ..models.adapter import ModelAdapter
 
 __all__ = ["RandomizationResult", "randomization_check"]
@@ -58,26 +59,20 @@ def randomization_check(
     max_steps: int | None = None,
     seed: int = 0,
 ) -> RandomizationResult:
-    """Spearman correlation between the original map and maps after cascading randomisation."""
-    from ..api import explain
+    """Spearman correlation between the original map and maps after cascading randomisation.
 
-    base = explain(adapter, image, [method], target=target, params={method: params or {}}, faithfulness=False)
-    exp0 = next(iter(base.values()))
-    ref = np.abs(exp0.model_heatmap).ravel()
+    The randomised copy is :meth:`ModelAdapter.with_model` of a deep copy of the model: the same
+    preprocessing, backend and precision as ``adapter``; only the weights change."""
+    cls = get_explainer(method)
+    kwargs = dict(params or {})
+    x = adapter.preprocess(image)
+    if target is None:
+        targets = adapter.probabilities(x, fast=False).argmax(1)
+    else:
+        targets = torch.tensor([adapter.class_index(target)], dtype=torch.long)
+    ref = np.abs(_model_map(cls(adapter, **kwargs), x, targets)).ravel()
     rand_model = copy.deepcopy(adapter.model)
-    layer_path = adapter.target_layer_name
-    clone = ModelAdapter(
-        name=adapter.name + " (randomised)",
-        model=rand_model,
-        class_names=adapter.class_names,
-        input_size=adapter.input_size,
-        mean=adapter.mean,
-        std=adapter.std,
-        device=adapter.device,
-        target_layer=dict(rand_model.named_modules()).get(layer_path) if layer_path else None,
-        target_layer_name=layer_path,
-        supports_hooks=adapter.supports_hooks,
-    )
+    clone = adapter.with_model(rand_model, name=adapter.name + " (randomised)")
     gen = torch.Generator().manual_seed(seed)
     layers: list[str] = []
     corr: list[float] = []
@@ -86,8 +81,12 @@ def randomization_check(
             break
         _randomize(block, gen)
         layers.append(name)
-        out = explain(clone, image, [method], target=exp0.target, params={method: params or {}}, faithfulness=False)
-        m = np.abs(next(iter(out.values())).model_heatmap).ravel()
+        m = np.abs(_model_map(cls(clone, **kwargs), x, targets)).ravel()
         rho = spearmanr(ref, m).statistic if np.ptp(m) > 0 and np.ptp(ref) > 0 else 0.0
         corr.append(float(rho))
-    return RandomizationResult(method=exp0.method, layers=layers, spearman=corr)
+    return RandomizationResult(method=cls.name, layers=layers, spearman=corr)
+
+
+def _model_map(explainer: Explainer, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """The explainer's map of the one image in ``x`` at the model's input resolution."""
+    return explainer.run(x, targets).model_maps(explainer.adapter.input_size)[0]

@@ -1,19 +1,12 @@
-"""Explainers: one registry, one file per method. Importing this package registers them all."""
+"""Explainers: one registry, one file per method. Importing this package registers them all.
 
-# importing registers each method; the order of registration is the order of the CLI and web lists
-from . import gradcam, gradcampp, hirescam, layercam, xgradcam, scorecam, eigencam  # noqa: F401, I001
-from . import (  # noqa: F401
-    attention_rollout,
-    gradient_shap,
-    guided_gradcam,
-    integrated_gradients,
-    kernel_shap,
-    lime,
-    occlusion,
-    smoothgrad,
-)
+A new method is one new module here with a ``@register``-ed :class:`Explainer` subclass (set its
+``order`` to place it in listings); modules whose names start with ``_`` hold shared helpers."""
+
 from .base import SEED_MAX, Attribution, Explainer, Explanation, Param
-from .registry import EXPLAINERS, get_explainer, list_explainers, register
+from .registry import EXPLAINERS, discover, get_explainer, is_signed, list_explainers, register
+
+discover(__name__, __path__)
 
 __all__ = [
     "EXPLAINERS",
@@ -22,7 +15,9 @@ __all__ = [
     "Explainer",
     "Explanation",
     "Param",
+    "discover",
     "get_explainer",
+    "is_signed",
     "list_explainers",
     "register",
 ]

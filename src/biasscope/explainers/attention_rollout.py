@@ -111,6 +111,7 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_r
 @register(aliases=("rollout",))
 class AttentionRollout(Explainer):
     name = "attention_rollout"
+    order = 80
     label = "Attention rollout"
     signed = False
     requires = frozenset({"attention"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CancelledError, ExplainerError, MethodUnavailableError
-from ..models.adapter import ModelAdapter
+from ..models.adapter import ModelAdapter, resize_map
 
 __all__ = [
     "SEED_MAX",
@@ -193,6 +193,13 @@ class Attribution:
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
 
+    def model_maps(self, size: int) -> np.ndarray:
+        """The maps at the model's input resolution ``(N, size, size)``: superpixel weights indexed by
+        segment (piecewise constant, never interpolated), else ``maps`` resized bilinearly."""
+        if self.segments is not None and self.weights is not None:
+            return np.stack([w[seg] for w, seg in zip(self.weights, self.segments)]).astype(np.float32)
+        return resize_map(self.maps, (size, size))
+
 
 @dataclass
 class Explanation:
@@ -236,27 +243,45 @@ class Explainer(ABC):
 
     name: ClassVar[str]
     label: ClassVar[str]
-    #: signed methods get a diverging colour map (positive supports the target, negative opposes)
-    signed: ClassVar[bool] = False
+    #: signed methods get a diverging colour map (positive supports the target, negative opposes); the
+    #: default of the method: a parameter may change it (:meth:`signed_for`), so readers of one
+    #: explanation use the instance's ``signed`` (or the :class:`Explanation`'s), never the class's
+    signed: bool = False
     #: what the model must offer: 'gradients', 'hooks' (layer hooks), 'relu' (ReLU modules)
     requires: ClassVar[frozenset[str]] = frozenset()
     params: ClassVar[tuple[Param, ...]] = ()
+    #: place in listings (CLI, web forms, API): lower first, equal ones by name; the order a module
+    #: happens to be imported in does not matter
+    order: ClassVar[int] = 100
     #: slow methods run as background jobs in the web app
     slow: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
         self.adapter = adapter
-        known = {p.name: p for p in self.params}
+        self.config = self.configure(params)
+        self.signed = self.signed_for(self.config)
+        self.check_available(adapter)
+        self._progress: ProgressFn | None = None
+
+    @classmethod
+    def configure(cls, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every parameter's value from ``params`` (validated and coerced; defaults for the rest)."""
+        params = dict(params or {})
+        known = {p.name: p for p in cls.params}
         unknown = set(params) - set(known)
         if unknown:
             raise ExplainerError(
-                f"{self.name} has no parameter(s) {', '.join(sorted(unknown))}; "
+                f"{cls.name} has no parameter(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(known) or 'none'}"
             )
-        self.config = {n: p.coerce(params.get(n)) for n, p in known.items()}
-        self.check_available(adapter)
-        self._progress: ProgressFn | None = None
+        return {n: p.coerce(params.get(n)) for n, p in known.items()}
+
+    @classmethod
+    def signed_for(cls, config: Mapping[str, Any]) -> bool:
+        """Whether maps made with ``config`` (from :meth:`configure`) are signed: the class's ``signed``
+        unless a parameter decides (SmoothGrad's ``absolute``)."""
+        return cls.signed
 
     @classmethod
     def cost(cls, config: dict[str, Any], input_size: int) -> float:

@@ -32,6 +32,7 @@ def first_component_projection(acts: torch.Tensor) -> torch.Tensor:
 @register(aliases=("eigen_cam",))
 class EigenCAM(CamExplainer):
     name = "eigencam"
+    order = 70
     label = "Eigen-CAM"
     description = "First principal component of the layer's activations (class-agnostic, no gradients)."
     uses_gradients = False

@@ -13,6 +13,7 @@ __all__ = ["GradCAM"]
 @register(aliases=("grad_cam",))
 class GradCAM(CamExplainer):
     name = "gradcam"
+    order = 10
     label = "Grad-CAM"
     description = "Class activation map weighted by the mean gradient of the class score."
 

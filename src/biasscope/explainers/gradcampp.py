@@ -14,6 +14,7 @@ __all__ = ["GradCAMPlusPlus"]
 @register(aliases=("gradcam++", "grad_cam_pp", "gradcam_pp"))
 class GradCAMPlusPlus(CamExplainer):
     name = "gradcampp"
+    order = 20
     label = "Grad-CAM++"
     description = "Grad-CAM with pixel-wise gradient weights; better for several instances."
 

@@ -6,7 +6,7 @@ SHAP values approximated as the expectation, over baselines ``b`` drawn from a b
 The default background is built from the image itself (black, blurred, uniform noise), so no
 dataset is needed. Sums of attributions approach ``f(x) - E_b f(b)`` as the sample count grows;
 each explanation reports that gap. Samples go through
-:func:`~biasscope.explainers.integrated_gradients.path_gradients` in measured batches, in groups
+:func:`~biasscope.explainers._gradients.path_gradients` in measured batches, in groups
 of images whose samples fit a memory budget.
 """
 
@@ -19,8 +19,8 @@ import torch
 from ..errors import ExplainerError
 from ..models.adapter import ModelAdapter
 from ._baselines import BASELINES, make_baseline
+from ._gradients import image_groups, path_gradients, target_logits_batched
 from .base import SEED_MAX, Attribution, Explainer, Param
-from .integrated_gradients import image_groups, path_gradients, target_logits_batched
 from .registry import register
 
 __all__ = ["GradientShap", "parse_background"]

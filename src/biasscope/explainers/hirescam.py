@@ -16,6 +16,7 @@ __all__ = ["HiResCAM"]
 @register(aliases=("hires_cam",))
 class HiResCAM(CamExplainer):
     name = "hirescam"
+    order = 30
     label = "HiResCAM"
     description = "Gradient times activation per location, summed over channels (no spatial averaging)."
 

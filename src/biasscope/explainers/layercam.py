@@ -14,6 +14,7 @@ __all__ = ["LayerCAM"]
 @register(aliases=("layer_cam",))
 class LayerCAM(CamExplainer):
     name = "layercam"
+    order = 40
     label = "LayerCAM"
     description = "Activations weighted by their positive gradients at each location."
 

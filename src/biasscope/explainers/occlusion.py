@@ -68,7 +68,7 @@ class Occlusion(Explainer):
         adapter = self.adapter
         outs = []
         bs = adapter.batch_size()
-        with torch.no_grad(), adapter._autocast(adapter.fast_forwards(imgs)):
+        with torch.no_grad(), adapter.autocast(adapter.fast_forwards(imgs)):
             for i in range(0, imgs.shape[0], bs):
                 logits = adapter.logits(imgs[i : i + bs]).float().cpu()
                 outs.append(Explainer.target_logits(logits, targets[i : i + bs].cpu()))

@@ -21,6 +21,7 @@ __all__ = ["ScoreCAM"]
 @register(aliases=("score_cam",))
 class ScoreCAM(CamExplainer):
     name = "scorecam"
+    order = 60
     label = "Score-CAM"
     description = "Channels weighted by the class score of the input masked with each upsampled map."
     uses_gradients = False

@@ -3,19 +3,19 @@
 ``map = sum_c mean_j |d f / d x_c|(x + eps_j)``, ``eps_j ~ N(0, sigma^2)`` with
 ``sigma = noise_level * (max(x) - min(x))`` per image (the paper's relative noise level). With
 ``absolute=False`` the signed gradients are averaged instead. (image, sample) pairs go through
-:func:`~biasscope.explainers.integrated_gradients.path_gradients` in measured batches, in groups of
+:func:`~biasscope.explainers._gradients.path_gradients` in measured batches, in groups of
 images whose samples fit a memory budget.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ..models.adapter import ModelAdapter
+from ._gradients import image_groups, path_gradients
 from .base import SEED_MAX, Attribution, Explainer, Param
-from .integrated_gradients import image_groups, path_gradients
 from .registry import register
 
 __all__ = ["SmoothGrad", "noisy_copies"]
@@ -60,10 +60,10 @@ class SmoothGrad(Explainer):
     def cost(cls, config: dict[str, Any], input_size: int) -> float:
         return 3.0 * config["n_samples"]  # a forward and backward per noisy copy
 
-    def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
-        super().__init__(adapter, **params)
-        # the signed variant needs a diverging colour map
-        self.signed = not self.config["absolute"]
+    @classmethod
+    def signed_for(cls, config: Mapping[str, Any]) -> bool:
+        """The signed variant (``absolute=False``) needs a diverging colour map."""
+        return not config["absolute"]
 
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         k = self.config["n_samples"]

@@ -17,6 +17,7 @@ EPS = 1e-7
 @register(aliases=("xgrad_cam", "axiom_cam"))
 class XGradCAM(CamExplainer):
     name = "xgradcam"
+    order = 50
     label = "XGrad-CAM"
     description = "Grad-CAM with activation-weighted gradient averages (axiom-based)."
 

@@ -3,6 +3,11 @@
 Geometry: an image of any size is resized (not cropped) to ``input_size x input_size`` so that
 every model pixel maps back onto the whole original image; heatmaps computed at model resolution
 are resized back to the original ``H x W``. This keeps explanations and region masks aligned.
+
+The adapter holds the model, its preprocessing, labels and target layer, and delegates the rest:
+:mod:`.preprocessing` (resize, normalise, maps back), :mod:`.ort` (the checked ONNX Runtime engine),
+:mod:`.precision` (reduced-precision autocast and its check against fp32), :mod:`.batching` (batch
+sizes: fixed with :meth:`ModelAdapter.set_batch_sizes` or measured once, cached by :mod:`.cache`).
 """
 
 from __future__ import annotations
@@ -11,33 +16,24 @@ import contextlib
 import dataclasses
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from ..errors import BiasscopeError, ModelError
-from .cache import cache_dir, read_blob, weights_digest, write_blob
-from .ort import BACKENDS, MHA_REASON, MIN_WORK, PROB_TOL, OrtRunner, OrtState, export_onnx, ort_available
+from .batching import SMALL_WORK, BatchPolicy
+from .ort import BACKENDS, MHA_REASON, MIN_WORK, OrtRunner, OrtState, build_checked_runner, has_fused_attention
+from .precision import FAST_PROB_TOL, PrecisionState, autocast, check_precision, compare, dtype_name
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, resize_map, to_unit_tensor
 
-__all__ = ["VIEW_INFO_KEY", "ModelAdapter", "Prediction", "carry_view"]
+__all__ = ["FAST_PROB_TOL", "IMAGENET_MEAN", "IMAGENET_STD", "SMALL_WORK", "VIEW_INFO_KEY", "ModelAdapter",
+           "Prediction", "carry_view", "resize_map"]
 
-#: jobs this small run as one batch without measuring the best batch size first
-SMALL_WORK = 8
-#: largest absolute difference of softmax probabilities accepted from a checked reduced-precision
-#: forward vs fp32 (bf16 on ResNet-18 with AMX: 7e-4; LIME's probabilities vary by 1e-2 to 1e-1)
-FAST_PROB_TOL = 5e-3
-#: images per forward when a checked reduced-precision forward is compared with fp32
-FAST_PROBE = 16
-#: largest ONNX export kept in the persistent cache (bytes): a VGG's 0.5 GB is exported again instead
-MAX_CACHED_EXPORT = 256 * 2**20
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -88,9 +84,9 @@ class ModelAdapter:
     #: Runtime runs it directly, before trying an export of ``model``. Pickled with the adapter.
     onnx_source: bytes | None = field(default=None, repr=False, compare=False)
     _ort: OrtState = field(init=False, repr=False)
-    _fast: FastCheck = field(init=False, repr=False)
+    _fast: PrecisionState = field(init=False, repr=False)
     _hook_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _batch_sizes: dict = field(default_factory=dict, repr=False)
+    _batches: BatchPolicy = field(init=False, repr=False)
     #: the model's input is the whole image resized (False: a crop the adapter cuts, e.g. a face chip)
     whole_image: ClassVar[bool] = True
 
@@ -101,10 +97,8 @@ class ModelAdapter:
         if self.backend not in BACKENDS:
             raise ModelError(f"unknown backend {self.backend!r}; use {', '.join(BACKENDS)}")
         self._ort = OrtState(requested=self.backend)
-        self._fast = FastCheck(requested="auto" if self.check_fast else _dtype_name(self.fast_dtype),
-                               pending=self.check_fast and self.fast_dtype is not None)
-        if self.check_fast and self.fast_dtype is None:
-            self._fast.reason = "no native reduced precision on this hardware (needs an AMX CPU or a GPU); fp32"
+        self._fast = PrecisionState.new(self.fast_dtype, self.check_fast)
+        self._batches = BatchPolicy()
 
     def __getstate__(self) -> dict:
         """Picklable (Ray actors, process pools): the lock and the measured batch sizes stay here."""
@@ -112,7 +106,7 @@ class ModelAdapter:
         state.pop("_hook_lock", None)
         state.pop("_ort", None)  # an ONNX Runtime session is rebuilt where the adapter lands
         state["_fast"] = dataclasses.replace(self._fast, lock=None)  # the check's verdict travels
-        state["_batch_sizes"] = {}
+        state["_batches"] = BatchPolicy()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -125,17 +119,42 @@ class ModelAdapter:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def with_model(self, model: nn.Module, **changes: object) -> ModelAdapter:
+        """This adapter over another module of the same architecture (e.g. randomised weights): the same
+        preprocessing, labels, backend and precision (the reduced-precision verdict carries over, like
+        a pickled copy's), its target layer looked up by name in ``model``, a fresh ONNX Runtime engine
+        and fresh batch sizes. ``changes`` replace other fields (``name=...``)."""
+        layer = self.target_layer
+        if self.target_layer_name:
+            layer = dict(model.named_modules()).get(self.target_layer_name)
+        elif layer is not None:
+            names = {id(m): n for n, m in self.model.named_modules()}
+            layer = dict(model.named_modules()).get(names.get(id(layer), ""))
+        copy = dataclasses.replace(self, model=model, target_layer=layer, **changes)
+        if copy.fast_dtype == self.fast_dtype and copy.check_fast == self.check_fast:
+            copy._fast = dataclasses.replace(self._fast, lock=threading.Lock())
+        return copy
+
+    def set_batch_sizes(self, *, forward: int | None = None, backward: int | None = None,
+                        onnxruntime: int | None = None) -> None:
+        """Fix batch sizes instead of measuring them (tests, a known machine, a memory limit): PyTorch
+        forwards, backward passes, and forwards through ONNX Runtime where that engine is in use."""
+        self._batches.set(forward=forward, backward=backward, onnxruntime=onnxruntime)
+
+    @property
+    def batch_sizes(self) -> dict[str, int]:
+        """The batch sizes fixed or measured so far ('forward', 'forward:onnxruntime', 'backward')."""
+        return self._batches.known()
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
+        """Context for a gradient-free forward in the reduced-precision ``fast_dtype`` when ``enabled``
+        and one is configured (a no-op otherwise)."""
+        return autocast(self.device, self.fast_dtype, enabled)
+
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
         """Resize RGB images to the model's square input and normalise: ``(N, 3, S, S)``."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        s = self.input_size
-        arrs = [
-            np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR, reducing_gap=None)) for im in images
-        ]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
-        return self.normalize(x).to(self.device)
+        return self.normalize(to_unit_tensor(images, self.input_size)).to(self.device)
 
     def check_image(self, image: Image.Image) -> None:
         """Raise a :class:`BiasscopeError` saying why this model cannot take ``image`` (every image fits
@@ -151,14 +170,11 @@ class ModelAdapter:
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Normalise a ``[0, 1]`` tensor with this model's mean and std."""
-        mean = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-        return (x01 - mean) / std
+        return normalize(x01, self.mean, self.std)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return x * std + mean
+        """Undo :meth:`normalize`: back to ``[0, 1]`` pixel values."""
+        return denormalize(x, self.mean, self.std)
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +203,7 @@ class ModelAdapter:
             if runner is not None:
                 logits = runner.logits(x[i : i + bs])
             else:
-                with self._autocast(use_fast):
+                with self.autocast(use_fast):
                     logits = self.logits(x[i : i + bs].to(self.device))
             outs.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
@@ -215,45 +231,13 @@ class ModelAdapter:
         if self.fast_dtype is None or not st.pending:
             return st.check
         with st.lock:
-            if not st.pending:
-                return st.check
-            from .calibration import representative_split
-
-            name = _dtype_name(self.fast_dtype)
-            splits = dict(zip(("calibration", "held_out"), representative_split()))
-            parts = {k: self._compare_fast([im for _, im in v]) for k, v in splits.items() if v}
-            ok = len(parts) == 2 and all(p["max_dp"] <= FAST_PROB_TOL and p["top1_flips"] == 0
-                                         for p in parts.values())
-            st.check = {"images": sum(p["images"] for p in parts.values()), **parts,
-                        "tolerance": FAST_PROB_TOL, "verdict": name if ok else "fp32"}
-            figures = ", ".join(f"{k.replace('_', '-')} {p['images']}: max |dp| {p['max_dp']:.1e}"
-                                + (f", top-1 differs on {p['top1_flips']}" if p["top1_flips"] else "")
-                                for k, p in parts.items())
-            if ok:
-                st.reason = (f"{name} matches fp32 on {st.check['images']} representative photos ({figures}; "
-                             f"tolerance {FAST_PROB_TOL:.0e})")
-            else:
-                why = figures or "no representative photos could be loaded"
-                st.reason = f"{name} disagrees with fp32 on representative photos ({why}; " \
-                            f"tolerance {FAST_PROB_TOL:.0e}); using fp32"
+            if st.pending and not check_precision(st, dtype_name(self.fast_dtype), self._compare_fast):
                 self.fast_dtype = None
-            st.pending = False
         return st.check
 
-    def _compare_fast(self, images: Sequence[Image.Image], chunk: int = FAST_PROBE) -> dict:
+    def _compare_fast(self, images: Sequence[Image.Image]) -> dict:
         """Largest |p_fast - p_fp32| and the number of clear top-1 flips over ``images``."""
-        diff, flips = 0.0, 0
-        for i in range(0, len(images), chunk):
-            x = self.preprocess(list(images[i : i + chunk]))
-            with torch.no_grad():
-                want = torch.softmax(self.logits(x).float(), dim=1).cpu()
-                with self._autocast(True):
-                    got = torch.softmax(self.logits(x).float(), dim=1).cpu()
-            diff = max(diff, float((got - want).abs().max()))
-            top2 = want.topk(min(2, want.shape[1]), dim=1).values
-            clear = (top2[:, 0] - top2[:, -1]) > 2 * FAST_PROB_TOL
-            flips += int((clear & (got.argmax(1) != want.argmax(1))).sum())
-        return {"images": len(images), "max_dp": diff, "top1_flips": flips}
+        return compare(images, self.preprocess, self.logits, lambda: self.autocast(True))
 
     @property
     def active_backend(self) -> str:
@@ -276,79 +260,13 @@ class ModelAdapter:
         return st.runner
 
     def _build_ort(self, probe: torch.Tensor) -> tuple[OrtRunner | None, str]:
-        """A runner that matches PyTorch on ``probe``: the original ONNX file first, then an export.
-
-        Returns ``(runner, reason)``; the reason names which graph is in use, or why none is.
-        """
-        if not ort_available():
-            return None, "onnxruntime is not installed (pip install 'biasscope[onnx]')"
-        fused_mha = any(isinstance(m, nn.MultiheadAttention) for m in self.model.modules())
-        if fused_mha and self.onnx_source is None:  # known to fail: skip the probe and the export's seconds
+        """A runner that matches PyTorch on ``probe`` (see :func:`~.ort.build_checked_runner`); a model
+        with fused attention and no ONNX file of its own skips the probe and the export's seconds."""
+        if has_fused_attention(self.model) and self.onnx_source is None:
             return None, MHA_REASON
         with torch.no_grad():
             want = torch.softmax(self.logits(probe.to(self.device)).float(), dim=1).cpu()
-        refused = []
-        if self.onnx_source is not None:
-            source = self.onnx_source
-            runner, why = self._checked_runner(lambda: source, probe, want, "ONNX Runtime cannot run it")
-            if runner is not None:
-                return runner, f"original ONNX file {why}"
-            refused.append(f"original ONNX file not used: {why}")
-        if fused_mha:
-            return None, "; ".join([*refused, MHA_REASON])
-        key = self._export_key()
-        cached = read_blob("onnx", key, ".onnx") if key is not None else None
-        if cached is not None:  # this model's export from an earlier process, checked like a fresh one
-            runner, why = self._checked_runner(lambda: cached, probe, want, "ONNX Runtime cannot run it")
-            if runner is not None:
-                return runner, "; ".join([*refused, f"exported graph {why} (export reused from the cache)"])
-        graph: list[bytes] = []
-
-        def export() -> bytes:
-            graph.append(export_onnx(self.model, self.input_size))
-            return graph[-1]
-
-        runner, why = self._checked_runner(export, probe, want, "export to ONNX failed")
-        if runner is not None:
-            if key is not None and len(graph[-1]) <= MAX_CACHED_EXPORT:
-                write_blob("onnx", key, graph[-1], ".onnx")
-            return runner, "; ".join([*refused, f"exported graph {why}"])
-        return None, "; ".join([*refused, f"exported graph not used: {why}", "using PyTorch"])
-
-    def _export_key(self) -> dict | None:
-        """The persistent cache's key of this model's ONNX export: a digest of its weights, input size
-        and torch version (the exporter's); None when the cache is off or the weights alone are larger than
-        MAX_CACHED_EXPORT (not stored, so not worth hashing)."""
-        size = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
-        if cache_dir() is None or size > MAX_CACHED_EXPORT:
-            return None
-        return {"kind": "onnx-export", "version": 1, "weights": weights_digest(self.model),
-                "input_size": int(self.input_size), "torch": torch.__version__}
-
-    @staticmethod
-    def _checked_runner(
-        make: Callable[[], bytes], probe: torch.Tensor, want: torch.Tensor, failed: str
-    ) -> tuple[OrtRunner | None, str]:
-        """Run ``probe`` through a session over ``make()``; keep it only if it agrees with ``want``."""
-        try:
-            runner = OrtRunner(make())
-            got = torch.softmax(runner.logits(probe), dim=1)
-        except Exception as exc:  # any exporter or runtime failure means: try the next engine
-            first = (str(exc).splitlines() or [""])[0][:200]
-            return None, f"{failed} ({type(exc).__name__}: {first})"
-        if got.shape != want.shape:
-            return None, f"its output has shape {list(got.shape)}, PyTorch's {list(want.shape)}"
-        diff = float((got - want).abs().max())
-        if not diff <= PROB_TOL:
-            return None, f"ONNX Runtime disagrees with PyTorch (max |dp| {diff:.1e} > {PROB_TOL:.0e})"
-        if not torch.equal(got.argmax(1), want.argmax(1)):
-            return None, f"ONNX Runtime disagrees with PyTorch on a top-1 class (max |dp| {diff:.1e})"
-        return runner, f"matches PyTorch on {probe.shape[0]} images (max |dp| {diff:.1e})"
-
-    def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
-        if not enabled or self.fast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.fast_dtype)
+        return build_checked_runner(self.model, self.input_size, self.onnx_source, probe, want)
 
     def predict(self, images: Sequence[Image.Image] | Image.Image, *, top: int = 5) -> list[list[Prediction]]:
         """Top-``top`` predictions for each image."""
@@ -384,17 +302,7 @@ class ModelAdapter:
         ONNX Runtime runner gradient-free forwards go through (its best batch size differs from
         PyTorch's); None for PyTorch.
         """
-        if kind not in ("forward", "backward"):
-            raise ValueError(f"unknown batch kind {kind!r}; use 'forward' or 'backward'")
-        key = kind if engine is None or kind == "backward" else f"{kind}:onnxruntime"
-        if key not in self._batch_sizes:
-            if work is not None and work <= SMALL_WORK:
-                return max(1, int(work))
-            from .batching import measure_batch_size
-
-            backward = kind == "backward"  # gradients always run in PyTorch
-            self._batch_sizes[key] = measure_batch_size(self, backward=backward, engine=None if backward else engine)
-        return self._batch_sizes[key]
+        return self._batches.size(self, kind, work, engine)
 
     def warm_up(self) -> None:
         """Do the one-off work of the first jobs now: decide a pending ``precision='auto'`` on the
@@ -430,25 +338,9 @@ class ModelAdapter:
             "source": self.source,
             "note": self.note,
             "backend": self._ort.describe(),
-            "precision": {"requested": self._fast.requested, "active": _dtype_name(self.fast_dtype),
+            "precision": {"requested": self._fast.requested, "active": dtype_name(self.fast_dtype),
                           "checked": self.check_fast, "reason": self._fast.reason, "check": self._fast.check},
         }
-
-
-@dataclass
-class FastCheck:
-    """State of the reduced-precision check: what was asked, whether the check is still to run, its verdict."""
-
-    requested: str = "fp32"
-    pending: bool = False
-    reason: str = ""
-    #: the figures of the check once made: images, per split images / max_dp / top1_flips, verdict
-    check: dict | None = None
-    lock: threading.Lock | None = field(default_factory=threading.Lock, repr=False)
-
-
-def _dtype_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 #: ``Image.info`` key where an adapter that cuts its own input (a face model) keeps what it found in
@@ -464,17 +356,3 @@ def carry_view(variant: Image.Image, original: Image.Image) -> Image.Image:
     if found is not None and found[0]() is original:
         variant.info[VIEW_INFO_KEY] = (weakref.ref(variant), *found[1:])
     return variant
-
-
-def resize_map(m: np.ndarray | torch.Tensor, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    """Resize a 2-D map (or ``(N, h, w)`` stack) to ``size=(H, W)`` as float32 numpy."""
-    t = torch.as_tensor(np.asarray(m, dtype=np.float32) if not torch.is_tensor(m) else m).float()
-    squeeze = t.ndim == 2
-    if squeeze:
-        t = t[None]
-    if tuple(t.shape[-2:]) != tuple(size):
-        mode = "nearest" if nearest else "bilinear"
-        kw = {} if nearest else {"align_corners": False}
-        t = F.interpolate(t[:, None], size=size, mode=mode, **kw)[:, 0]
-    out = t.cpu().numpy().astype(np.float32)
-    return out[0] if squeeze else out

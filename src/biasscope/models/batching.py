@@ -10,26 +10,83 @@ batch 16 in ONNX Runtime, where batch 1 is 1.8x slower per image. ``BIASSCOPE_BA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
+from torch import nn
 
 from .cache import cpu_model, model_fingerprint, read_entry, write_entry
 
-if TYPE_CHECKING:
-    from .adapter import ModelAdapter
+__all__ = ["SMALL_WORK", "BatchPolicy", "ForwardEngine", "Measurable", "measure_batch_size"]
 
-__all__ = ["ForwardEngine", "measure_batch_size"]
+#: jobs this small run as one batch without measuring the best batch size first
+SMALL_WORK = 8
 
 
 class ForwardEngine(Protocol):
     """Another engine for gradient-free forwards (ONNX Runtime's :class:`~.ort.OrtRunner`)."""
 
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class Measurable(Protocol):
+    """What measuring needs of a model (a :class:`~.adapter.ModelAdapter` is one)."""
+
+    name: str
+    model: nn.Module
+    input_size: int
+    device: torch.device
+    fast_dtype: torch.dtype | None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager: ...
+
+
+class BatchPolicy:
+    """One adapter's batch sizes per kind ('forward' or 'backward') and engine: fixed by the caller
+    (:meth:`set`) or measured once on first use with enough work (:func:`measure_batch_size`)."""
+
+    KINDS = ("forward", "backward")
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+
+    @staticmethod
+    def _key(kind: str, engine: ForwardEngine | None) -> str:
+        if kind not in BatchPolicy.KINDS:
+            raise ValueError(f"unknown batch kind {kind!r}; use 'forward' or 'backward'")
+        return kind if engine is None or kind == "backward" else f"{kind}:onnxruntime"
+
+    def set(self, *, forward: int | None = None, backward: int | None = None,
+            onnxruntime: int | None = None) -> None:
+        """Fix batch sizes instead of measuring them: PyTorch forwards, backward passes, and forwards
+        through ONNX Runtime (its best size differs)."""
+        for key, size in (("forward", forward), ("backward", backward), ("forward:onnxruntime", onnxruntime)):
+            if size is not None:
+                if int(size) < 1:
+                    raise ValueError(f"{key} batch size must be at least 1, got {size}")
+                self._sizes[key] = int(size)
+
+    def known(self) -> dict[str, int]:
+        """The sizes fixed or measured so far, by key ('forward', 'forward:onnxruntime', 'backward')."""
+        return dict(self._sizes)
+
+    def size(self, adapter: Measurable, kind: str = "forward", work: int | None = None,
+             engine: ForwardEngine | None = None) -> int:
+        """See :meth:`~.adapter.ModelAdapter.batch_size`."""
+        key = self._key(kind, engine)
+        if key not in self._sizes:
+            if work is not None and work <= SMALL_WORK:
+                return max(1, int(work))
+            backward = kind == "backward"  # gradients always run in PyTorch
+            self._sizes[key] = measure_batch_size(adapter, backward=backward, engine=None if backward else engine)
+        return self._sizes[key]
 
 _CACHE: dict[tuple, int] = {}
 _LOCK = threading.Lock()
@@ -43,7 +100,7 @@ MAX_AGE = timedelta(days=30)
 
 
 def measure_batch_size(
-    adapter: ModelAdapter,
+    adapter: Measurable,
     *,
     backward: bool = False,
     engine: ForwardEngine | None = None,
@@ -94,7 +151,7 @@ def measure_batch_size(
     return best_bs
 
 
-def _measure(adapter: ModelAdapter, backward: bool, engine: ForwardEngine | None, candidates: tuple[int, ...],
+def _measure(adapter: Measurable, backward: bool, engine: ForwardEngine | None, candidates: tuple[int, ...],
              budget_s: float, min_tried: int) -> tuple[int, dict[int, float]]:
     """Time the candidates (see :func:`measure_batch_size`); the best one and each one's images/second."""
     s = adapter.input_size
@@ -122,13 +179,13 @@ def _measure(adapter: ModelAdapter, backward: bool, engine: ForwardEngine | None
     return best_bs, rates
 
 
-def _timed(adapter: ModelAdapter, x: torch.Tensor, backward: bool, engine: ForwardEngine | None) -> float:
+def _timed(adapter: Measurable, x: torch.Tensor, backward: bool, engine: ForwardEngine | None) -> float:
     t0 = time.perf_counter()
     _run(adapter, x, backward, engine)
     return time.perf_counter() - t0
 
 
-def _disk_key(adapter: ModelAdapter, backward: bool, engine: ForwardEngine | None, candidates: tuple[int, ...],
+def _disk_key(adapter: Measurable, backward: bool, engine: ForwardEngine | None, candidates: tuple[int, ...],
               min_tried: int) -> dict | None:
     """What the answer depends on, as the persistent cache's key; None where it cannot be named (an
     engine without a ``graph_digest``: its identity is unknown, so its answer is not stored)."""
@@ -169,14 +226,14 @@ def _stored(disk_key: dict | None, candidates: tuple[int, ...]) -> int | None:
     return None
 
 
-def _run(adapter: ModelAdapter, x: torch.Tensor, backward: bool, engine: ForwardEngine | None = None) -> None:
+def _run(adapter: Measurable, x: torch.Tensor, backward: bool, engine: ForwardEngine | None = None) -> None:
     if engine is not None:
         engine.logits(x)
     elif backward:
         x = x.requires_grad_(True)
         adapter.logits(x)[:, 0].sum().backward()
     else:
-        with torch.no_grad(), adapter._autocast(adapter.fast_dtype is not None):
+        with torch.no_grad(), adapter.autocast(adapter.fast_dtype is not None):
             adapter.logits(x)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()

@@ -30,13 +30,16 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["BACKENDS", "MHA_REASON", "MIN_WORK", "PROB_TOL", "OrtRunner", "OrtState", "export_onnx", "ort_available"]
+from .cache import cache_dir, read_blob, weights_digest, write_blob
+
+__all__ = ["BACKENDS", "MHA_REASON", "MIN_WORK", "PROB_TOL", "OrtRunner", "OrtState", "build_checked_runner",
+           "export_onnx", "has_fused_attention", "ort_available"]
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 #: why a model with fused multi-head attention (torchvision ViTs) is not exported: the TorchScript exporter
@@ -46,6 +49,8 @@ MHA_REASON = "ONNX export of fused multi-head attention is not supported; using 
 MIN_WORK = 16
 #: largest absolute difference of softmax probabilities accepted from ONNX Runtime vs PyTorch
 PROB_TOL = 1e-4
+#: largest ONNX export kept in the persistent cache (bytes): a VGG's 0.5 GB is exported again instead
+MAX_CACHED_EXPORT = 256 * 2**20
 
 
 def ort_available() -> bool:
@@ -197,3 +202,78 @@ class OrtState:
 
     def describe(self) -> dict:
         return {"requested": self.requested, "active": self.active, "reason": self.reason}
+
+
+def build_checked_runner(model: torch.nn.Module, input_size: int, onnx_source: bytes | None, probe: torch.Tensor,
+                         want: torch.Tensor) -> tuple[OrtRunner | None, str]:
+    """A runner that matches PyTorch's probabilities ``want`` on ``probe``: the original ONNX file
+    (``onnx_source``) first, then this process's or a cached export of ``model``.
+
+    Returns ``(runner, reason)``; the reason names which graph is in use, or why none is. A model with
+    fused multi-head attention is never exported (:data:`MHA_REASON`).
+    """
+    if not ort_available():
+        return None, "onnxruntime is not installed (pip install 'biasscope[onnx]')"
+    refused = []
+    if onnx_source is not None:
+        runner, why = _checked_runner(lambda: onnx_source, probe, want, "ONNX Runtime cannot run it")
+        if runner is not None:
+            return runner, f"original ONNX file {why}"
+        refused.append(f"original ONNX file not used: {why}")
+    if has_fused_attention(model):
+        return None, "; ".join([*refused, MHA_REASON])
+    key = _export_key(model, input_size)
+    cached = read_blob("onnx", key, ".onnx") if key is not None else None
+    if cached is not None:  # this model's export from an earlier process, checked like a fresh one
+        runner, why = _checked_runner(lambda: cached, probe, want, "ONNX Runtime cannot run it")
+        if runner is not None:
+            return runner, "; ".join([*refused, f"exported graph {why} (export reused from the cache)"])
+    graph: list[bytes] = []
+
+    def export() -> bytes:
+        graph.append(export_onnx(model, input_size))
+        return graph[-1]
+
+    runner, why = _checked_runner(export, probe, want, "export to ONNX failed")
+    if runner is not None:
+        if key is not None and len(graph[-1]) <= MAX_CACHED_EXPORT:
+            write_blob("onnx", key, graph[-1], ".onnx")
+        return runner, "; ".join([*refused, f"exported graph {why}"])
+    return None, "; ".join([*refused, f"exported graph not used: {why}", "using PyTorch"])
+
+
+def has_fused_attention(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds ``nn.MultiheadAttention`` (torchvision ViTs, open_clip), which the exporter cannot
+    export: such a model skips the export (and, without an ONNX file of its own, the probe too)."""
+    return any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+
+
+def _export_key(model: torch.nn.Module, input_size: int) -> dict | None:
+    """The persistent cache's key of a model's ONNX export: a digest of its weights, input size and
+    torch version (the exporter's); None when the cache is off or the weights alone are larger than
+    MAX_CACHED_EXPORT (not stored, so not worth hashing)."""
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if cache_dir() is None or size > MAX_CACHED_EXPORT:
+        return None
+    return {"kind": "onnx-export", "version": 1, "weights": weights_digest(model),
+            "input_size": int(input_size), "torch": torch.__version__}
+
+
+def _checked_runner(
+    make: Callable[[], bytes], probe: torch.Tensor, want: torch.Tensor, failed: str
+) -> tuple[OrtRunner | None, str]:
+    """Run ``probe`` through a session over ``make()``; keep it only if it agrees with ``want``."""
+    try:
+        runner = OrtRunner(make())
+        got = torch.softmax(runner.logits(probe), dim=1)
+    except Exception as exc:  # any exporter or runtime failure means: try the next engine
+        first = (str(exc).splitlines() or [""])[0][:200]
+        return None, f"{failed} ({type(exc).__name__}: {first})"
+    if got.shape != want.shape:
+        return None, f"its output has shape {list(got.shape)}, PyTorch's {list(want.shape)}"
+    diff = float((got - want).abs().max())
+    if not diff <= PROB_TOL:
+        return None, f"ONNX Runtime disagrees with PyTorch (max |dp| {diff:.1e} > {PROB_TOL:.0e})"
+    if not torch.equal(got.argmax(1), want.argmax(1)):
+        return None, f"ONNX Runtime disagrees with PyTorch on a top-1 class (max |dp| {diff:.1e})"
+    return runner, f"matches PyTorch on {probe.shape[0]} images (max |dp| {diff:.1e})"

@@ -43,7 +43,7 @@ from ..audit import (
 from ..audit.face_audit import FACE_DIR, quality_flags
 from ..audit.store import DB_NAME, RunStore, json_safe
 from ..errors import BiasscopeError, ManifestError
-from ..explainers import get_explainer, list_explainers
+from ..explainers import get_explainer, is_signed, list_explainers
 from ..images import load_image
 from ..jobs import TERMINAL, BackgroundJob, JobPool, JobStatus, normal_status
 from ..models import ModelAdapter
@@ -587,7 +587,7 @@ def audit_overlay(run_id: str, image_id: int):
             raise BiasscopeError("'alpha' must be a number between 0 and 1") from None
         if not 0 <= alpha <= 1:
             raise BiasscopeError("'alpha' must be between 0 and 1")
-    signed = get_explainer(method).signed
+    signed = is_signed(method, (RunStore(d).get_meta("config", {}) or {}).get("method_params"))
     h = heatmap_in_image(heat, view, (img.height, img.width), full)
     kw = {} if alpha is None else {"alpha": alpha}
     return _png(render_overlay(img, h, signed=signed, **kw))
@@ -633,7 +633,8 @@ def audit_explain(run_id: str, image_id: int):
     target_idx = adapter.class_index(target) if target not in (None, "") else None
     rec, work = st.images.put(img, Path(row["path"]).name)
     job = st.jobs.new_job(model=key, adapter=adapter, image=work, image_meta=rec.to_dict(),
-                          methods={m: (get_explainer(m).label, get_explainer(m).signed) for m in methods},
+                          methods={m: (get_explainer(m).label, get_explainer(m).signed_for(params[m]))
+                                   for m in methods},
                           params=params, target=target_idx,
                           faithfulness=_bool(data.get("faithfulness"), "faithfulness"))
     st.jobs.submit(job, adapter)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-from ..api import explain
+from ..api import explain_batch
 from ..errors import BiasscopeError, CancelledError
 from ..explainers import Explanation
 from ..jobs import TERMINAL, BackgroundJob, BusyError, JobPool, JobStatus
@@ -262,11 +263,14 @@ class JobManager:
             job.status = "running"
             image = job.image
             assert image is not None
-            job.predictions = adapter.predict(image, top=self.top)[0]
+            # one preprocessing and one (fp32) forward serve the predictions and every method
+            x = adapter.preprocess(image)
+            probs = adapter.probabilities(x, fast=False)
+            job.predictions = adapter.top_predictions(probs[0], self.top)
             for name, m in job.methods.items():
                 if job.cancel_event.is_set():
                     break
-                self._run_method(job, adapter, image, name, m)
+                self._run_method(job, adapter, image, (x, probs), name, m)
             if job.cancel_event.is_set():
                 self._finish_cancelled(job)
                 return
@@ -284,7 +288,9 @@ class JobManager:
             if job.finished is None:
                 job.finished = time.time()
 
-    def _run_method(self, job: Job, adapter: ModelAdapter, image: Image.Image, name: str, m: MethodResult) -> None:
+    def _run_method(self, job: Job, adapter: ModelAdapter, image: Image.Image,
+                    forward: tuple[torch.Tensor, torch.Tensor], name: str, m: MethodResult) -> None:
+        """Run one method on the image's model input and fp32 probabilities ``forward`` (computed once per job)."""
         def progress(_method: str, fraction: float) -> None:
             if job.cancel_event.is_set():
                 raise CancelledError("cancelled by the user")
@@ -292,16 +298,17 @@ class JobManager:
 
         m.status = "running"
         try:
-            exps = explain(
+            exp = explain_batch(
                 adapter,
-                image,
+                [image],
                 [name],
                 target=job.target,
                 params={name: job.params.get(name, {})},
                 faithfulness=job.faithfulness,
                 progress=progress,
-            )
-            exp = exps[name]
+                inputs=forward[0],
+                probabilities=forward[1],
+            )[0][name]
             exp.segments = None  # only needed while rendering; keeps stored results small
             m.legend = legend(exp)
             m.heatmap_png = fast_png(Image.fromarray(colorize(exp.heatmap, exp.signed), mode="RGBA"))

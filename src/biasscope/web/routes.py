@@ -136,7 +136,7 @@ def _prepare_job(data: dict[str, Any]):
         adapter=adapter,
         image=img,
         image_meta=rec.to_dict(),
-        methods={m: (c.label, c.signed) for m, c in classes.items()},
+        methods={m: (c.label, c.signed_for(params[m])) for m, c in classes.items()},
         params=params,
         target=target,
         faithfulness=faith,
