@@ -199,7 +199,6 @@ class ModelRegistry:
         """A model over other classes made from the served CLIP model ``base``: its image tower is shared
         and only the class text embeddings are computed (CLIP's zero-shot recipe, as ``--classes``). The same
         base, classes and prompts give the same name; at most MAX_DERIVED_MODELS are kept (LRU)."""
-        import dataclasses
         import hashlib
         import json
 
@@ -225,8 +224,10 @@ class ModelRegistry:
                 return name
         module = root.model.with_classes(names, tmpl)  # the text tower only
         # the hook lock is the base's own (replace keeps it): layer hooks go on the shared image tower
-        adapter = dataclasses.replace(root, name=name, model=module, class_names=names, onnx_source=None,
-                                      _batch_sizes=dict(root._batch_sizes))  # same image tower, same batch sizes
+        adapter = root.with_model(module, name=name, class_names=names, onnx_source=None)
+        known = root.batch_sizes  # same image tower, same batch sizes
+        adapter.set_batch_sizes(forward=known.get("forward"), backward=known.get("backward"),
+                                onnxruntime=known.get("forward:onnxruntime"))
         adapter.source = f"{root.source} (classes set through the API)"
         with self._lock:
             self._derived[name] = (key, adapter)
