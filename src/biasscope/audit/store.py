@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import BiasscopeError
 from .values import ImageResult, json_safe
 
-__all__ = ["DB_NAME", "RunStore", "json_safe"]
+__all__ = ["DB_NAME", "RunStore", "json_safe", "wal_connection"]
 
 DB_NAME = "audit.sqlite"
 SCHEMA_VERSION = 1
@@ -46,6 +46,20 @@ def _dumps(obj: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False)
 
 
+@contextlib.contextmanager
+def wal_connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """A SQLite connection in WAL mode (readers never block the writer): commits on success, rolls back
+    on error, always closes. Shared by the audit and verification stores."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
 class RunStore:
     """Access to one run's SQLite file. Every method opens its own short-lived connection."""
 
@@ -62,14 +76,8 @@ class RunStore:
         """A connection in WAL mode; commits on success, rolls back on error, always closes."""
         if not self.path.parent.is_dir():
             raise BiasscopeError(f"run folder {self.run_dir} not found")
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+        with wal_connection(self.path) as conn:
+            yield conn
 
     def init(self) -> None:
         """Create the tables (idempotent)."""

@@ -96,14 +96,19 @@ def write_entry(kind: str, key: dict[str, Any], value: dict[str, Any]) -> bool:
     """Store ``value`` for ``key`` atomically; False (and nothing stored) where the directory is not
     writable: the cache only saves time, it never makes a caller fail."""
     path = _path(kind, key)
-    if path is None:
-        return False
+    data = json.dumps({"key": key, "value": value}, sort_keys=True).encode("utf-8")
+    return path is not None and _write_atomic(path, data)
+
+
+def _write_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it: readers see the old
+    file or the new one, never a partial one. False (and the temporary file removed) on any OS error."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "value": value}, f, sort_keys=True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -143,20 +148,4 @@ def read_blob(kind: str, key: dict[str, Any], suffix: str = ".bin") -> bytes | N
 def write_blob(kind: str, key: dict[str, Any], data: bytes, suffix: str = ".bin") -> bool:
     """Store ``data`` for ``key`` atomically (temporary file, then ``os.replace``); False if not stored."""
     path = _blob_path(kind, key, suffix)
-    if path is None:
-        return False
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return False
+    return path is not None and _write_atomic(path, data)

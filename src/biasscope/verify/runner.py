@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..audit.store import json_safe
+from ..audit.store import json_safe, wal_connection
 from ..errors import BiasscopeError, CancelledError, ExplainerError
 from ..faces.parts import FACE_PARTS
 from ..images import load_image
@@ -71,13 +71,8 @@ class VerifyStore:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+        with wal_connection(self.path) as conn:
+            yield conn
 
     def init(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
