@@ -45,7 +45,16 @@ def test_demo_manifest_boxes_follow_crops_and_flips(tmp_path) -> None:
 
 def test_demo_audit_runs_once_with_label_aware_regions(tmp_path) -> None:
     run = ensure_demo(tmp_path, "mobilenet_v2", views=1)
-    assert run == tmp_path / DEMO_RUN and (run / "report.html").is_file()
+    assert run == tmp_path / ".biasscope-runs" / DEMO_RUN and (run / "report.html").is_file()
+    # what `make run` serves: the Audits page of that data root lists the finished demo
+    from biasscope.web import create_app
+
+    app = create_app({"TESTING": True, "DATA_ROOT": str(tmp_path), "DEFAULT_MODEL": "mobilenet_v2"})
+    try:
+        runs = app.test_client().get("/api/audits").get_json()["runs"]
+    finally:
+        app.extensions["biasscope"].close()
+    assert [(r["id"], r["status"]) for r in runs] == [(DEMO_RUN, "done")]
     df = per_image_frame(run)
     coffee = df[(df["label"] == "coffee") & (df["style"] == "colour")].iloc[0]
     assert coffee["pred_class"] == "espresso" and bool(coffee["correct"])

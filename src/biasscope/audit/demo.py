@@ -118,16 +118,17 @@ def build_demo_manifest(folder: str | Path, views: int = 6) -> Path:
 
 def ensure_demo(data_root: str | Path, model: str = "mobilenet_v2", *, views: int = 6, force: bool = False,
                 progress=None) -> Path:
-    """Build the demo manifest under ``data_root/demo`` and run its audit into ``data_root/demo-audit``.
+    """Build the demo manifest under ``data_root/demo`` and run its audit into the data root's runs folder
+    (``data_root/.biasscope-runs/demo-audit``), where ``biasscope serve --data-root data_root`` lists it.
 
     Does nothing when a complete demo run is already there (unless ``force``). Returns the run folder.
     """
     from .manifest import load_manifest
     from .runner import AuditConfig, run_audit
-    from .store import RunStore
+    from .store import RUNS_SUBDIR, RunStore
 
     root = Path(data_root)
-    run_dir = root / DEMO_RUN
+    run_dir = root / RUNS_SUBDIR / DEMO_RUN
     if not force and RunStore(run_dir).get_meta("status") == "complete":
         return run_dir
     csv_path = build_demo_manifest(root / "demo", views=views)

@@ -20,7 +20,10 @@ import numpy as np
 from ..errors import BiasscopeError
 from .values import ImageResult, json_safe
 
-__all__ = ["DB_NAME", "RunStore", "json_safe", "wal_connection"]
+__all__ = ["DB_NAME", "RUNS_SUBDIR", "RunStore", "json_safe", "wal_connection"]
+
+#: where a data root keeps its audit runs unless told otherwise (``biasscope serve --runs-dir``)
+RUNS_SUBDIR = ".biasscope-runs"
 
 DB_NAME = "audit.sqlite"
 SCHEMA_VERSION = 1

@@ -289,7 +289,7 @@ def demo_cmd(data_root: str, model: str, views: int, force: bool) -> None:
     """Build the offline demo audit under DATA_ROOT (photos shipped with scikit-image and matplotlib).
 
     Colour vs grayscale photos of a cat, an espresso, Grace Hopper in uniform and a rocket: the run lands in
-    DATA_ROOT/demo-audit, where `biasscope serve --data-root DATA_ROOT` shows its dashboard.
+    DATA_ROOT/.biasscope-runs/demo-audit, where `biasscope serve --data-root DATA_ROOT` lists it on the Audits page.
     """
     from tqdm import tqdm
 

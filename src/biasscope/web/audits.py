@@ -41,7 +41,7 @@ from ..audit import (
     run_info,
 )
 from ..audit.face_audit import FACE_DIR, quality_flags
-from ..audit.store import DB_NAME, RunStore, json_safe
+from ..audit.store import DB_NAME, RUNS_SUBDIR, RunStore, json_safe
 from ..errors import BiasscopeError, ManifestError
 from ..explainers import get_explainer, is_signed, list_explainers
 from ..images import load_image
@@ -122,7 +122,7 @@ class AuditManager:
         if runs_dir:
             self.runs_dir: Path | None = Path(runs_dir).resolve()
         else:
-            self.runs_dir = self.data_root / ".biasscope-runs" if self.data_root else None
+            self.runs_dir = self.data_root / RUNS_SUBDIR if self.data_root else None
         self.max_pending = max_pending
         self._pool: JobPool[WebAudit] = JobPool(
             workers=workers, max_pending=max_pending, name="biasscope-audit", public=self.public,
