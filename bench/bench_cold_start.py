@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -66,14 +65,6 @@ def default_model() -> str:
     return "mobilenet_v2" if any(hub.glob("mobilenet_v2-*.pth")) else "resnet18"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def child(model: str, method: str, cache_dir: str) -> dict:
@@ -85,6 +76,13 @@ def child(model: str, method: str, cache_dir: str) -> dict:
     if out.returncode:
         raise RuntimeError(f"child for {method} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as the batch-size cache records it (results differ between machines)."""
+    from biasscope.models.cache import cpu_model as model_name
+
+    return model_name()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,15 +49,6 @@ def rss_mb(pid: int | None = None, field: str = "VmRSS") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (results differ between machines: say which)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def write_manifest(root: Path, n: int, size: int, seed: int = 0) -> Path:
@@ -117,6 +108,13 @@ def floor_rates(adapter, batch_size: int, repeats: int = 5) -> tuple[float, floa
                 best = max(best, bs / (time.perf_counter() - t0))
                 best_cpu = max(best_cpu, bs / max(time.process_time() - c0, 1e-9))
     return best, best_cpu
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as the batch-size cache records it (results differ between machines)."""
+    from biasscope.models.cache import cpu_model as model_name
+
+    return model_name()
 
 
 def main(argv: list[str] | None = None) -> dict:

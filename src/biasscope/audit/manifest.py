@@ -26,6 +26,7 @@ __all__ = [
     "ManifestRow",
     "load_manifest",
     "manifest_from_folder",
+    "read_manifest_text",
     "write_manifest",
 ]
 
@@ -107,6 +108,21 @@ def _path_problem(path: Path) -> str | None:
     return None
 
 
+def read_manifest_text(source: str | Path, text: str | None = None) -> tuple[str, bytes]:
+    """A manifest's CSV text and its bytes (for fingerprints): ``text`` when given, else the file at
+    ``source`` read as UTF-8 (a BOM is dropped); a clear error when it is missing or not text."""
+    src = Path(source)
+    if text is not None:
+        return text, text.encode("utf-8")
+    if not src.is_file():
+        raise ManifestError(f"manifest {src} not found")
+    raw = src.read_bytes()
+    try:
+        return raw.decode("utf-8-sig"), raw
+    except UnicodeDecodeError:
+        raise ManifestError(f"manifest {src} is not UTF-8 text") from None
+
+
 def load_manifest(
     source: str | Path,
     *,
@@ -121,16 +137,7 @@ def load_manifest(
     is refused. ``text`` gives the CSV content directly (``source`` then only names it).
     """
     src = Path(source)
-    if text is None:
-        if not src.is_file():
-            raise ManifestError(f"manifest {src} not found")
-        raw = src.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ManifestError(f"manifest {src} is not UTF-8 text") from None
-    else:
-        raw = text.encode("utf-8")
+    text, raw = read_manifest_text(src, text)
     base = Path(root) if root is not None else src.resolve().parent
     base = base.resolve()
     problems: list[str] = []

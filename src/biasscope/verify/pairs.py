@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..audit.manifest import MSG_EMPTY_CELL, MSG_ESCAPES, MSG_NO_FILE, _inside
+from ..audit.manifest import MSG_EMPTY_CELL, MSG_ESCAPES, MSG_NO_FILE, _inside, read_manifest_text
 from ..errors import ManifestError
 
 __all__ = [
@@ -110,19 +110,6 @@ def _truth(v: str) -> bool | None:
     return None
 
 
-def _read(source: str | Path, text: str | None) -> tuple[str, bytes]:
-    src = Path(source)
-    if text is None:
-        if not src.is_file():
-            raise ManifestError(f"manifest {src} not found")
-        raw = src.read_bytes()
-        try:
-            return raw.decode("utf-8-sig"), raw
-        except UnicodeDecodeError:
-            raise ManifestError(f"manifest {src} is not UTF-8 text") from None
-    return text, text.encode("utf-8")
-
-
 def load_pairs(
     source: str | Path,
     *,
@@ -135,7 +122,7 @@ def load_pairs(
     max_genuine_per_identity: int = 50,
 ) -> PairSet:
     """Read a pairs or identity manifest (told apart by their columns) into a :class:`PairSet`."""
-    text, raw = _read(source, text)
+    text, raw = read_manifest_text(source, text)
     src = Path(source)
     base = (Path(root) if root is not None else src.resolve().parent).resolve()
     rows = list(csv.reader(io.StringIO(text)))
