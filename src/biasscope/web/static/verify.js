@@ -1,17 +1,8 @@
-/* biasscope face verification audits: the Audits page's section (list, start, follow, cancel). */
+/* biasscope face verification audits: the Audits page's section (list, start, follow, cancel); helpers in common.js. */
 "use strict";
 (() => {
-  const q = (sel) => document.querySelector(sel);
-  const fmt = (x) => (typeof x === "number" && Number.isFinite(x) ? (x > 0 && x < 0.01 ? x.toExponential(2) : x.toFixed(4)) : "n/a");
-
-  async function call(path, opts = {}) {
-    const resp = await fetch(path, { credentials: "same-origin", ...opts });
-    const body = (resp.headers.get("content-type") || "").includes("application/json") ? await resp.json() : null;
-    if (!resp.ok) throw new Error(body && body.error ? body.error.message : `${resp.status} ${resp.statusText}`);
-    return body;
-  }
   function message(text, isError) {
-    const box = q("#verify-message");
+    const box = $("#verify-message");
     box.textContent = text;
     box.className = isError ? "alert" : "muted";
   }
@@ -24,8 +15,8 @@
 
   async function refresh() {
     let data;
-    try { data = await call("/api/verify-audits"); } catch (e) { message(e.message, true); return; }
-    const body = q("#verify-runs tbody");
+    try { data = await api("/api/verify-audits"); } catch (e) { message(e.message, true); return; }
+    const body = $("#verify-runs tbody");
     body.textContent = "";
     let busy = false;
     for (const r of data.runs) {
@@ -40,8 +31,8 @@
       st.textContent = r.status + (err ? `: ${err}` : "");
       cell(tr, st);
       cell(tr, p ? `${p.stage} ${p.done}/${p.total}` : "");
-      cell(tr, s.threshold !== undefined ? `${fmt(s.threshold)} @ FAR ${s.far}` : "");
-      cell(tr, s.fmr !== undefined ? `${fmt(s.fmr)} / ${fmt(s.fnmr)}` : "");
+      cell(tr, s.threshold !== undefined ? `${rate(s.threshold)} @ FAR ${s.far}` : "");
+      cell(tr, s.fmr !== undefined ? `${rate(s.fmr)} / ${rate(s.fnmr)}` : "");
       cell(tr, s.n_genuine !== undefined ? `${s.n_genuine} / ${s.n_impostor}` : "");
       cell(tr, s.n_flagged !== undefined ? String(s.n_flagged) : "");
       const actions = document.createElement("span");
@@ -58,7 +49,7 @@
         b.className = "secondary";
         b.textContent = "Cancel";
         b.addEventListener("click", async () => {
-          try { await call(`/api/verify-audits/${encodeURIComponent(r.id)}/cancel`, { method: "POST" }); } catch (e) { message(e.message, true); }
+          try { await api(`/api/verify-audits/${encodeURIComponent(r.id)}/cancel`, { method: "POST" }); } catch (e) { message(e.message, true); }
           refresh();
         });
         actions.append(b);
@@ -66,29 +57,29 @@
       cell(tr, actions);
       body.append(tr);
     }
-    q("#verify-none").classList.toggle("hidden", data.runs.length > 0);
+    $("#verify-none").classList.toggle("hidden", data.runs.length > 0);
     clearTimeout(timer);
     if (busy) timer = setTimeout(refresh, 2000);
   }
 
   async function start() {
     const payload = {
-      manifest: q("#verify-manifest").value.trim(),
-      groups: q("#verify-groups").value.trim(),
-      far: Number(q("#verify-far").value),
-      explain: Number(q("#verify-explain").value || 0),
-      name: q("#verify-name").value.trim() || undefined,
+      manifest: $("#verify-manifest").value.trim(),
+      groups: $("#verify-groups").value.trim(),
+      far: Number($("#verify-far").value),
+      explain: Number($("#verify-explain").value || 0),
+      name: $("#verify-name").value.trim() || undefined,
     };
     try {
-      const r = await call("/api/verify-audits", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
+      const r = await api("/api/verify-audits", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
       message(`started ${r.id}`, false);
     } catch (e) { message(e.message, true); }
     refresh();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    if (!q("#verify-section")) return;
-    q("#verify-start").addEventListener("click", start);
+    if (!$("#verify-section")) return;
+    $("#verify-start").addEventListener("click", start);
     refresh();
   });
 })();
