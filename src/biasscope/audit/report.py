@@ -3,6 +3,8 @@
 Nothing in the page refers to the network or to other files, so it can be mailed or archived. The page
 is ``templates/report.html`` (Jinja2, autoescaped); this module only gathers what the template shows
 that is not already in metrics.json: chart geometry, the most telling images and the face figures.
+A model's sections are the macros of ``templates/_sections.html``; the web dashboard renders the same
+macros from :func:`model_view` and :func:`comparison_charts` (``web/dashboard.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .concepts import NONE_LABEL
 from .results import metric_words
 from .store import RunStore
 
-__all__ = ["model_view", "render_report", "write_report"]
+__all__ = ["comparison_charts", "model_view", "render_report", "write_report"]
 
 #: below this probability a heatmap explains a class the model does not predict (warned about)
 LOW_PROBABILITY = 1e-3
@@ -168,22 +170,26 @@ def model_view(run_dir: str | Path, mm: dict, *, face_src: Callable[[Path], str]
     }
 
 
+def comparison_charts(metrics: dict) -> list[BarChart]:
+    """Accuracy by group of every model, one chart per grouping and model (the report's model comparison)."""
+    groups = list(metrics["run"]["config"].get("groups", []))
+    return [bar_chart(f"{key}: accuracy by {gname}", _by_group_items(entry, "accuracy"), color=COLORS[i % len(COLORS)])
+            for gname in groups for i, (key, mm) in enumerate(metrics["models"].items())
+            if (entry := mm.get("groupings", {}).get(gname))]
+
+
 def render_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> str:
     """The report as one HTML string: the answer per model first, a how-to-read section, then the evidence."""
     run_dir = Path(run_dir)
     cfg = metrics["run"]["config"]
     groups = list(cfg.get("groups", []))
     models = metrics["models"]
-    comparison_charts = [
-        bar_chart(f"{key}: accuracy by {gname}", _by_group_items(entry, "accuracy"), color=COLORS[i % len(COLORS)])
-        for gname in groups for i, (key, mm) in enumerate(models.items())
-        if (entry := mm.get("groupings", {}).get(gname))]
     views = {k: model_view(run_dir, mm) | {"gallery": _gallery(run_dir, df, k, metrics, groups)}
              for k, mm in models.items()}
     return render_template(
         "report.html", run_name=run_dir.name, run=metrics["run"], cfg=cfg, groups=groups,
         opts=metrics["run"].get("metrics_options") or {}, models=models, comparison=metrics.get("comparison", {}),
-        comparison_charts=comparison_charts, views=views, words=metric_words)
+        comparison_charts=comparison_charts(metrics), views=views, words=metric_words)
 
 
 def write_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> Path:

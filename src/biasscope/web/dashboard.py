@@ -10,6 +10,7 @@ are linked (``/api/audits/<run_id>/faces/<name>``) where the report inlines them
 from __future__ import annotations
 
 import json
+import sqlite3
 from functools import cache
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +19,7 @@ import jinja2
 from flask import Blueprint, Response
 
 from ..audit import METRICS_JSON, run_info
-from ..audit.report import model_view
+from ..audit.report import comparison_charts, model_view
 from ..audit.results import metric_words
 from ..audit.store import DB_NAME
 from ..errors import BiasscopeError
@@ -49,8 +50,9 @@ def render_results(run_dir: str | Path, metrics: dict, *, run_id: str) -> str:
     base = f"/api/audits/{quote(run_id, safe='')}/faces/"
     views = {key: model_view(run_dir, mm, face_src=lambda p: base + quote(p.name, safe=""))
              for key, mm in metrics["models"].items()}
-    return _environment().get_template("audit_results.html").render(models=metrics["models"], views=views,
-                                                              words=metric_words)
+    return _environment().get_template("audit_results.html").render(
+        models=metrics["models"], views=views, words=metric_words, comparison=metrics.get("comparison") or {},
+        comparison_charts=comparison_charts(metrics))
 
 
 @dashboard_pages.get("/audits/<run_id>/results")
@@ -64,12 +66,14 @@ def audit_results(run_id: str):
     _run(run_id)  # refused (403) when the run audited files outside the data root
     p = d / METRICS_JSON
     if not p.is_file():
-        info = run_info(d)
-        state = "is still running" if live is not None and live.active else "stopped before it finished"
-        raise RunNotFinishedError(
-            f"audit {run_id!r} has not finished ({info['progress']:.0%} of its images scored; it {state}): "
-            "its results are shown when it finishes" + ("" if live is not None and live.active else
-                                                         "; resume it to finish"))
+        running = live is not None and live.active
+        try:
+            done = f"{run_info(d)['progress']:.0%} of its images scored; "
+        except sqlite3.OperationalError:  # a run just started: its tables are being created
+            done = ""
+        state = "is still running" if running else "stopped before it finished; resume it to finish"
+        raise RunNotFinishedError(f"audit {run_id!r} has not finished ({done}it {state}): "
+                                  "its results are shown when it finishes")
     html = render_results(d, json.loads(p.read_text(encoding="utf-8")), run_id=run_id)
     resp = Response(html, mimetype="text/html")
     resp.headers["Cache-Control"] = "no-store"

@@ -42,8 +42,7 @@ async function setClipClasses() {
   if (prompt) body.prompts = [prompt];
   $("#clip-classes-btn").disabled = true;
   try {
-    const r = await api("/api/models/clip-classes", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body) });
+    const r = await post("/api/models/clip-classes", body);
     await loadModels();
     S.model = r.name; S.target = null;
     $("#model-select").value = r.name;
@@ -188,7 +187,7 @@ async function useImage(source) {
   try {
     let rec;
     if (source instanceof FormData) rec = await api("/api/images", { method: "POST", body: source });
-    else rec = await api("/api/images", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(source) });
+    else rec = await post("/api/images", source);
     S.image = rec;
     S.target = null;
     resetResults();
@@ -217,8 +216,8 @@ async function runPredict() {
     if (!(model in S.nclasses)) {
       S.nclasses[model] = (await api(`/api/models/${encodeURIComponent(model)}/classes?limit=1`)).count;
     }
-    const data = await api("/api/predict", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image_id: S.image.id, model, top: Math.max(1, Math.min(5, S.nclasses[model])) }) });
+    const data = await post("/api/predict",
+      { image_id: S.image.id, model, top: Math.max(1, Math.min(5, S.nclasses[model])) });
     S.predictions = data.predictions;
     $("#pred-model").textContent = `${data.model.name} · ${(data.seconds * 1000).toFixed(0)} ms`;
     renderPredictions();
@@ -331,7 +330,7 @@ async function runExplain() {
   else if (S.target) body.target = S.target.index;
   setBusy(true);
   try {
-    const job = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const job = await post("/api/jobs", body);
     S.job = job;
     $("#job").classList.remove("hidden");
     $("#cancel-btn").disabled = false;

@@ -76,8 +76,7 @@ async function inspect() {
   clearError();
   const rel = $("#manifest").value.trim();
   if (!rel) return;
-  const info = await api("/api/manifests/inspect", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ manifest: rel }) }).catch((e) => { showError(e.message); return null; });
+  const info = await post("/api/manifests/inspect", { manifest: rel }).catch((e) => { showError(e.message); return null; });
   if (!info) return;
   if (!info.valid) {
     showError(`${info.message}: ${info.problems.slice(0, 5).join("; ")}`);

@@ -6,11 +6,6 @@
     box.textContent = text;
     box.className = isError ? "alert" : "muted";
   }
-  function cell(row, content) {
-    const td = document.createElement("td");
-    if (content instanceof Node) td.append(content); else td.textContent = content;
-    row.append(td);
-  }
   let timer = null;
 
   async function refresh() {
@@ -20,42 +15,27 @@
     body.textContent = "";
     let busy = false;
     for (const r of data.runs) {
-      const tr = document.createElement("tr");
       const s = r.summary || {};
       const p = r.job && r.job.progress;
-      busy = busy || r.status === "running" || r.status === "queued";
-      cell(tr, r.id);
-      const st = document.createElement("span");
-      st.className = `status ${r.status}`;
+      const active = r.status === "running" || r.status === "queued";
+      busy = busy || active;
       const err = r.error || (r.job && r.job.error);  // status: queued | running | done | error | cancelled
-      st.textContent = r.status + (err ? `: ${err}` : "");
-      cell(tr, st);
-      cell(tr, p ? `${p.stage} ${p.done}/${p.total}` : "");
-      cell(tr, s.threshold !== undefined ? `${rate(s.threshold)} @ FAR ${s.far}` : "");
-      cell(tr, s.fmr !== undefined ? `${rate(s.fmr)} / ${rate(s.fnmr)}` : "");
-      cell(tr, s.n_genuine !== undefined ? `${s.n_genuine} / ${s.n_impostor}` : "");
-      cell(tr, s.n_flagged !== undefined ? String(s.n_flagged) : "");
-      const actions = document.createElement("span");
-      if (r.status === "done") {
-        const a = document.createElement("a");
-        a.href = `/api/verify-audits/${encodeURIComponent(r.id)}/report.html`;
-        a.target = "_blank";
-        a.rel = "noopener";
-        a.textContent = "report";
-        actions.append(a);
-      } else if (r.status === "running" || r.status === "queued") {
-        const b = document.createElement("button");
-        b.type = "button";
-        b.className = "secondary";
-        b.textContent = "Cancel";
-        b.addEventListener("click", async () => {
-          try { await api(`/api/verify-audits/${encodeURIComponent(r.id)}/cancel`, { method: "POST" }); } catch (e) { message(e.message, true); }
+      const url = `/api/verify-audits/${encodeURIComponent(r.id)}`;
+      const actions = el("span", {});
+      if (r.status === "done") actions.append(el("a", { href: `${url}/report.html`, target: "_blank", rel: "noopener", text: "report" }));
+      else if (active) {
+        actions.append(el("button", { type: "button", class: "secondary", text: "Cancel", onclick: async () => {
+          try { await api(`${url}/cancel`, { method: "POST" }); } catch (e) { message(e.message, true); }
           refresh();
-        });
-        actions.append(b);
+        } }));
       }
-      cell(tr, actions);
-      body.append(tr);
+      const cells = [r.id, el("span", { class: `status ${r.status}`, text: r.status + (err ? `: ${err}` : "") }),
+        p ? `${p.stage} ${p.done}/${p.total}` : "",
+        s.threshold !== undefined ? `${rate(s.threshold)} @ FAR ${s.far}` : "",
+        s.fmr !== undefined ? `${rate(s.fmr)} / ${rate(s.fnmr)}` : "",
+        s.n_genuine !== undefined ? `${s.n_genuine} / ${s.n_impostor}` : "",
+        s.n_flagged !== undefined ? String(s.n_flagged) : "", actions];
+      body.append(el("tr", {}, ...cells.map((c) => el("td", {}, c))));
     }
     $("#verify-none").classList.toggle("hidden", data.runs.length > 0);
     clearTimeout(timer);
@@ -71,7 +51,7 @@
       name: $("#verify-name").value.trim() || undefined,
     };
     try {
-      const r = await api("/api/verify-audits", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
+      const r = await post("/api/verify-audits", payload);
       message(`started ${r.id}`, false);
     } catch (e) { message(e.message, true); }
     refresh();
