@@ -198,3 +198,37 @@ def test_common_js_numbers_follow_formatting_py() -> None:
     for v, row in zip(values, got, strict=True):
         want = [fmt_number(v), fmt_number(v, True), fmt_rate(v), fmt_interval([v, None]), fmt_interval([v, v], True)]
         assert row == want, (v, row, want)
+
+
+def test_face_sections_are_shared_sheets_linked_on_the_page_and_inlined_in_the_report(hostile_root, tmp_path) -> None:
+    """The face quality table is the report's, byte for byte; the page links the sheet through the API (its
+    CSP refuses inline styles and needs no inlined image) where the report inlines the same file."""
+    from PIL import Image
+
+    from biasscope.audit import per_image_frame
+    from biasscope.audit.face_audit import FACE_DIR, quality_flags
+    from biasscope.audit.report import render_report
+    from biasscope.formatting import png_data_uri
+    from biasscope.web.dashboard import render_results
+
+    run = tmp_path / "run"
+    shutil.copytree(hostile_root / "runs" / "hostile", run)
+    (run / FACE_DIR).mkdir(exist_ok=True)
+    sheet = run / FACE_DIR / "m0_gradcam_gender_group.png"
+    Image.fromarray(np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)).save(sheet)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    flags = quality_flags()
+    metrics["models"]["biased"]["faces"] = {
+        "quality": {"gender": {g: {"n": 6, "n_with_face": 5, "flags": {f: {"count": i, "rate": i / 6}
+                                                                          for i, f in enumerate(flags)}}
+                               for g in ("male", GROUP)}},
+        "heatmaps": {"gradcam": {"groupings": {"gender": {"group": {"file": f"{FACE_DIR}/{sheet.name}"}}}}}}
+    frag = render_results(run, metrics, run_id="run")
+    report = render_report(run, metrics, per_image_frame(run))
+    quality = [t for t in _tables(report) if t.startswith("<table><tr><th>gender</th><th>n</th><th>with face</th>")]
+    assert len(quality) == 1 and frag.count(quality[0]) == 1 and str(escape(GROUP)) in quality[0]
+    assert f"<td>{len(flags) - 1} ({100 * (len(flags) - 1) / 6:.0f}%)</td>" in quality[0]
+    figure = "<img{} alt='aligned gradcam heatmaps by gender' src='{}'>"
+    assert figure.format(" class='face-sheet'", f"/api/audits/run/faces/{sheet.name}") in frag
+    assert figure.format(" style='width:auto;max-width:100%'", png_data_uri(sheet)) in report
+    assert "style=" not in frag

@@ -251,7 +251,7 @@ function renderPredictions() {
       title: "Explain this class", onclick: () => setTarget(p, i === 0),
       onkeydown: (ev) => { if (ev.key === "Enter") setTarget(p, i === 0); } },
       el("div", { class: "pred-row" }, el("span", { class: "pred-label", text: p.label }),
-        el("span", { class: "pred-prob", text: `${(p.probability * 100).toFixed(1)}%` })),
+        el("span", { class: "pred-prob", text: pct(p.probability) })),
       el("div", { class: "bar-track" }, bar));
     list.append(li);
   });
