@@ -5,12 +5,14 @@ watch the progress finish, check predictions and rendered overlays, explain anot
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from biasscope.explainers import EXPLAINERS
+from biasscope.formatting import fmt_number, fmt_rate
 
 from .conftest import live_server
 
@@ -219,6 +221,22 @@ def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
         assert answer == metrics["models"]["biased"]["answer"]
         assert any(a.startswith("Stereotypical cells") for a in answer)
         expect(page.locator(".telling .tile .pred").first).to_contain_text("predicted ")
+        # the result sections are report.html's, rendered on the server: the same chart, bar for bar
+        report = page.evaluate("() => fetch('/api/audits/from-page/report.html').then(r => r.text())")
+        title = "Accuracy by gender (95% CI)"
+        grouping = page.locator(".model-block[data-model='biased'] .grouping[data-grouping='gender']")
+        chart = grouping.locator(f"svg[aria-label='{title}']")
+        expect(chart).to_be_visible()
+        in_report = re.search(rf'<svg [^>]*aria-label="{re.escape(title)}".*?</svg>', report, flags=re.S).group(0)
+        bars_page = chart.locator("rect").evaluate_all(
+            "rs => rs.map(r => [r.getAttribute('x'), r.getAttribute('width')])")
+        assert bars_page == [list(b) for b in re.findall(r'<rect x="([\d.]+)" y="\d+" width="([\d.]+)"', in_report)]
+        assert len(bars_page) == 2
+        expect(page.locator(".model-block[data-model='biased'] h4").first).to_be_visible()
+        # numbers left to the script follow formatting.py
+        probe = [0.0625, 2.4e-4, 0.123456, -0.0004, None, 0.03125]
+        shown = page.evaluate("vs => vs.map(v => [num(v), pct(v), rate(v)])", probe)
+        assert shown == [[fmt_number(v), fmt_number(v, True), fmt_rate(v)] for v in probe]
         page.screenshot(path=str(tmp_path / "biasscope-audit-dashboard.png"), full_page=True)
         # drill down to the most telling image: its stored Grad-CAM overlay, then a full-resolution explanation
         page.locator(".telling .tile").first.click()

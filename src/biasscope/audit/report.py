@@ -3,11 +3,14 @@
 Nothing in the page refers to the network or to other files, so it can be mailed or archived. The page
 is ``templates/report.html`` (Jinja2, autoescaped); this module only gathers what the template shows
 that is not already in metrics.json: chart geometry, the most telling images and the face figures.
+A model's sections are the macros of ``templates/_sections.html``; the web dashboard renders the same
+macros from :func:`model_view` and :func:`comparison_charts` (``web/dashboard.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +21,7 @@ from .concepts import NONE_LABEL
 from .results import metric_words
 from .store import RunStore
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["comparison_charts", "model_view", "render_report", "write_report"]
 
 #: below this probability a heatmap explains a class the model does not predict (warned about)
 LOW_PROBABILITY = 1e-3
@@ -117,8 +120,9 @@ def _by_group_items(entry: dict, metric: str) -> list[tuple]:
     return [(g, v.get(metric), *(cis.get(g, {}).get(metric) or [None, None])) for g, v in entry["by_group"].items()]
 
 
-def _faces_view(run_dir: Path, faces: dict | None) -> dict | None:
-    """Quality tables and aligned-heatmap figures (inlined PNGs) of a model's face audit, or None."""
+def _faces_view(run_dir: Path, faces: dict | None, face_src: Callable[[Path], str]) -> dict | None:
+    """Quality tables and aligned-heatmap figures of a model's face audit (``face_src``: a sheet's image
+    source, an inlined PNG in the report), or None."""
     from .face_audit import quality_flags
 
     if not faces or not (faces.get("quality") or faces.get("heatmaps")):
@@ -131,7 +135,7 @@ def _faces_view(run_dir: Path, faces: dict | None) -> dict | None:
             for scope, e in scopes.items():
                 p = Path(run_dir) / e["file"]
                 if p.is_file():
-                    heatmaps.append({"method": method, "grouping": g, "src": png_data_uri(p),
+                    heatmaps.append({"method": method, "grouping": g, "src": face_src(p),
                                      "what": "group" if scope == "group" else "label x group cell"})
     return {"flags": quality_flags(), "quality": quality, "heatmaps": heatmaps}
 
@@ -143,8 +147,10 @@ def _warning_groups(mm: dict) -> list[dict]:
     return [{**g, "n": len(g["items"])} for g in groups]
 
 
-def _model_view(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics: dict, groups: list[str]) -> dict:
-    """What the evidence section of one model needs besides metrics.json: charts, images, faces, warnings."""
+def model_view(run_dir: str | Path, mm: dict, *, face_src: Callable[[Path], str] = png_data_uri) -> dict:
+    """What the sections of one model (``templates/_sections.html``) need besides its metrics: findings
+    not in the answer, chart geometry, the face figures and the grouped warnings. The report and the web
+    dashboard both render these; ``face_src`` gives a face sheet's image source (inlined in the report)."""
     answer = set(mm.get("answer", []))
     groupings = mm.get("groupings", {})
     bs = mm.get("bias_score")
@@ -159,10 +165,17 @@ def _model_view(run_dir: Path, key: str, mm: dict, df: pd.DataFrame, metrics: di
         "bias_chart": bar_chart(f"Stereotypical minus atypical p(true) ({bs['group']})",
                                 [("bias score", bs["score"], *bs["ci"])], vmin=-1.0, vmax=1.0, pct=False)
         if bs else None,
-        "faces": _faces_view(run_dir, mm.get("faces")),
-        "gallery": _gallery(run_dir, df, key, metrics, groups),
+        "faces": _faces_view(Path(run_dir), mm.get("faces"), face_src),
         "warning_groups": _warning_groups(mm),
     }
+
+
+def comparison_charts(metrics: dict) -> list[BarChart]:
+    """Accuracy by group of every model, one chart per grouping and model (the report's model comparison)."""
+    groups = list(metrics["run"]["config"].get("groups", []))
+    return [bar_chart(f"{key}: accuracy by {gname}", _by_group_items(entry, "accuracy"), color=COLORS[i % len(COLORS)])
+            for gname in groups for i, (key, mm) in enumerate(metrics["models"].items())
+            if (entry := mm.get("groupings", {}).get(gname))]
 
 
 def render_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> str:
@@ -171,15 +184,12 @@ def render_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> str:
     cfg = metrics["run"]["config"]
     groups = list(cfg.get("groups", []))
     models = metrics["models"]
-    comparison_charts = [
-        bar_chart(f"{key}: accuracy by {gname}", _by_group_items(entry, "accuracy"), color=COLORS[i % len(COLORS)])
-        for gname in groups for i, (key, mm) in enumerate(models.items())
-        if (entry := mm.get("groupings", {}).get(gname))]
-    views = {k: _model_view(run_dir, k, mm, df, metrics, groups) for k, mm in models.items()}
+    views = {k: model_view(run_dir, mm) | {"gallery": _gallery(run_dir, df, k, metrics, groups)}
+             for k, mm in models.items()}
     return render_template(
         "report.html", run_name=run_dir.name, run=metrics["run"], cfg=cfg, groups=groups,
         opts=metrics["run"].get("metrics_options") or {}, models=models, comparison=metrics.get("comparison", {}),
-        comparison_charts=comparison_charts, views=views, words=metric_words)
+        comparison_charts=comparison_charts(metrics), views=views, words=metric_words)
 
 
 def write_report(run_dir: str | Path, metrics: dict, df: pd.DataFrame) -> Path:

@@ -163,6 +163,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from .audits import install as install_audits
 
     st.audits = install_audits(app, cfg)
+    from .dashboard import dashboard_pages  # the audit dashboard's server-rendered result sections
+
+    app.register_blueprint(dashboard_pages)
     _install_auth(app)
     _install_errors(app)
     _install_headers(app)

@@ -1,53 +1,10 @@
-/* biasscope web page: plain JavaScript over the JSON API (no framework, no CDN). */
+/* biasscope web page: plain JavaScript over the JSON API (no framework, no CDN; helpers in common.js). */
 "use strict";
 
-const $ = (sel) => document.querySelector(sel);
 const S = {
   models: [], explainers: [], image: null, model: null, predictions: [], target: null, nclasses: {},
   classes: {}, job: null, poll: null, rendered: new Set(), busy: false,
 };
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) e.append(c);
-  return e;
-}
-
-function fmt(x, digits = 3) {
-  if (x === null || x === undefined || Number.isNaN(x)) return "–";
-  const a = Math.abs(x);
-  if (a !== 0 && (a < 1e-3 || a >= 1e4)) return x.toExponential(2);
-  return Number(x.toPrecision(digits)).toString();
-}
-
-async function api(path, opts = {}) {
-  const resp = await fetch(path, { credentials: "same-origin", ...opts });
-  let body = null;
-  const type = resp.headers.get("content-type") || "";
-  if (type.includes("application/json")) body = await resp.json();
-  if (!resp.ok) {
-    const msg = body && body.error ? body.error.message : `${resp.status} ${resp.statusText}`;
-    const err = new Error(msg);
-    err.status = resp.status;
-    throw err;
-  }
-  return body;
-}
-
-function showError(msg) {
-  const box = $("#error");
-  box.textContent = "";
-  box.append(el("strong", { text: "Something went wrong: " }), msg);
-  box.classList.remove("hidden");
-}
-function clearError() { $("#error").classList.add("hidden"); }
 
 /* ------------------------------------------------------------------ models & methods */
 async function loadModels() {
@@ -85,8 +42,7 @@ async function setClipClasses() {
   if (prompt) body.prompts = [prompt];
   $("#clip-classes-btn").disabled = true;
   try {
-    const r = await api("/api/models/clip-classes", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body) });
+    const r = await post("/api/models/clip-classes", body);
     await loadModels();
     S.model = r.name; S.target = null;
     $("#model-select").value = r.name;
@@ -231,7 +187,7 @@ async function useImage(source) {
   try {
     let rec;
     if (source instanceof FormData) rec = await api("/api/images", { method: "POST", body: source });
-    else rec = await api("/api/images", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(source) });
+    else rec = await post("/api/images", source);
     S.image = rec;
     S.target = null;
     resetResults();
@@ -260,8 +216,8 @@ async function runPredict() {
     if (!(model in S.nclasses)) {
       S.nclasses[model] = (await api(`/api/models/${encodeURIComponent(model)}/classes?limit=1`)).count;
     }
-    const data = await api("/api/predict", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image_id: S.image.id, model, top: Math.max(1, Math.min(5, S.nclasses[model])) }) });
+    const data = await post("/api/predict",
+      { image_id: S.image.id, model, top: Math.max(1, Math.min(5, S.nclasses[model])) });
     S.predictions = data.predictions;
     $("#pred-model").textContent = `${data.model.name} · ${(data.seconds * 1000).toFixed(0)} ms`;
     renderPredictions();
@@ -295,7 +251,7 @@ function renderPredictions() {
       title: "Explain this class", onclick: () => setTarget(p, i === 0),
       onkeydown: (ev) => { if (ev.key === "Enter") setTarget(p, i === 0); } },
       el("div", { class: "pred-row" }, el("span", { class: "pred-label", text: p.label }),
-        el("span", { class: "pred-prob", text: `${(p.probability * 100).toFixed(1)}%` })),
+        el("span", { class: "pred-prob", text: pct(p.probability) })),
       el("div", { class: "bar-track" }, bar));
     list.append(li);
   });
@@ -374,7 +330,7 @@ async function runExplain() {
   else if (S.target) body.target = S.target.index;
   setBusy(true);
   try {
-    const job = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const job = await post("/api/jobs", body);
     S.job = job;
     $("#job").classList.remove("hidden");
     $("#cancel-btn").disabled = false;
@@ -448,7 +404,7 @@ function ensureOriginalCard(job) {
     el("div", { class: "stack" }, el("img", { src: job.image.url, alt: "original", class: "base" })),
     el("figcaption", {}, el("div", { class: "rc-title" }, el("h3", { text: "Original" })),
       el("div", { class: "muted", text: `${job.image.width}×${job.image.height} · ${job.model.name}` }))));
-  $("#results-target").textContent = t ? `for “${t.result.target_name}” (p = ${fmt(t.result.target_probability)})${conceptNote()}` : "";
+  $("#results-target").textContent = t ? `for “${t.result.target_name}” (p = ${num(t.result.target_probability)})${conceptNote()}` : "";
 }
 
 function conceptNote() {
@@ -467,26 +423,26 @@ function renderResult(job, m) {
     return;
   }
   const r = m.result;
-  if (!$("#results-target").textContent) $("#results-target").textContent = `for “${r.target_name}” (p = ${fmt(r.target_probability)})${conceptNote()}`;
+  if (!$("#results-target").textContent) $("#results-target").textContent = `for “${r.target_name}” (p = ${num(r.target_probability)})${conceptNote()}`;
   const heat = el("img", { src: r.heatmap_url, alt: `${m.label} heatmap`, class: "heat" });
   heat.style.opacity = $("#opacity").value;
-  const checks = el("dl", { class: "checks" }, el("dt", { text: "Time" }), el("dd", { text: `${fmt(r.seconds)} s` }));
+  const checks = el("dl", { class: "checks" }, el("dt", { text: "Time" }), el("dd", { text: `${num(r.seconds)} s` }));
   const c = r.checks || {};
-  if ("deletion_auc" in c) checks.append(el("dt", { text: "Deletion AUC ↓", title: "lower is better" }), el("dd", { text: fmt(c.deletion_auc) }));
-  if ("insertion_auc" in c) checks.append(el("dt", { text: "Insertion AUC ↑", title: "higher is better" }), el("dd", { text: fmt(c.insertion_auc) }));
+  if ("deletion_auc" in c) checks.append(el("dt", { text: "Deletion AUC ↓", title: "lower is better" }), el("dd", { text: num(c.deletion_auc) }));
+  if ("insertion_auc" in c) checks.append(el("dt", { text: "Insertion AUC ↑", title: "higher is better" }), el("dd", { text: num(c.insertion_auc) }));
   if (c.rank_stability != null) {
     checks.append(el("dt", { text: "Rank stability ↑", title: "mean Spearman of the superpixel ranking against bootstrap refits: low = more samples needed (an upper estimate)" }),
-      el("dd", { text: fmt(c.rank_stability) }));
+      el("dd", { text: num(c.rank_stability) }));
   }
   if ("completeness_error" in c) {
     checks.append(el("dt", { text: "Completeness error", title: "|sum(attr) - (f(x) - f(baseline))|" }),
-      el("dd", { text: `${fmt(c.completeness_error)} (${fmt(100 * c.completeness_relative, 2)}%)` }));
+      el("dd", { text: `${num(c.completeness_error)} (${pct(c.completeness_relative)})` }));
   }
   // what a reader must know before trusting the map (the same limits as the CLI and the audit report)
   const cautions = [];
-  if (r.target_probability < 1e-3) cautions.push(`The target “${r.target_name}” has p = ${fmt(r.target_probability)} (< 0.001): ` +
+  if (r.target_probability < 1e-3) cautions.push(`The target “${r.target_name}” has p = ${num(r.target_probability)} (< 0.001): ` +
     "this heatmap explains a class the model does not predict here.");
-  if (c.completeness_relative > 0.1) cautions.push(`Completeness error ${fmt(100 * c.completeness_relative, 2)}% (> 10%): ` +
+  if (c.completeness_relative > 0.1) cautions.push(`Completeness error ${pct(c.completeness_relative)} (> 10%): ` +
     "the attributions do not add up to the output; use more steps.");
   const cautionEl = cautions.length ? el("div", { class: "caution", role: "note" }, ...cautions.map((t) => el("p", { text: `⚠ ${t}` }))) : null;
   const overlayLink = el("a", { class: "button secondary small", href: `${r.overlay_url}?download=1&alpha=${$("#opacity").value}`,
@@ -507,7 +463,7 @@ function legendEl(lg) {
   const bar = el("div", { class: "legend-bar" });
   bar.style.background = `linear-gradient(to right, ${lg.stops.join(", ")})`;
   const ticks = el("div", { class: "legend-ticks" });
-  for (const t of lg.ticks) ticks.append(el("span", { text: fmt(t) }));
+  for (const t of lg.ticks) ticks.append(el("span", { text: num(t) }));
   const caption = lg.kind === "diverging" ? "blue: against the class · red: for it" : "low → high importance";
   return el("div", { class: "legend", title: lg.colormap }, bar, ticks, el("div", { class: "legend-caption muted", text: caption }));
 }
