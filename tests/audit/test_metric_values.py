@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biasscope.audit.metric_values import ComparisonRow, Gap, ImageError, ModelMetrics
+from biasscope.audit.metric_values import Gap, ImageError
 from biasscope.audit.metrics import MetricsOptions, compute_model_metrics
+from biasscope.audit.model_metrics import ComparisonRow, ModelMetrics
 from biasscope.audit.results import answer, findings, gap_sentence
 from tests.audit.test_audit_metrics import _frame
 

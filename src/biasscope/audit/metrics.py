@@ -33,20 +33,8 @@ import numpy as np
 import pandas as pd
 
 from .metric_options import DEFAULT_MIN_EFFECT, MetricsOptions, effect_kind, mean_value
-from .metric_values import (
-    BASE_METRICS,
-    CellMetric,
-    ConceptMetrics,
-    ConceptRates,
-    Gap,
-    GroupingMetrics,
-    GroupStats,
-    Interval,
-    LabelMetrics,
-    ModelMetrics,
-    RegionMetrics,
-    WarningGroup,
-)
+from .metric_values import BASE_METRICS, ConceptRates, Gap, GroupStats, Interval, WarningGroup
+from .model_metrics import CellMetric, ConceptMetrics, GroupingMetrics, LabelMetrics, ModelMetrics, RegionMetrics
 from .stats import GapTests, bias_score, bootstrap_means, estimate_bias_score, finite, gap_test, holm_adjust
 from .stats import mean_ci as _mean_ci
 from .stats import quantiles as _quantiles

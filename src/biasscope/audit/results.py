@@ -16,8 +16,9 @@ import pandas as pd
 from ..errors import BiasscopeError
 from ..formatting import fmt_number
 from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
-from .metric_values import ComparisonRow, ImageError, ModelMetrics
+from .metric_values import ImageError
 from .metrics import MetricsOptions, compute_model_metrics
+from .model_metrics import ComparisonRow, ModelMetrics
 from .store import DB_NAME, RunStore, json_safe
 from .values import ImageResult
 from .words import answer, findings, gap_sentence, metric_words, scope_words, where_explanations_fall

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .metric_options import MetricsOptions, effect_kind
-from .metric_values import BiasScore, Gap, Interval, MeanCI, ModelMetrics
+from .metric_values import BiasScore, Gap, Interval, MeanCI
+from .model_metrics import ModelMetrics
 
 __all__ = ["GapTests", "bias_score", "bootstrap_means", "estimate_bias_score", "estimate_gap", "finite", "gap_test",
            "holm_adjust", "mean_ci", "quantiles"]

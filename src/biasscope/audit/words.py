@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..formatting import fmt_number as _fmt
-from .metric_values import Gap, ModelMetrics
+from .metric_values import Gap
+from .model_metrics import ModelMetrics
 
 __all__ = ["answer", "findings", "gap_sentence", "metric_words", "scope_words", "where_explanations_fall"]
 
