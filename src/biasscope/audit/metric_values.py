@@ -209,10 +209,14 @@ class Gap:
         d["n_images"] = self.n_images
         return d
 
+    def subset_json(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """Some keys of :meth:`to_json`, in the order given (summaries of a gap elsewhere)."""
+        d = self.to_json()
+        return {k: d[k] for k in keys}
+
     def flagged_json(self) -> dict[str, Any]:
         """The gap as an entry of a model's ``flagged`` list."""
-        d = self.to_json()
-        return {k: d[k] for k in _FLAGGED_KEYS}
+        return self.subset_json(_FLAGGED_KEYS)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Gap:
