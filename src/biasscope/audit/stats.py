@@ -250,6 +250,8 @@ class GapTests:
 
     def run(self, values: np.ndarray, groups: np.ndarray, fl: tuple[float | None, float | None], *, metric: str,
             grouping: str, scope: str) -> Gap | None:
+        """Test one gap (the next seed, taken even when fewer than two groups have data); ``fl`` is fairlearn's
+        ``(difference, ratio)`` for it. ``None`` when it cannot be tested."""
         o = self.opts
         self.offset += 1
         seed = o.seed + self.offset
