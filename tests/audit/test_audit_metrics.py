@@ -46,52 +46,52 @@ def test_group_metrics_equal_fairlearn() -> None:
     df = _frame()
     mm = compute_model_metrics(df, groups=["gender"], labels=["doctor", "nurse"], methods=["gradcam"],
                                regions=["hair"], options=FAST)
-    g = mm["groupings"]["gender"]
+    g = mm.groupings["gender"]
     mf = MetricFrame(metrics=accuracy_score, y_true=df["label"], y_pred=df["pred_label"],
                      sensitive_features=df["gender"])
     for grp, v in mf.by_group.items():
-        assert g["by_group"][grp]["accuracy"] == pytest.approx(v, abs=1e-12)
-        assert g["by_group"][grp]["n"] == int((df["gender"] == grp).sum())
-    assert g["gaps"]["accuracy"]["difference"] == pytest.approx(mf.difference(), abs=1e-12)
-    assert g["gaps"]["accuracy"]["fairlearn_difference"] == pytest.approx(mf.difference(), abs=1e-12)
-    assert g["gaps"]["accuracy"]["ratio"] == pytest.approx(mf.ratio(), abs=1e-12)
+        assert g.by_group[grp].accuracy == pytest.approx(v, abs=1e-12)
+        assert g.by_group[grp].n == int((df["gender"] == grp).sum())
+    assert g.gaps["accuracy"].difference == pytest.approx(mf.difference(), abs=1e-12)
+    assert g.gaps["accuracy"].fairlearn_difference == pytest.approx(mf.difference(), abs=1e-12)
+    assert g.gaps["accuracy"].ratio == pytest.approx(mf.ratio(), abs=1e-12)
     # label x group cells: fairlearn with control features == a plain pandas groupby
     cells = df.groupby(["label", "gender"])["p_true"].mean()
     for (lab, grp), v in cells.items():
-        assert g["by_label"][lab]["by_group"][grp]["mean_p_true"] == pytest.approx(v, abs=1e-12)
+        assert g.by_label[lab].by_group[grp].mean_p_true == pytest.approx(v, abs=1e-12)
     for lab in ("doctor", "nurse"):
         yt, yp = (df["label"] == lab).astype(int), df[f"predicted:{lab}"].astype(int)
         ref = MetricFrame(metrics={"sr": selection_rate, "fpr": false_positive_rate, "fnr": false_negative_rate},
                           y_true=yt, y_pred=yp, sensitive_features=df["gender"])
-        c = g["concepts"][lab]
+        c = g.concepts[lab]
         for grp, row in ref.by_group.iterrows():
-            assert c["by_group"][grp]["selection_rate"] == pytest.approx(row["sr"], abs=1e-12)
-            assert c["by_group"][grp]["fpr"] == pytest.approx(row["fpr"], abs=1e-12)
-            assert c["by_group"][grp]["fnr"] == pytest.approx(row["fnr"], abs=1e-12)
-        assert c["demographic_parity_difference"] == pytest.approx(
+            assert c.by_group[grp].selection_rate == pytest.approx(row["sr"], abs=1e-12)
+            assert c.by_group[grp].fpr == pytest.approx(row["fpr"], abs=1e-12)
+            assert c.by_group[grp].fnr == pytest.approx(row["fnr"], abs=1e-12)
+        assert c.demographic_parity_difference == pytest.approx(
             demographic_parity_difference(yt, yp, sensitive_features=df["gender"]), abs=1e-12)
-        assert c["equalized_odds_difference"] == pytest.approx(
+        assert c.equalized_odds_difference == pytest.approx(
             equalized_odds_difference(yt, yp, sensitive_features=df["gender"]), abs=1e-12)
     # region shares ignore images without positive attribution (NaN)
     share = df.groupby("gender")["share:gradcam:hair"].mean()
     for grp, v in share.items():
-        assert g["regions"]["by_group"][grp]["share:gradcam:hair"] == pytest.approx(v, abs=1e-12)
-    assert mm["overall"]["accuracy"] == pytest.approx(df["correct"].mean())
+        assert g.regions.by_group[grp]["share:gradcam:hair"] == pytest.approx(v, abs=1e-12)
+    assert mm.overall.accuracy == pytest.approx(df["correct"].mean())
     assert any("group 'other'" in w for w in compute_model_metrics(
-        df, groups=["gender"], labels=["doctor"], options=MetricsOptions(n_boot=100, n_perm=100))["warnings"])
+        df, groups=["gender"], labels=["doctor"], options=MetricsOptions(n_boot=100, n_perm=100)).warnings)
 
 
 def test_intersectional_grouping_and_rate_with_empty_denominator() -> None:
     df = _frame(1)
     df["age"] = np.where(np.arange(len(df)) % 2 == 0, "young", "old")
     mm = compute_model_metrics(df, groups=["gender", "age"], labels=["doctor", "nurse"], options=FAST)
-    inter = mm["groupings"]["gender x age"]["by_group"]
-    assert inter["female & young"]["n"] == int(((df["gender"] == "female") & (df["age"] == "young")).sum())
+    inter = mm.groupings["gender x age"].by_group
+    assert inter["female & young"].n == int(((df["gender"] == "female") & (df["age"] == "young")).sum())
     # a group with no negatives for a concept has an undefined FPR (fairlearn itself reports 0)
     df2 = df.copy()
     df2.loc[df2["gender"] == "other", "label"] = "doctor"
     c = compute_model_metrics(df2, groups=["gender"], labels=["doctor", "nurse"], options=FAST)
-    assert c["groupings"]["gender"]["concepts"]["doctor"]["by_group"]["other"]["fpr"] is None
+    assert c.groupings["gender"].concepts["doctor"].by_group["other"].fpr is None
 
 
 def test_gap_test_hand_computed_extremes() -> None:
@@ -171,13 +171,13 @@ def test_permutation_resolution_is_raised_for_holm() -> None:
     df.loc[df["gender"] == "female", "correct"] = False  # a planted, unmistakable accuracy gap
     opts = MetricsOptions(n_boot=100, n_perm=100, min_group_size=5)
     mm = compute_model_metrics(df, groups=["gender"], labels=["doctor", "nurse"], options=opts)
-    gap = mm["groupings"]["gender"]["gaps"]["accuracy"]
-    m = mm["n_tests"]
-    assert m >= 20 and gap["n_perm"] == int(np.ceil(2 * m / 0.05))
-    assert gap["p_value"] == pytest.approx(1 / (gap["n_perm"] + 1)) and gap["flagged"]
-    assert gap["p_adjusted"] < 0.05
-    untouched = mm["groupings"]["gender"]["gaps"]["accuracy_topk"]
-    assert untouched["n_perm"] == 100 and not untouched["flagged"]
+    gap = mm.groupings["gender"].gaps["accuracy"]
+    m = mm.n_tests
+    assert m >= 20 and gap.n_perm == int(np.ceil(2 * m / 0.05))
+    assert gap.p_value == pytest.approx(1 / (gap.n_perm + 1)) and gap.flagged
+    assert gap.p_adjusted < 0.05
+    untouched = mm.groupings["gender"].gaps["accuracy_topk"]
+    assert untouched.n_perm == 100 and not untouched.flagged
 
 
 def _two_groups(n: int, p_a: float, p_b: float, seed: int = 0) -> pd.DataFrame:
@@ -195,25 +195,25 @@ def _two_groups(n: int, p_a: float, p_b: float, seed: int = 0) -> pd.DataFrame:
 def test_large_effect_is_flagged_tiny_significant_effect_is_not() -> None:
     df = _two_groups(200, 0.9, 0.5)
     mm = compute_model_metrics(df, groups=["gender"], labels=["doctor"], options=FAST)
-    acc = mm["groupings"]["gender"]["gaps"]["accuracy"]
-    assert acc["flagged"] and acc["status"] == "flagged" and acc["difference"] == pytest.approx(0.4)
-    assert acc["min_effect"] == 0.05 and acc["n"] == {"a": 200, "b": 200} and acc["n_images"] == 400
-    p = mm["groupings"]["gender"]["gaps"]["mean_p_true"]
+    acc = mm.groupings["gender"].gaps["accuracy"]
+    assert acc.flagged and acc.status == "flagged" and acc.difference == pytest.approx(0.4)
+    assert acc.min_effect == 0.05 and acc.n == {"a": 200, "b": 200} and acc.n_images == 400
+    p = mm.groupings["gender"].gaps["mean_p_true"]
     # every permutation separates less: p at its floor, Holm-significant, but 2.4e-4 is far below 0.05
-    assert p["p_adjusted"] < 0.05 and p["difference_ci"][0] > 0
-    assert p["status"] == "too small" and not p["flagged"]
-    assert {(f["metric"], f["scope"]) for f in mm["flagged"]} >= {("accuracy", "all")}
-    assert all(f["metric"] != "mean_p_true" for f in mm["flagged"])
-    assert mm["n_not_flagged"]["too small"] >= 1
+    assert p.p_adjusted < 0.05 and p.difference_ci[0] > 0
+    assert p.status == "too small" and not p.flagged
+    assert {(f.metric, f.scope) for f in mm.flagged} >= {("accuracy", "all")}
+    assert all(f.metric != "mean_p_true" for f in mm.flagged)
+    assert mm.n_not_flagged["too small"] >= 1
     # the user's minimum decides: with 0 any significant gap is flagged, with 0.5 the accuracy gap is not
     zero = compute_model_metrics(df, groups=["gender"], labels=["doctor"],
                                  options=MetricsOptions(n_boot=300, n_perm=300, min_group_size=5,
                                                         min_effect={"probability": 0.0}))
-    assert zero["groupings"]["gender"]["gaps"]["mean_p_true"]["flagged"]
+    assert zero.groupings["gender"].gaps["mean_p_true"].flagged
     high = compute_model_metrics(df, groups=["gender"], labels=["doctor"],
                                  options=MetricsOptions(n_boot=300, n_perm=300, min_group_size=5,
                                                         min_effect={"accuracy": 0.5}))
-    assert high["groupings"]["gender"]["gaps"]["accuracy"]["status"] == "too small"
+    assert high.groupings["gender"].gaps["accuracy"].status == "too small"
     with pytest.raises(ValueError, match="unknown kind"):
         MetricsOptions(min_effect={"accuracyy": 0.1})
 
@@ -223,11 +223,10 @@ def test_all_zero_cells_are_degenerate_and_never_flagged() -> None:
     df["p_true"] = 0.0
     mm = compute_model_metrics(df, groups=["gender"], labels=["doctor"], options=FAST)
     for k in ("accuracy", "mean_p_true"):
-        g = mm["groupings"]["gender"]["gaps"][k]
-        assert g["degenerate"] == "both groups are 0 on every image" and g["status"] == "degenerate"
-        assert not g["flagged"] and (g["ratio"] is None or math.isnan(g["ratio"]))
-        assert all(v is None or math.isnan(v) for v in g["ratio_ci"])
-    assert mm["flagged"] == []
+        g = mm.groupings["gender"].gaps[k]
+        assert g.degenerate == "both groups are 0 on every image" and g.status == "degenerate"
+        assert not g.flagged and g.ratio is None and g.ratio_ci == (None, None)
+    assert mm.flagged == []
 
 
 def test_ratio_interval_only_when_the_denominator_interval_excludes_zero() -> None:
@@ -255,28 +254,28 @@ def test_region_findings_are_per_label_x_group_over_images_with_the_region() -> 
     df.loc[(df["label"] == "doctor") & (df["gender"] == "male"), "share:gradcam:hair"] = 0.1
     mm = compute_model_metrics(df, groups=["gender"], labels=["doctor", "nurse"], methods=["gradcam"],
                                regions=["hair"], options=FAST)
-    cells = mm["groupings"]["gender"]["regions"]["cells"]
+    cells = mm.groupings["gender"].regions.cells
     assert set(cells["share:gradcam:hair"]) == {"doctor"}  # no nurse cell: nurses have no such region
     doc = cells["share:gradcam:hair"]["doctor"]
     sub = df[(df["label"] == "doctor") & df["share:gradcam:hair"].notna()]
-    assert doc["n"] == len(sub) and doc["n_label"] == int((df["label"] == "doctor").sum())
+    assert doc.n == len(sub) and doc.n_label == int((df["label"] == "doctor").sum())
     for grp, part in sub.groupby("gender"):
-        c = doc["by_group"][grp]
-        assert c["n"] == len(part) and c["mean"] == pytest.approx(part["share:gradcam:hair"].mean(), abs=1e-12)
-        assert c["ci"][0] <= c["mean"] <= c["ci"][1]
-        for outcome, flag in (("correct", True), ("wrong", False)):
+        c = doc.by_group[grp]
+        assert c.n == len(part) and c.mean == pytest.approx(part["share:gradcam:hair"].mean(), abs=1e-12)
+        assert c.ci[0] <= c.mean <= c.ci[1]
+        for outcome, flag in ((doc.correct, True), (doc.wrong, False)):
             o = part[part["correct"] == flag]["share:gradcam:hair"]
-            oc = doc["by_outcome"][outcome][grp]
-            assert oc["n"] == len(o)
+            oc = outcome[grp]
+            assert oc.n == len(o)
             if len(o):
-                assert oc["mean"] == pytest.approx(o.mean(), abs=1e-12)
-    gap = doc["gap"]
-    assert gap["label"] == "doctor" and gap["scope"] == "label=doctor" and gap["high_group"] == "female"
-    assert gap["low_group"] == "male" and gap["flagged"] and gap["n_images"] == len(sub)
-    assert gap["fairlearn_difference"] == pytest.approx(gap["difference"], abs=1e-12)
-    assert any(f["metric"] == "share:gradcam:hair" and f["label"] == "doctor" for f in mm["flagged"])
+                assert oc.mean == pytest.approx(o.mean(), abs=1e-12)
+    gap = doc.gap
+    assert gap.label == "doctor" and gap.scope == "label=doctor" and gap.high_group == "female"
+    assert gap.low_group == "male" and gap.flagged and gap.n_images == len(sub)
+    assert gap.fairlearn_difference == pytest.approx(gap.difference, abs=1e-12)
+    assert any(f.metric == "share:gradcam:hair" and f.label == "doctor" for f in mm.flagged)
     # share / area is described, not tested (it is the share over a per-image constant)
-    assert cells["ratio:gradcam:hair"]["doctor"]["gap"] is None
+    assert cells["ratio:gradcam:hair"]["doctor"].gap is None
 
 
 def test_warnings_with_two_group_columns_are_grouped_once() -> None:
@@ -287,15 +286,15 @@ def test_warnings_with_two_group_columns_are_grouped_once() -> None:
     df["age"] = np.where(np.arange(len(df)) % 3 == 0, "young", "old")
     mm = compute_model_metrics(df, groups=["gender", "age"], labels=["doctor", "nurse"],
                                options=MetricsOptions(n_boot=100, n_perm=100, min_group_size=100))
-    groups = {g["kind"]: g["items"] for g in mm["warning_groups"]}
+    groups = {g["kind"]: g["items"] for g in mm.to_json()["warning_groups"]}
     assert set(groups) == {"small_group", "small_cell"}
     for items in groups.values():
         assert len(items) == len(set(items))
-    assert sum(map(len, groups.values())) == len(mm["warnings"]) == len(set(mm["warnings"]))
+    assert sum(map(len, groups.values())) == len(mm.warnings) == len(set(mm.warnings))
     # every group (and intersectional group) below 100 images is named once
     small = set(groups["small_group"])
     assert "gender group 'other' has only {} image(s)".format(int((df["gender"] == "other").sum())) in small
     assert any(w.startswith("gender x age group 'female & young'") for w in small)
     assert group_warnings(["x happened", "x happened"]) == [{"kind": "other", "title": "Other warnings",
                                                              "items": ["x happened"]}]
-    assert not any(f.startswith("Warning") for f in mm.get("findings", []))
+    assert not any(f.startswith("Warning") for f in mm.findings)

@@ -11,7 +11,9 @@ Typical use::
 
 from .concepts import NONE_LABEL, LabelSpace, load_concepts, parse_concept
 from .manifest import Manifest, ManifestRow, load_manifest, manifest_from_folder, write_manifest
+from .metric_values import BiasScore, Gap, GroupStats
 from .metrics import MetricsOptions, bias_score, compute_model_metrics, gap_test, holm_adjust
+from .model_metrics import CellMetric, GroupingMetrics, ModelMetrics
 from .results import (
     METRICS_JSON,
     PER_IMAGE_CSV,
@@ -35,10 +37,16 @@ __all__ = [
     "REPORT_HTML",
     "AuditConfig",
     "AuditProgress",
+    "BiasScore",
+    "CellMetric",
+    "Gap",
+    "GroupStats",
+    "GroupingMetrics",
     "LabelSpace",
     "Manifest",
     "ManifestRow",
     "MetricsOptions",
+    "ModelMetrics",
     "ModelSource",
     "RunResult",
     "RunStore",

@@ -6,7 +6,7 @@ These are the functions the CLI and the web dashboard call; nothing here runs a 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,12 @@ import pandas as pd
 from ..errors import BiasscopeError
 from ..formatting import fmt_number
 from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
+from .metric_values import ImageError
 from .metrics import MetricsOptions, compute_model_metrics
+from .model_metrics import ComparisonRow, ModelMetrics
 from .store import DB_NAME, RunStore, json_safe
 from .values import ImageResult
+from .words import answer, findings, gap_sentence, metric_words, scope_words, where_explanations_fall
 
 __all__ = [
     "METRICS_JSON",
@@ -36,6 +39,7 @@ __all__ = [
     "metric_words",
     "per_image_frame",
     "run_info",
+    "scope_words",
     "where_explanations_fall",
 ]
 
@@ -170,202 +174,6 @@ def load_metrics(run_dir: str | Path) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-_fmt = fmt_number
-
-_METRIC_WORDS = {
-    "accuracy": "accuracy",
-    "accuracy_top1": "top-1 accuracy",
-    "accuracy_topk": "top-k accuracy",
-    "mean_p_true": "mean probability of the true label",
-    "selection_rate": "selection rate",
-    "fpr": "false positive rate",
-    "fnr": "false negative rate",
-    "mean_score": "mean score",
-}
-
-_FAITH_WORDS = {"deletion_auc": "deletion AUC (lower is more faithful)",
-                "insertion_auc": "insertion AUC (higher is more faithful)",
-                "completeness_relative": "relative completeness error (lower is more faithful)"}
-
-
-def metric_words(metric: str) -> str:
-    """A metric name (``share:gradcam:hair``, ``removal:hair``, ``accuracy``...) in words."""
-    if metric.startswith(("share:", "ratio:")):
-        kind, method, region = metric.split(":", 2)
-        what = "attribution share" if kind == "share" else "attribution share / area share"
-        return f"{method} {what} on region '{region}'"
-    if metric.startswith("removal:"):
-        return f"effect of removing region '{metric.split(':', 1)[1]}' on the true label's probability"
-    if metric.startswith("faith:"):
-        _, method, key = metric.split(":", 2)
-        return f"{method} {_FAITH_WORDS.get(key, key)}"
-    if metric.startswith("agree:"):
-        a, _, b = metric.split(":", 1)[1].partition("~")
-        return f"rank agreement (Spearman) of {a} and {b} maps"
-    return _METRIC_WORDS.get(metric, metric)
-
-
-_metric_words = metric_words
-
-
-def _pct_metric(metric: str) -> bool:
-    return metric.startswith("accuracy") or metric in ("selection_rate", "fpr", "fnr")
-
-
-def scope_words(g: dict) -> str:
-    """What a gap is computed over: label, groups with their n, images."""
-    n = g.get("n") or {}
-    sizes = ", ".join(f"{k} n={v}" for k, v in n.items())
-    scope = g.get("scope", "all")
-    where = ("all labels" if scope == "all" else f"label {scope.split('=', 1)[1]}" if scope.startswith("label=")
-             else scope.replace("=", " "))
-    return f"over {where}; {g.get('grouping')} groups {sizes}; {sum(n.values())} images"
-
-
-def gap_sentence(g: dict) -> str:
-    """One gap (flagged or not) as a sentence with its numbers and what it is computed over."""
-    pct = _pct_metric(g["metric"])
-    lo, hi = g["difference_ci"]
-    lab = g.get("label")
-    where = f"Within label {lab}, the" if lab else ("The" if g.get("scope", "all") == "all"
-                                                     else f"For {g['scope'].replace('=', ' ')}, the")
-    ratio = ""
-    if g.get("ratio") is not None and not (isinstance(g["ratio"], float) and math.isnan(g["ratio"])):
-        rci = g.get("ratio_ci") or [None, None]
-        ratio = f", ratio {_fmt(g['ratio'])}" + (f" [{_fmt(rci[0])}, {_fmt(rci[1])}]" if rci[0] is not None else "")
-    return (f"{where} {metric_words(g['metric'])} differs between {g['grouping']} groups: "
-            f"{g['high_group']} {_fmt(g['high'], pct)} vs {g['low_group']} {_fmt(g['low'], pct)} "
-            f"(difference {_fmt(g['difference'])}, 95% CI [{_fmt(lo)}, {_fmt(hi)}]{ratio}, "
-            f"permutation p = {g['p_value']:.3g}, Holm-adjusted {g['p_adjusted']:.3g}; "
-            f"{scope_words(g)}).")
-
-
-def _faith_notes(model_metrics: dict) -> dict[tuple[str, str, str], str]:
-    """(grouping, label, method) -> a note when that method's explanations differ in faithfulness by group."""
-    notes: dict[tuple[str, str, str], str] = {}
-    for gname, entry in model_metrics.get("groupings", {}).items():
-        for col, per_label in (entry.get("faithfulness") or {}).get("cells", {}).items():
-            if not col.startswith("faith:"):
-                continue
-            _, method, key = col.split(":", 2)
-            for lab, cell in per_label.items():
-                g = cell.get("gap")
-                if g and g.get("flagged"):
-                    worse = g["low_group"] if key == "insertion_auc" else g["high_group"]
-                    notes[(gname, lab, method)] = (
-                        f" Caution: {method} explanations are less faithful for {gname} = {worse} within label "
-                        f"{lab} ({_FAITH_WORDS.get(key, key)}: {g['high_group']} {_fmt(g['high'])} vs "
-                        f"{g['low_group']} {_fmt(g['low'])}), so part of this gap may reflect explanation quality.")
-    return notes
-
-
-def _no_gap_sentence(model_metrics: dict, alpha: float) -> str:
-    counts = model_metrics.get("n_not_flagged") or {}
-    return (f"No gap between groups is significant and large enough to flag: of the "
-            f"{model_metrics.get('n_tests', 0)} gaps tested, {counts.get('not significant', 0)} are not significant "
-            f"(95% interval or Holm-adjusted permutation p-value at level {alpha}), "
-            f"{counts.get('too small', 0)} are significant but below the minimum effect, "
-            f"{counts.get('degenerate', 0)} are degenerate (both groups 0).")
-
-
-def findings(model_metrics: dict, *, alpha: float = 0.05) -> list[str]:
-    """The findings of one model in plain sentences with their numbers: each flagged gap once, then the bias score.
-
-    Warnings are not findings: they are in ``warnings`` / ``warning_groups``.
-    """
-    out: list[str] = []
-    ov = model_metrics.get("overall")
-    if not ov:
-        return ["No image could be evaluated."]
-    out.append(f"Over {ov['n']} images: accuracy {_fmt(ov['accuracy'], True)} "
-               f"(top-k {_fmt(ov['accuracy_topk'], True)}), "
-               f"mean probability of the true label {_fmt(ov['mean_p_true'])}.")
-    flagged = model_metrics.get("flagged", [])
-    notes = _faith_notes(model_metrics)
-    for g in sorted(flagged, key=lambda g: g["p_adjusted"]):
-        s = gap_sentence(g)
-        if g["metric"].startswith(("share:", "ratio:")) and g.get("label"):
-            s += notes.get((g["grouping"], g["label"], g["metric"].split(":")[1]), "")
-        out.append(s)
-    counts = model_metrics.get("n_not_flagged") or {}
-    if not flagged and model_metrics.get("n_tests"):
-        out.append(_no_gap_sentence(model_metrics, alpha))
-    elif counts.get("too small"):
-        out.append(f"{counts['too small']} more gap(s) are significant but below the minimum effect; "
-                   "they are listed in the tables, not flagged.")
-    bs = model_metrics.get("bias_score")
-    if bs:
-        verdict = ("flagged" if bs.get("flagged") else "significant but below the minimum effect"
-                   if bs["significant"] else "not significant")
-        out.append(
-            f"Bias score ({bs['group']}): stereotypical images get mean true-label probability "
-            f"{_fmt(bs['stereotypical_mean'])}, atypical ones {_fmt(bs['atypical_mean'])}: difference "
-            f"{_fmt(bs['score'])}, 95% CI [{_fmt(bs['ci'][0])}, {_fmt(bs['ci'][1])}], "
-            f"p = {bs['p_value']:.3g} ({verdict}; {bs['n_stereotypical']} stereotypical, "
-            f"{bs['n_atypical']} atypical images)."
-        )
-    return out
-
-
-def where_explanations_fall(model_metrics: dict, grouping: str | None = None, limit: int = 6) -> list[str]:
-    """Per label x group cell, the region drawing the most attribution relative to its area (with n)."""
-    out: list[str] = []
-    for gname, entry in model_metrics.get("groupings", {}).items():
-        if grouping is not None and gname != grouping:
-            continue
-        cells = (entry.get("regions") or {}).get("cells", {})
-        best: dict[tuple[str, str, str], tuple[float, str, dict]] = {}
-        for col, per_label in cells.items():
-            if not col.startswith("ratio:"):
-                continue
-            _, method, region = col.split(":", 2)
-            for lab, cell in per_label.items():
-                for gval, c in cell["by_group"].items():
-                    if c.get("mean") is None:
-                        continue
-                    key = (method, lab, gval)
-                    if key not in best or c["mean"] > best[key][0]:
-                        best[key] = (c["mean"], region, c)
-        for (method, lab, gval), (ratio, region, c) in sorted(best.items()):
-            share = cells.get(f"share:{method}:{region}", {}).get(lab, {}).get("by_group", {}).get(gval, {})
-            out.append(f"{lab} x {gname} = {gval} ({method}, {c['n']} images with region '{region}'): "
-                       f"'{region}' holds {_fmt(share.get('mean'), True)} of the positive attribution, "
-                       f"{_fmt(ratio)}x its area share.")
-        break  # the first grouping only: the others repeat the question
-    return out[:limit] if limit else out
-
-
-def answer(model_metrics: dict, stereotypical: list[str] | None = None, *, alpha: float = 0.05) -> list[str]:
-    """The answer to the audit's question in a few sentences with numbers (top of report and dashboard)."""
-    ov = model_metrics.get("overall")
-    if not ov:
-        return ["No image could be evaluated."]
-    out = [f"Accuracy {_fmt(ov['accuracy'], True)} over {ov['n']} images "
-           f"(mean probability of the true label {_fmt(ov['mean_p_true'])})."]
-    bs = model_metrics.get("bias_score")
-    if bs:
-        word = "higher" if bs["score"] > 0 else "lower"
-        verdict = ("a flagged difference" if bs.get("flagged") else
-                   "significant but below the minimum effect" if bs["significant"] else "not significant")
-        out.append(f"Stereotypical cells ({', '.join(bs['stereotypical'])}; {bs['n_stereotypical']} images) get a "
-                   f"{word} true-label probability than atypical ones ({bs['n_atypical']} images): "
-                   f"{_fmt(bs['stereotypical_mean'])} vs {_fmt(bs['atypical_mean'])}, bias score "
-                   f"{_fmt(bs['score'])} (95% CI [{_fmt(bs['ci'][0])}, {_fmt(bs['ci'][1])}], p = {bs['p_value']:.3g}):"
-                   f" {verdict}.")
-    elif stereotypical:
-        out.append("No bias score: the stereotypical cells given have no atypical counterpart in the data.")
-    flagged = model_metrics.get("flagged", [])
-    if flagged:
-        out.append(f"{len(flagged)} of {model_metrics.get('n_tests', 0)} gaps are flagged (significant after Holm "
-                   f"and at least the minimum effect); the largest:")
-        top = sorted(flagged, key=lambda g: -g["difference"] / max(g.get("min_effect") or 1e-9, 1e-9))[:3]
-        out += [gap_sentence(g) for g in top]
-    elif model_metrics.get("n_tests"):
-        out.append(_no_gap_sentence(model_metrics, alpha))
-    out += where_explanations_fall(model_metrics, limit=6)
-    return out
-
-
 def finalize_run(
     run_dir: str | Path,
     options: MetricsOptions | dict | None = None,
@@ -390,31 +198,16 @@ def finalize_run(
         regions += [r for r in face_part_names() if r not in regions]
     df = mark_excluded(per_image_frame(run_dir), options.exclude_flags)
     models = [m["key"] for m in store.models()]
-    result: dict = {
+    metrics = {key: _model_metrics(run_dir, key, df[df["model"] == key] if not df.empty else df, options,
+                                   groups=groups, labels=labels, methods=methods, regions=regions,
+                                   with_faces=with_faces, model_index=i)
+               for i, key in enumerate(models)}
+    result = {
         "run": {"run_dir": str(Path(run_dir)), "status": store.get_meta("status"), "config": cfg,
                 "manifest": mmeta, "metrics_options": options.to_dict(), "models": models},
-        "models": {},
+        "models": {key: mm.to_json() for key, mm in metrics.items()},
+        "comparison": {key: ComparisonRow.of(mm, groups).to_json() for key, mm in metrics.items()},
     }
-    for key in models:
-        sub = df[df["model"] == key] if not df.empty else df
-        ok = sub[sub["status"] == "ok"] if not sub.empty else sub
-        if "excluded" in ok:
-            ok = ok[~ok["excluded"].astype(bool)]
-        mm = compute_model_metrics(ok, groups=groups, labels=labels, methods=methods, regions=regions,
-                                   options=options) if not ok.empty else {"n_images": 0, "groupings": {},
-                                                                          "warnings": []}
-        mm["n_errors"] = int((sub["status"] == "error").sum()) if not sub.empty else 0
-        mm["errors"] = ([{"path": p, "error": e} for p, e in zip(sub.loc[sub["status"] == "error", "path"],
-                                                                   sub.loc[sub["status"] == "error", "error"])]
-                        if not sub.empty else [])
-        mm["findings"] = findings(mm, alpha=options.alpha)
-        mm["answer"] = answer(mm, options.stereotypical, alpha=options.alpha)
-        if with_faces:
-            mm["faces"] = face_summary(run_dir, key, sub, groups=groups, methods=methods,
-                                       model_index=models.index(key))
-            mm["findings"] += mm["faces"]["findings"]
-        result["models"][key] = mm
-    result["comparison"] = _comparison(result["models"], groups)
     result = json_safe(result)
     out = Path(run_dir)
     (out / METRICS_JSON).write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
@@ -426,26 +219,21 @@ def finalize_run(
     return result
 
 
-def _comparison(models: dict, groups: list[str]) -> dict:
-    """Side-by-side headline numbers per model."""
-    rows = {}
-    for key, mm in models.items():
-        ov = mm.get("overall") or {}
-        gaps = []
-        for gname in groups:
-            g = mm.get("groupings", {}).get(gname, {}).get("gaps", {}).get("accuracy")
-            if g:
-                gaps.append({"grouping": gname, "difference": g["difference"], "ci": g["difference_ci"],
-                             "p_adjusted": g.get("p_adjusted"), "flagged": g.get("flagged")})
-        rows[key] = {
-            "n": ov.get("n", 0),
-            "accuracy": ov.get("accuracy"),
-            "accuracy_topk": ov.get("accuracy_topk"),
-            "mean_p_true": ov.get("mean_p_true"),
-            "accuracy_gaps": gaps,
-            "n_flagged": len(mm.get("flagged", [])),
-            "bias_score": (mm.get("bias_score") or {}).get("score"),
-            "bias_score_ci": (mm.get("bias_score") or {}).get("ci"),
-            "n_errors": mm.get("n_errors", 0),
-        }
-    return rows
+def _model_metrics(run_dir: str | Path, key: str, sub: pd.DataFrame, options: MetricsOptions, *, groups: list[str],
+                   labels: list[str], methods: list[str], regions: list[str], with_faces: bool,
+                   model_index: int) -> ModelMetrics:
+    """One model's metrics from its rows of the per-image table: numbers, errors, findings, answer, faces."""
+    ok = sub[sub["status"] == "ok"] if not sub.empty else sub
+    if "excluded" in ok:
+        ok = ok[~ok["excluded"].astype(bool)]
+    mm = (compute_model_metrics(ok, groups=groups, labels=labels, methods=methods, regions=regions, options=options)
+          if not ok.empty else ModelMetrics(n_images=0))
+    failed = sub[sub["status"] == "error"] if not sub.empty else sub
+    mm = replace(mm, n_errors=len(failed),
+                 errors=[ImageError(p, e) for p, e in zip(failed["path"], failed["error"])] if not sub.empty else [])
+    mm = replace(mm, findings=findings(mm, alpha=options.alpha),
+                 answer=answer(mm, options.stereotypical, alpha=options.alpha))
+    if with_faces:
+        faces = face_summary(run_dir, key, sub, groups=groups, methods=methods, model_index=model_index)
+        mm = replace(mm, faces=faces, findings=[*mm.findings, *faces["findings"]])
+    return mm

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audit.manifest import Manifest, load_manifest
+from ..audit.model_metrics import ModelMetrics
 from ..audit.runner import AuditConfig, AuditProgress, ModelSource, run_audit
 from ..errors import BiasscopeError
 from ..models.adapter import ModelAdapter
@@ -153,14 +154,14 @@ def compare_models(
 
     model_rows: dict[str, dict] = {}
     for mi, k in enumerate(keys):
-        mm = metrics.get("models", {}).get(k, {})
-        entry = mm.get("groupings", {}).get(group, {})
+        entry = ModelMetrics.from_json(metrics.get("models", {}).get(k) or {}).groupings.get(group)
+        cis = entry.by_group_ci if entry else {}
         by_group = {gn: {"n": int(np.sum(grp == gn)), "accuracy": float(obs_g[mi, j]),
-                         "ci": (entry.get("by_group_ci", {}).get(gn, {}).get("accuracy")
-                                or _ci(boot_g[:, mi, j], confidence))}
+                         "ci": (list(cis[gn]["accuracy"]) if "accuracy" in cis.get(gn, {})
+                                else _ci(boot_g[:, mi, j], confidence))}
                     for j, gn in enumerate(gnames)}
         gap_b = boot_g[:, mi, base_hi] - boot_g[:, mi, base_lo]
-        audit_gap = entry.get("gaps", {}).get("accuracy")
+        audit_gap = entry.gaps.get("accuracy") if entry else None
         model_rows[k] = {
             "n": len(ids),
             "accuracy": float(obs_o[mi]),
@@ -169,8 +170,8 @@ def compare_models(
             "gap": {"high_group": gnames[base_hi], "low_group": gnames[base_lo],
                     "difference": float(obs_g[mi, base_hi] - obs_g[mi, base_lo]),
                     "ci": _ci(gap_b, confidence)},
-            "audit_gap": audit_gap and {kk: audit_gap.get(kk) for kk in (
-                "high_group", "low_group", "difference", "difference_ci", "p_value", "p_adjusted", "flagged")},
+            "audit_gap": audit_gap.subset_json(("high_group", "low_group", "difference", "difference_ci", "p_value",
+                                                "p_adjusted", "flagged")) if audit_gap else None,
         }
     changes: dict[str, dict] = {}
     for mi, k in enumerate(keys[1:], start=1):
