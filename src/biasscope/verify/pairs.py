@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..audit.manifest import MSG_EMPTY_CELL, MSG_ESCAPES, MSG_NO_FILE, _inside, read_manifest_text
+from ..audit.manifest import MSG_EMPTY_CELL, MSG_ESCAPES, MSG_NO_FILE, read_manifest_text, resolves_inside
 from ..errors import ManifestError
 
 __all__ = [
@@ -153,7 +153,7 @@ class _Images:
         if not rel:
             return None
         file = self.base / rel
-        if not _inside(file, self.base):
+        if not resolves_inside(file, self.base):
             problems.append(MSG_ESCAPES.format(line=line, path=rel, root=self.base))
             return None
         key = file.resolve()
