@@ -25,6 +25,7 @@ __all__ = [
     "TARGET_LAYOUTS",
     "ZooModelInfo",
     "default_target_layer",
+    "download_failed_message",
     "hub_checkpoint_dir",
     "list_zoo_models",
     "resolve_weights",
@@ -196,8 +197,6 @@ def build_zoo_model(spec: str, *, download: bool = False) -> tuple[nn.Module, ob
     except Exception as exc:  # corrupt cache file, hash mismatch, no network
         file = hub_checkpoint_dir() / os.path.basename(weights.url)
         if not file.is_file():  # the download (asked for with download=True) failed
-            from .weights import download_failed_message
-
             raise ModelError(download_failed_message(weights.url, hub_checkpoint_dir(), exc)) from None
         reason = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
         raise ModelError(f"could not load {weights} for {name} ({reason}); delete {file} and fetch it again") from None
@@ -245,3 +244,12 @@ def target_layout(name: str | None, path: str | None) -> str:
     if name in SUPPORTED_MODELS and path == SUPPORTED_MODELS[name]:
         return TARGET_LAYOUTS.get(name, "nchw")
     return "auto"
+
+
+def download_failed_message(url: str, dest_dir: Path, exc: BaseException) -> str:
+    """One sentence: the download failed (why), and which file to put where instead."""
+    reason = getattr(exc, "reason", None) or exc
+    why = str(reason).splitlines()[0][:160] if str(reason).strip() else type(exc).__name__
+    fname = os.path.basename(url)
+    return (f"downloading {fname} failed ({why}); on a machine with internet download {url} and copy the "
+            f"file as {fname} into {dest_dir} (torch hub's cache, $TORCH_HOME/hub/checkpoints)")
