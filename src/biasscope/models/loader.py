@@ -83,10 +83,11 @@ def load_model(
     on a representative set of photos (calibration and held-out) at warm-up or first use, never on one
     request's images, and dropped for fp32 where they disagree (``ModelAdapter.check_precision``).
 
-    Other libraries (see :mod:`biasscope.models.external`): ``timm:NAME`` (weights from the local
-    caches or ``weights=``), ``hf:ID`` or a folder saved by transformers, and ``clip:ARCH`` with
-    ``pretrained`` (an open_clip tag or file), ``classes`` (``"doctor,nurse"``, a list or a file) and
-    ``prompts`` (templates with ``{}``, averaged): a zero-shot classifier whose class names are ``classes``.
+    Other libraries (see :mod:`biasscope.models.external`, :mod:`~biasscope.models.timm_hf`):
+    ``timm:NAME`` (weights from the local caches or ``weights=``), ``hf:ID`` or a folder saved by
+    transformers, and ``clip:ARCH`` with ``pretrained`` (an open_clip tag or file), ``classes``
+    (``"doctor,nurse"``, a list or a file) and ``prompts`` (templates with ``{}``, averaged): a
+    zero-shot classifier whose class names are ``classes``.
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -246,7 +247,8 @@ def _face_model(spec: str, **given) -> str | None:
 
 
 def _build_external(spec: str, *, weights, download: bool, classes, prompts, pretrained):
-    from .external import build_clip, build_hf, build_timm
+    from .external import build_clip
+    from .timm_hf import build_hf, build_timm
 
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
