@@ -162,3 +162,19 @@ def test_predict_and_explain_without_methods_only_predicts() -> None:
     got = predict_and_explain(adapter, images(), [], select=likeliest_but_one)
     assert calls == [N] and got.explanations == [{}] * N
     assert got.targets == likeliest_but_one(got.probabilities, 0)
+
+
+def test_a_method_that_declares_the_capability_but_returns_no_prediction_is_refused() -> None:
+    from biasscope.errors import ExplainerError
+    from biasscope.explainers import Attribution
+
+    class Careless(Explainer):  # not registered: only for this test
+        name = "careless"
+        label = "Careless"
+        predicts_in_pass = True
+
+        def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
+            return Attribution(maps=torch.zeros(x.shape[0], 2, 2))
+
+    with pytest.raises(ExplainerError, match="declares predicts_in_pass but returned no logits or targets"):
+        Careless(counted_adapter([])).explain_choosing_targets(batch(), second_or_first)
