@@ -27,6 +27,16 @@ def second_or_first(logits: torch.Tensor, start: int) -> torch.Tensor:
     return torch.stack([order[j, 1 if (start + j) % 2 == 0 else 0] for j in range(logits.shape[0])])
 
 
+def recording(starts: list[tuple[int, int]]):
+    """:func:`second_or_first`, recording each call's ``(start, number of images)`` in ``starts``."""
+
+    def select(logits: torch.Tensor, start: int) -> torch.Tensor:
+        starts.append((start, logits.shape[0]))
+        return second_or_first(logits, start)
+
+    return select
+
+
 def counted_adapter(calls: list[int], *, backward: int = 2, fast_dtype: torch.dtype | None = None) -> ModelAdapter:
     """A seeded conv net whose forward records each call's batch size in ``calls``; backward chunks of 2."""
     model = SmallReLUNet(seed=3, classes=CLASSES)
@@ -64,11 +74,7 @@ def test_choosing_targets_in_the_pass_equals_choosing_them_from_a_separate_predi
     exp = get_explainer(method)(adapter)
     x = batch()
     starts: list[tuple[int, int]] = []
-
-    def select(logits: torch.Tensor, start: int) -> torch.Tensor:
-        starts.append((start, logits.shape[0]))
-        return second_or_first(logits, start)
-
+    select = recording(starts)
     got = exp.explain_choosing_targets(x, select)
     assert starts == [(0, 2), (2, 2), (4, 1)]  # called once per backward chunk, with its offset
     with torch.no_grad():
@@ -95,11 +101,7 @@ def test_a_method_without_the_capability_predicts_in_a_separate_pass_first() -> 
     exp = get_explainer("ig")(adapter, steps=4)
     x = batch()
     starts: list[tuple[int, int]] = []
-
-    def select(logits: torch.Tensor, start: int) -> torch.Tensor:
-        starts.append((start, logits.shape[0]))
-        return second_or_first(logits, start)
-
+    select = recording(starts)
     got = exp.explain_choosing_targets(x, select)
     assert starts == [(0, N)]  # one separate prediction of the whole batch
     assert calls[0] == N  # ... before any of IG's own forward passes
