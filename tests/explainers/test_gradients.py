@@ -85,7 +85,7 @@ def test_ig_completeness_on_smooth_model():
     x, t = _rand(3, 3, 16, 16, seed=5), torch.tensor([0, 1, 2])
     attr = IntegratedGradients(adapter, steps=50, baseline="blur").attribute(x, t)
     with torch.no_grad():
-        from biasscope.explainers._baselines import make_baseline
+        from biasscope.explainers import make_baseline
 
         base = make_baseline(adapter, x, "blur")
         out_x, out_b = adapter.logits(x), adapter.logits(base)
@@ -115,7 +115,7 @@ def test_ig_noise_baseline_is_seeded_and_independent_of_the_batch():
 def test_ig_equals_captum_on_mobilenet_v2():
     from captum.attr import IntegratedGradients as CaptumIG
 
-    from biasscope.explainers._baselines import make_baseline
+    from biasscope.explainers import make_baseline
 
     adapter = mobilenet_v2_adapter()
     x, t = real_image_batch(adapter)

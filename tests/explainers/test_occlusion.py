@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from biasscope.errors import ExplainerError
-from biasscope.explainers import get_explainer
-from biasscope.explainers._baselines import make_baseline
+from biasscope.explainers import get_explainer, make_baseline
 from biasscope.explainers.occlusion import window_starts
 from tests.fixtures import LinearModel, SmoothNet, make_adapter, pixel_linear_adapter, small_mobilenet_v2_chelsea
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from biasscope.faces import FaceFrame, alignment_transform, chip_transform, detect_faces, estimate_similarity
-from biasscope.faces._deps import shape_predictor
 from biasscope.faces.align import DLIB_MEAN_FACE_68, FIT_INDICES_68, warp_array, warp_image
+from biasscope.faces.deps import shape_predictor
 
 from .conftest import similarity
 

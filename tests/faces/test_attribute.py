@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from biasscope.faces import chip_map_to_image, explain_face
-from biasscope.faces.attribute import GENDER_V1, chip_footprint, model_file
+from biasscope.faces.attribute import GENDER_V1, model_file
+from biasscope.faces.chips import chip_footprint
 
 
 @pytest.fixture(scope="module")

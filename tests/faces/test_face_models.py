@@ -147,7 +147,7 @@ def test_public_api_of_the_package_agrees(models, photos) -> None:
 def test_face_model_heatmaps_lie_on_the_chip_and_no_face_is_a_clear_error(models, photos, tmp_path: Path) -> None:
     from biasscope.api import explain
     from biasscope.cli import main
-    from biasscope.faces.attribute import chip_footprint
+    from biasscope.faces.chips import chip_footprint
 
     gender, _ = models
     img = photos["astronaut"].copy()
@@ -305,8 +305,8 @@ def test_audit_with_the_age_model_over_its_bands(models, package, photos, tmp_pa
 
 
 def test_copies_are_found_again_and_a_removed_region_keeps_the_chip_in_place(models, photos) -> None:
-    from biasscope.faces._deps import frontal_face_detector
-    from biasscope.faces.attribute import extract_chip
+    from biasscope.faces.chips import extract_chip
+    from biasscope.faces.deps import frontal_face_detector
     from biasscope.regions.removal import RemovalConfig, remove_region
 
     gender, _ = models

@@ -114,6 +114,23 @@ def test_identity_sampling_is_seeded(tmp_path):
     assert load_pairs(csv_path, seed=1, **kw).fingerprint != load_pairs(csv_path, seed=2, **kw).fingerprint
 
 
+
+#: the pairs the identity sampler drew for ``test_identity_sampling_is_seeded``'s manifest with seed 1, recorded
+#: from the samplers before they were merged into one (genuine: enumerated then sampled; impostors: asian by
+#: rejection, black enumerated then sampled; cross-group by rejection): a change of draws shows here
+SEED1_PAIRS = (
+    "1-2 1-3 2-4 4-5 6-10 6-11 8-11 9-11 12-16 13-14 13-17 14-15 19-22 20-21 20-22 21-22 24-26 24-28 "
+    "25-27 27-29 7-16 3-9 1-13 5-8 2-8 1-17 5-13 9-16 4-13 7-17 5-9 2-7 6-13 11-13 0-12 9-15 1-8 3-15 "
+    "10-14 4-6 18-24 18-26 19-25 19-26 19-28 19-29 20-25 20-27 20-29 21-26 21-27 21-28 21-29 22-24 22-25 "
+    "22-26 23-25 23-26 23-27 23-28 7-19 3-18 10-18 11-23 0-21 15-19 9-18 2-24 16-28 5-26"
+)
+
+
+def test_identity_sampling_draws_are_unchanged(tmp_path):
+    kw = dict(groups=["ethnicity"], impostors_per_subgroup=20, cross_impostors=10, max_genuine_per_identity=4)
+    p = load_pairs(_identity_csv(tmp_path, n_per=6), seed=1, **kw).pairs
+    assert " ".join(f"{a}-{b}" for a, b in zip(p["a"], p["b"])) == SEED1_PAIRS
+
 def test_identity_manifest_problems(tmp_path):
     _touch(tmp_path, ["x.png", "y.png"])
     (tmp_path / "ids.csv").write_text("path,identity,gender\nx.png,p,female\ny.png,p,male\n")

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..api import Predicted, predict_and_explain
 from ..errors import BiasscopeError, ImageError
+from ..explainers import Explanation
 from ..models.adapter import ModelAdapter
 from ..regions.masks import region_mask
 from ..regions.removal import region_removal_effects
@@ -60,14 +62,10 @@ def score_batch(
     loaded, results = _load_rows(adapter, cfg, batch)
     if not loaded:
         return results
-    images = [item.image for item in loaded]
-    x = adapter.preprocess(images)
-    probs_t, targets, precomputed = _predict(adapter, space, cfg, x, loaded)
+    probs_t, targets, exps = _predict_and_explain(adapter, space, cfg, loaded)
     probs = probs_t.double().numpy()
     evals = space.evaluate(probs)
-    explained = [_Explained({}, {}, {}, {}) for _ in loaded]
-    if cfg.methods:
-        explained = _explain(adapter, cfg, loaded, x, probs_t, targets, precomputed)
+    explained = [_explained(item, e, cfg) for item, e in zip(loaded, exps)]
     removal = _removal(adapter, space, cfg, loaded, evals)
     per_image = (time.perf_counter() - t0) / len(loaded)
     for i, (item, ev) in enumerate(zip(loaded, evals)):
@@ -101,64 +99,40 @@ def _load_rows(adapter: ModelAdapter, cfg: AuditConfig,
     return loaded, errors
 
 
-def _predict(adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, x: torch.Tensor,
-             loaded: Sequence[_Loaded]) -> tuple[torch.Tensor, list[int], dict]:
-    """Probabilities, the class to explain per image, and the first CAM's result when it shared the
-    forward pass (``{method: (attribution, seconds)}`` for ``explain_batch(precomputed=...)``)."""
-    from ..api import method_params
-    from ..explainers import get_explainer
-    from ..explainers._cam import CamExplainer
-
+def _predict_and_explain(adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig,
+                         loaded: Sequence[_Loaded]) -> Predicted:
+    """Probabilities, the class explained per image and every method's explanations: the explained class is
+    the predicted one, or the likeliest class of the image's label (``cfg.explain_target``). A first
+    method that predicts in its own pass (a CAM) shares the prediction's forward pass
+    (:func:`~biasscope.api.predict_and_explain`)."""
     label_classes = [list(space.classes[item.row.label]) for item in loaded]
 
-    def choose(p: np.ndarray, i: int) -> int:
-        """The class explained for image ``i`` with probabilities ``p``."""
+    def select(probs: torch.Tensor, start: int) -> list[int]:
+        """The class explained for each image of a chunk starting at image ``start``."""
+        p = probs.double().numpy()
         if cfg.explain_target == "predicted":
-            return int(np.argsort(-p, kind="stable")[0])  # the top-1 of space.evaluate
-        cls = label_classes[i]
-        return int(cls[int(np.argmax(p[cls]))])
+            return [int(np.argsort(-q, kind="stable")[0]) for q in p]  # the top-1 of space.evaluate
+        out = []
+        for j, q in enumerate(p):
+            cls = label_classes[start + j]
+            out.append(int(cls[int(np.argmax(q[cls]))]))
+        return out
 
-    first = get_explainer(cfg.methods[0]) if cfg.methods else None
-    if first is not None and issubclass(first, CamExplainer) and adapter.fast_dtype is None:
-        # prediction and the first CAM share one forward pass (the floor is one forward+backward):
-        # targets are chosen from the CAM's own fp32 logits before its backward pass
-        cam = first(adapter, **method_params(cfg.method_params, cfg.methods[0], first))
-
-        def select(logits: torch.Tensor, start: int) -> torch.Tensor:
-            p = torch.softmax(logits, dim=1).double().numpy()
-            return torch.tensor([choose(p[j], start + j) for j in range(p.shape[0])], dtype=torch.long)
-
-        t0_cam = time.perf_counter()
-        attr = cam.run(x, select)
-        precomputed = {cam.name: (attr, time.perf_counter() - t0_cam)}
-        # the targets were chosen by select() from these same probabilities
-        return torch.softmax(attr.logits, dim=1), attr.targets.tolist(), precomputed
-    probs_t = adapter.probabilities(x)
-    probs = probs_t.double().numpy()
-    return probs_t, [choose(p, i) for i, p in enumerate(probs)], {}
+    return predict_and_explain(adapter, [item.image for item in loaded], cfg.methods, select=select,
+                               params=cfg.method_params, faithfulness=cfg.faithfulness)
 
 
-def _explain(adapter: ModelAdapter, cfg: AuditConfig, loaded: Sequence[_Loaded], x: torch.Tensor,
-             probs_t: torch.Tensor, targets: list[int], precomputed: dict) -> list[_Explained]:
-    """Every method's explanation of every image: region shares, quality checks, method agreement, heatmaps."""
-    from ..api import explain_batch
-
-    fp32_probs = probs_t if adapter.fast_dtype is None else None  # explanations report fp32 probabilities
-    exps = explain_batch(adapter, [item.image for item in loaded], cfg.methods, target=targets,
-                         params=cfg.method_params, faithfulness=cfg.faithfulness, inputs=x,
-                         probabilities=fp32_probs, precomputed=precomputed)
-    out: list[_Explained] = []
-    for item, e in zip(loaded, exps):
-        found = _Explained(shares={}, quality={}, heatmaps={},
-                           agreement=method_agreement({m: ex.model_heatmap for m, ex in e.items()}))
-        for method, ex in e.items():
-            found.quality[method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
-            found.shares[method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in item.masks.items()}
-            # the model's own map (a face chip's map is placed back with the record's "view")
-            src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
-            found.heatmaps[method] = _downsample(np.asarray(src), cfg.heatmap_size)
-        out.append(found)
-    return out
+def _explained(item: _Loaded, exps: Mapping[str, Explanation], cfg: AuditConfig) -> _Explained:
+    """What the methods found for one image: region shares, quality checks, method agreement, heatmaps."""
+    found = _Explained(shares={}, quality={}, heatmaps={},
+                       agreement=method_agreement({m: ex.model_heatmap for m, ex in exps.items()}))
+    for method, ex in exps.items():
+        found.quality[method] = {k: float(v) for k, v in ex.checks.items() if k in QUALITY_CHECKS}
+        found.shares[method] = {n: attribution_share(ex.heatmap, m).to_dict() for n, m in item.masks.items()}
+        # the model's own map (a face chip's map is placed back with the record's "view")
+        src = ex.model_heatmap if ex.model_heatmap is not None else ex.heatmap
+        found.heatmaps[method] = _downsample(np.asarray(src), cfg.heatmap_size)
+    return found
 
 
 def _removal(adapter: ModelAdapter, space: LabelSpace, cfg: AuditConfig, loaded: Sequence[_Loaded],

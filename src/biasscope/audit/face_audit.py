@@ -73,7 +73,7 @@ def quality_flags() -> list[str]:
 
 def check_face_parts(region_names: Sequence[str]) -> None:
     """Fail early when the face tooling is missing or manifest regions use face-part names."""
-    from ..faces._deps import dlib_module, landmark_model_path
+    from ..faces.deps import dlib_module, landmark_model_path
 
     dlib_module()
     landmark_model_path(68)

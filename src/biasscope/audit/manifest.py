@@ -27,6 +27,7 @@ __all__ = [
     "load_manifest",
     "manifest_from_folder",
     "read_manifest_text",
+    "resolves_inside",
     "write_manifest",
 ]
 
@@ -88,7 +89,8 @@ class Manifest:
         return len(self.rows)
 
 
-def _inside(path: Path, root: Path) -> bool:
+def resolves_inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, resolved (links followed), lies in the resolved folder ``root``."""
     try:
         path.resolve().relative_to(root)
     except ValueError:
@@ -186,7 +188,7 @@ def load_manifest(
                             MSG_UNREADABLE_PATH.format(line=line_no, what="path", path=rel, why=why))
             ok = False
         elif rel:
-            if not _inside(file, base):
+            if not resolves_inside(file, base):
                 problems.append(MSG_ESCAPES.format(line=line_no, path=rel, root=base))
                 ok = False
             elif not file.is_file():
@@ -219,7 +221,7 @@ def load_manifest(
                 ok = False
                 continue
             if spec.path is not None:
-                if not _inside(spec.path, base):
+                if not resolves_inside(spec.path, base):
                     problems.append(MSG_REGION_ESCAPES.format(line=line_no, name=name, path=val, root=base))
                     ok = False
                     continue
@@ -291,7 +293,7 @@ def manifest_from_folder(
         raise ManifestError(f"folder {root} not found")
     out = Path(out_csv) if out_csv else base / "manifest.csv"
     out_dir = out.resolve().parent
-    if not _inside(base, out_dir):
+    if not resolves_inside(base, out_dir):
         raise ManifestError(f"the manifest must be written in {base} or a folder above it, not {out_dir}")
     rows: list[dict[str, str]] = []
     problems: list[str] = []

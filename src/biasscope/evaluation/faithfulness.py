@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..explainers._baselines import make_baseline
+from ..explainers import make_baseline
 from ..models.adapter import ModelAdapter
 
 __all__ = ["deletion_insertion", "perturbation_curves"]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ExplainerError
-from .base import Attribution, Explainer, hooked
+from .base import Attribution, Explainer, TargetSelector, hooked
 
 __all__ = [
     "CamExplainer",
@@ -28,11 +28,6 @@ __all__ = [
 ]
 
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
-
-#: ``(logits of a chunk (n, C), index of the chunk's first image) -> targets (n,)``: lets a caller
-#: pick each image's target from the CAM's own forward pass (e.g. its predicted class), so that a
-#: prediction and its explanation need one forward pass, not two
-TargetSelector = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,6 +141,8 @@ class CamExplainer(Explainer):
 
     signed = False
     requires = frozenset({"gradients", "hooks"})
+    #: targets may be chosen from the CAM's own forward pass (:meth:`Explainer.explain_choosing_targets`)
+    predicts_in_pass = True
     #: whether the map needs ``d score / d A`` (a backward pass); EigenCAM and Score-CAM do not
     uses_gradients: ClassVar[bool] = True
     _span: tuple[float, float] = (0.0, 1.0)

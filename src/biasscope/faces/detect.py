@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ._deps import dlib_module, frontal_face_detector, shape_predictor
+from .deps import dlib_module, frontal_face_detector, shape_predictor
 
 __all__ = ["DEFAULT_MIN_SCORE", "Face", "detect_faces", "landmarks_for_box"]
 

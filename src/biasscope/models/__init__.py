@@ -1,8 +1,9 @@
 """Models: torchvision zoo, user files (state dict, checkpoint, ONNX, TorchScript), one adapter."""
 
 from .adapter import ModelAdapter, Prediction, resize_map
+from .device import resolve_device, resolve_precision
 from .files import load_labels, save_checkpoint
-from .loader import load_model, resolve_device, resolve_precision
+from .loader import load_model
 from .weights import fetch_weights
 from .zoo import (
     DEFAULT_MODEL,

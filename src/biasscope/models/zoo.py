@@ -25,6 +25,8 @@ __all__ = [
     "TARGET_LAYOUTS",
     "ZooModelInfo",
     "default_target_layer",
+    "download_failed_message",
+    "find_target_layer",
     "hub_checkpoint_dir",
     "list_zoo_models",
     "resolve_weights",
@@ -196,8 +198,6 @@ def build_zoo_model(spec: str, *, download: bool = False) -> tuple[nn.Module, ob
     except Exception as exc:  # corrupt cache file, hash mismatch, no network
         file = hub_checkpoint_dir() / os.path.basename(weights.url)
         if not file.is_file():  # the download (asked for with download=True) failed
-            from .weights import download_failed_message
-
             raise ModelError(download_failed_message(weights.url, hub_checkpoint_dir(), exc)) from None
         reason = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
         raise ModelError(f"could not load {weights} for {name} ({reason}); delete {file} and fetch it again") from None
@@ -216,6 +216,19 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
 #: names of the first LayerNorm in a transformer block (torchvision/open_clip, timm, Hugging Face):
 #: the default CAM layer of an undocumented transformer is the last of them
 _BLOCK_NORMS = ("ln_1", "norm1", "layernorm_before")
+
+
+def find_target_layer(model: nn.Module, target_layer: str | None, hint: str | None = None, *,
+                      model_name: str | None = None) -> tuple[nn.Module | None, str | None]:
+    """The CAM layer named ``target_layer`` (a :class:`ModelError` when the model has no module of that
+    name) or, without a name, :func:`default_target_layer` (``hint``: the architecture's name)."""
+    if not target_layer:
+        return default_target_layer(model, hint)
+    modules = dict(model.named_modules())
+    if target_layer not in modules:
+        raise ModelError(f"model {model_name + ' ' if model_name else ''}has no layer {target_layer!r}; "
+                         "give the dotted name of one of its modules (as model.named_modules() lists them)")
+    return modules[target_layer], target_layer
 
 
 def default_target_layer(model: nn.Module, name: str | None = None) -> tuple[nn.Module | None, str | None]:
@@ -245,3 +258,12 @@ def target_layout(name: str | None, path: str | None) -> str:
     if name in SUPPORTED_MODELS and path == SUPPORTED_MODELS[name]:
         return TARGET_LAYOUTS.get(name, "nchw")
     return "auto"
+
+
+def download_failed_message(url: str, dest_dir: Path, exc: BaseException) -> str:
+    """One sentence: the download failed (why), and which file to put where instead."""
+    reason = getattr(exc, "reason", None) or exc
+    why = str(reason).splitlines()[0][:160] if str(reason).strip() else type(exc).__name__
+    fname = os.path.basename(url)
+    return (f"downloading {fname} failed ({why}); on a machine with internet download {url} and copy the "
+            f"file as {fname} into {dest_dir} (torch hub's cache, $TORCH_HOME/hub/checkpoints)")

@@ -10,7 +10,9 @@ Typical use::
 """
 
 from .augment import AUGMENT_MODES, augment_batch
+from .backbone import build_backbone, head_name
 from .compare import COMPARE_JSON, COMPARE_MD, compare_models, paired_bootstrap
+from .config import EpochProgress, TrainConfig, TrainResult
 from .curves import curve_series, write_curves
 from .data import (
     SYNTHETIC_COLUMN,
@@ -31,7 +33,7 @@ from .sampling import (
     skew_subset,
     underrepresented_groups,
 )
-from .trainer import EpochProgress, TrainConfig, TrainResult, build_backbone, head_name, train
+from .trainer import train
 
 __all__ = [
     "AUGMENTED_MANIFEST",

@@ -19,24 +19,22 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..audit.manifest import Manifest
-from ..errors import BiasscopeError, ModelError
-from ..models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelAdapter
-from .augment import AUGMENT_MODES, augment_batch
+from ..errors import BiasscopeError
+from ..models.adapter import IMAGENET_MEAN, IMAGENET_STD
+from .augment import augment_batch
+from .backbone import EVAL_CHUNK, build_backbone, cache_head_inputs, head_name
+from .config import EpochProgress, TrainConfig, TrainResult
 from .curves import write_curves
 from .data import Example, examples_from_manifest, load_tensors, load_training_manifest, stratified_split
 from .sampling import (
-    REWEIGHT_MODES,
-    SAMPLING_STRATEGIES,
     balanced_weights,
     draw_epoch,
     inverse_frequency_weights,
@@ -45,137 +43,9 @@ from .sampling import (
     underrepresented_groups,
 )
 
-__all__ = ["EpochProgress", "TrainConfig", "TrainResult", "build_backbone", "head_name", "train"]
+__all__ = ["CHECKPOINT_NAME", "train"]
 
 CHECKPOINT_NAME = "model.pt"
-MSG_NO_PROPORTIONS = "sampling 'skew' needs proportions, e.g. --proportions a=0.8,b=0.2"
-EVAL_CHUNK = 256
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved with the checkpoint)."""
-
-    backbone: str = "resnet18"
-    pretrained: bool = False
-    freeze_backbone: bool = False
-    target: str = "label"
-    group: str = "group"
-    input_size: int = 64
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: Literal["adam", "sgd"] = "adam"
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "cpu"
-    sampling: str = "as-is"
-    proportions: dict[str, float] | None = None
-    reweight: str = "none"
-    augment: str = "none"
-    #: groups that get the strong augmentation: names, ``["auto"]`` (groups below the uniform share
-    #: of the training sample) or empty
-    strong_augment: list[str] = field(default_factory=list)
-    #: stop after this many epochs without a lower validation loss (None: never stop early)
-    patience: int | None = 3
-    min_delta: float = 0.0
-    download: bool = False
-
-    def validate(self) -> None:
-        if self.sampling not in SAMPLING_STRATEGIES:
-            raise BiasscopeError(f"unknown sampling {self.sampling!r}; choose from {', '.join(SAMPLING_STRATEGIES)}")
-        if self.reweight not in REWEIGHT_MODES:
-            raise BiasscopeError(f"unknown reweighting {self.reweight!r}; choose from {', '.join(REWEIGHT_MODES)}")
-        if self.augment not in AUGMENT_MODES:
-            raise BiasscopeError(f"unknown augmentation {self.augment!r}; choose from {', '.join(AUGMENT_MODES)}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise BiasscopeError(f"unknown optimizer {self.optimizer!r}; use adam or sgd")
-        if self.sampling == "skew" and not self.proportions:
-            raise BiasscopeError(MSG_NO_PROPORTIONS)
-        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 16:
-            raise BiasscopeError("epochs and batch_size must be at least 1 and input_size at least 16")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise BiasscopeError(f"learning rate must be positive, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise BiasscopeError("patience must be at least 1 (or None to train every epoch)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class EpochProgress:
-    """Reported after each batch (``stage='batch'``) and each epoch (``stage='epoch'``)."""
-
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    loss: float
-    stage: str
-    record: dict | None = None
-
-
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    out_dir: Path
-    checkpoint: Path
-    class_names: list[str]
-    groups: list[str]
-    history: list[dict]
-    best_epoch: int
-    stopped_early: bool
-    n_train: int
-    n_val: int
-    strong_groups: list[str]
-    feature_cache: bool
-
-    def load(self, device: str = "cpu") -> ModelAdapter:
-        """The trained model as a :class:`~biasscope.ModelAdapter` (through ``load_model``)."""
-        from ..models import load_model
-
-        return load_model(self.checkpoint, device=device)
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "history"}
-        d["out_dir"], d["checkpoint"] = str(self.out_dir), str(self.checkpoint)
-        return d
-
-
-def head_name(model: nn.Module) -> str:
-    """Dotted name of the classification head: the last ``Linear`` or ``Conv2d`` module."""
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            last = name
-    if last is None:
-        raise ModelError("the model has no Linear or Conv2d layer to use as the classification head")
-    return last
-
-
-def build_backbone(spec: str, num_classes: int, *, pretrained: bool, download: bool = False) -> nn.Module:
-    """``build_architecture(arch, num_classes)``, with the cached torchvision weights copied into
-    every layer but the head when ``pretrained`` (raises WeightsMissingError offline without them)."""
-    from ..models.zoo import build_architecture, build_zoo_model
-
-    arch = spec.split(":")[0].strip().lower()
-    model = build_architecture(arch, num_classes)
-    if not pretrained:
-        return model
-    src, _ = build_zoo_model(spec, download=download)
-    own = model.state_dict()
-    head = head_name(model) + "."
-    take = {k: v for k, v in src.state_dict().items() if k in own and not k.startswith(head)}
-    bad = [k for k, v in take.items() if v.shape != own[k].shape]
-    missing = [k for k in own if k not in take and not k.startswith(head)]
-    if bad or missing:
-        raise ModelError(f"pretrained {spec} does not fit the {arch} architecture: "
-                         f"{', '.join((bad + missing)[:5])}")
-    model.load_state_dict(take, strict=False)
-    return model
 
 
 @contextlib.contextmanager
@@ -189,41 +59,6 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
-
-
-class _HeadInput:
-    """Capture the input of the head module during a forward pass."""
-
-    def __init__(self, head: nn.Module) -> None:
-        self.value: torch.Tensor | None = None
-        self._handle = head.register_forward_hook(self._hook)
-
-    def _hook(self, _m: nn.Module, args: tuple, _out: Any) -> None:
-        self.value = args[0].detach()
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-@torch.no_grad()
-def _cache_features(model: nn.Module, head: nn.Module, xs: torch.Tensor, normalize: Callable,
-                    device: torch.device) -> torch.Tensor | None:
-    """Head inputs for every image of ``xs`` (frozen backbone in eval mode), or None if the
-    model's output is not ``head(head_input)`` (e.g. pooling after the head)."""
-    cap = _HeadInput(head)
-    feats = []
-    try:
-        for i in range(0, xs.shape[0], EVAL_CHUNK):
-            xb = normalize(xs[i : i + EVAL_CHUNK].float().div(255.0)).to(device)
-            out = model(xb)
-            if cap.value is None:
-                return None
-            if i == 0 and not torch.allclose(head(cap.value), out, atol=1e-5, rtol=1e-4):
-                return None
-            feats.append(cap.value)
-    finally:
-        cap.remove()
-    return torch.cat(feats)
 
 
 def _mf_by_group(y: np.ndarray, pred: np.ndarray, loss: np.ndarray, groups: np.ndarray) -> dict:
@@ -326,7 +161,7 @@ def train(
     uses_aug = cfg.augment != "none" or bool(strong_groups)
     if cfg.freeze_backbone and not uses_aug:
         model.eval()
-        features = _cache_features(model, head, images, normalize, device)
+        features = cache_head_inputs(model, head, images, normalize, device)
 
     y_all = torch.tensor([e.y for e in examples], dtype=torch.long)
     g_all = np.array([e.group for e in examples])

@@ -37,7 +37,8 @@ from .models import (
 )
 from .pairs import CROSS, PairSet, load_pairs, subgroup_key
 from .report import verify_report_section, write_verify_report
-from .runner import EXPLAIN_KINDS, VerifyResult, VerifyStore, explain_subgroups, run_verify_audit, why_metrics
+from .runner import EXPLAIN_KINDS, VerifyResult, explain_subgroups, run_verify_audit, why_metrics
+from .store import VerifyStore
 
 __all__ = [
     "CROSS",

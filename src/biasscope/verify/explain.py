@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ExplainerError
-from ..faces.attribute import FaceChip
+from ..faces.chips import FaceChip
 from ..faces.detect import Face
 from ..faces.parts import FACE_PARTS, face_part_masks
 from .models import EmbeddingModel, TorchEmbeddingModel, cosine_similarity

@@ -4,7 +4,7 @@ A face matcher maps an aligned face *chip* to an embedding; two faces match when
 similarity of their embeddings exceeds a threshold. Each model states how its chips are cut
 (:class:`ChipRecipe`): chip size, dlib landmarks (5 or 68 points) and padding, exactly as
 ``dlib.get_face_chip_details(shape, size, padding)`` + ``dlib.extract_image_chip`` do
-(:func:`biasscope.faces.attribute.extract_chip`), and how pixels are normalised.
+(:func:`biasscope.faces.chips.extract_chip`), and how pixels are normalised.
 
 - ``dlib-face``: dlib's face recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``,
   128-d, shipped offline by ``face-recognition-models``), fed 150 px chips from 5-point landmarks
@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from ..errors import BiasscopeError, ModelError
-from ..faces._deps import dlib_module, package_file
-from ..faces.attribute import FaceChip, extract_chip
+from ..faces.chips import FaceChip, extract_chip
+from ..faces.deps import dlib_module, package_file
 from ..faces.detect import Face, detect_faces
 from ..faces.parts import NoFaceError
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..audit.manifest import MSG_EMPTY_CELL, MSG_ESCAPES, MSG_NO_FILE, _inside, read_manifest_text
+from ..audit.manifest import MSG_EMPTY_CELL, MSG_ESCAPES, MSG_NO_FILE, read_manifest_text, resolves_inside
 from ..errors import ManifestError
 
 __all__ = [
@@ -153,7 +153,7 @@ class _Images:
         if not rel:
             return None
         file = self.base / rel
-        if not _inside(file, self.base):
+        if not resolves_inside(file, self.base):
             problems.append(MSG_ESCAPES.format(line=line, path=rel, root=self.base))
             return None
         key = file.resolve()
@@ -167,8 +167,17 @@ class _Images:
         return self.ids[key]
 
 
-def _cells(header: list[str], cells: list[str]) -> dict[str, str]:
-    return {h: c.strip() for h, c in zip(header, cells)}
+def _row(header: list[str], line: int, cells: list[str], required: Sequence[str],
+         problems: list[str]) -> tuple[dict[str, str], bool] | None:
+    """A CSV row's stripped cells by column and whether every ``required`` cell is filled (each empty one
+    is a problem); None when the row has another number of cells than the header."""
+    if len(cells) != len(header):
+        problems.append(f"line {line}: has {len(cells)} cells but the header has {len(header)}")
+        return None
+    rec = {h: c.strip() for h, c in zip(header, cells)}
+    empty = [col for col in required if not rec.get(col)]
+    problems.extend(MSG_EMPTY_CELL.format(line=line, col=col) for col in empty)
+    return rec, not empty
 
 
 def _from_pairs(src: Path, header: list[str], body: list, groups: list[str], base: Path, fp: str) -> PairSet:
@@ -188,15 +197,11 @@ def _from_pairs(src: Path, header: list[str], body: list, groups: list[str], bas
     img_attr: dict[int, dict[str, str]] = {}
     out: list[dict] = []
     for line, cells in body:
-        if len(cells) != len(header):
-            problems.append(f"line {line}: has {len(cells)} cells but the header has {len(header)}")
+        read = _row(header, line, cells, ("path_a", "path_b", "same", *(c for s in sides.values() for c in s)),
+                    problems)
+        if read is None:
             continue
-        rec = _cells(header, cells)
-        ok = True
-        for col in ("path_a", "path_b", "same", *(c for s in sides.values() for c in s)):
-            if not rec.get(col):
-                problems.append(MSG_EMPTY_CELL.format(line=line, col=col))
-                ok = False
+        rec, ok = read
         same = _truth(rec.get("same", ""))
         if rec.get("same") and same is None:
             problems.append(MSG_SAME.format(line=line, value=rec["same"]))
@@ -263,17 +268,10 @@ def _from_identities(src: Path, header: list[str], body: list, groups: list[str]
     attrs: dict[int, dict[str, str]] = {}
     first: dict[str, tuple[int, dict[str, str]]] = {}
     for line, cells in body:
-        if len(cells) != len(header):
-            problems.append(f"line {line}: has {len(cells)} cells but the header has {len(header)}")
+        read = _row(header, line, cells, ("path", "identity", *groups), problems)
+        if read is None or not read[1]:
             continue
-        rec = _cells(header, cells)
-        ok = True
-        for col in ("path", "identity", *groups):
-            if not rec.get(col):
-                problems.append(MSG_EMPTY_CELL.format(line=line, col=col))
-                ok = False
-        if not ok:
-            continue
+        rec = read[0]
         n_before = len(images.rows)
         i = images.add(rec["path"], line, problems)
         if i is None:
@@ -316,10 +314,10 @@ def _from_identities(src: Path, header: list[str], body: list, groups: list[str]
     # same-subgroup impostors, per subgroup
     for s in dict.fromkeys(sub):
         members = np.flatnonzero(sub == s)
-        pairs.extend(_sample_impostors(members, members, ids, impostors_per_subgroup, rng, same_pool=True))
+        pairs.extend(_sample_pairs(members, ids, impostors_per_subgroup, rng))
     # cross-group impostors: one pool, the two sides in different subgroups
     if len(set(sub)) > 1 and cross_impostors > 0:
-        pairs.extend(_sample_cross(sub, cross_impostors, rng))
+        pairs.extend(_sample_pairs(np.arange(len(sub)), sub, cross_impostors, rng))
     pdf = pd.DataFrame(pairs, columns=["a", "b"])
     pdf["line"] = 0
     pdf["same"] = ids[pdf["a"]] == ids[pdf["b"]]
@@ -330,44 +328,19 @@ def _from_identities(src: Path, header: list[str], body: list, groups: list[str]
     return _finish(PairSet(images=imgs, pairs=pdf, groups=groups, root=base, source="identities", fingerprint=fp))
 
 
-def _sample_impostors(left: np.ndarray, right: np.ndarray, ids: np.ndarray, n: int, rng: np.random.Generator,
-                      *, same_pool: bool) -> list[tuple[int, int]]:
-    """Up to ``n`` distinct unordered pairs of images of different identities (all when fewer exist)."""
-    m = len(left)
-    possible = m * (m - 1) // 2 - sum(math.comb(int(c), 2) for c in np.unique(ids[left], return_counts=True)[1])
+def _sample_pairs(pool: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Up to ``n`` distinct unordered pairs of images of ``pool`` whose ``labels`` differ (all when fewer
+    exist): identities for same-subgroup impostors, subgroups for cross-group impostors.
+
+    When there are few possible pairs they are enumerated and a seeded sample drawn without replacement;
+    otherwise pairs are drawn at random and repeats rejected.
+    """
+    m = len(pool)
+    possible = m * (m - 1) // 2 - sum(math.comb(int(c), 2) for c in np.unique(labels[pool], return_counts=True)[1])
     if possible <= 0:
         return []
     if possible <= max(n, 1) * 2:  # enumerate and sample without replacement
-        allp = [(i, j) for i, j in combinations(left.tolist(), 2) if ids[i] != ids[j]]
-        if len(allp) > n:
-            pick = np.sort(rng.choice(len(allp), size=n, replace=False))
-            allp = [allp[k] for k in pick]
-        return allp
-    seen: set[tuple[int, int]] = set()
-    out: list[tuple[int, int]] = []
-    while len(out) < n:
-        draw = rng.integers(0, m, size=(2 * (n - len(out)) + 16, 2))
-        for x, y in draw:
-            i, j = int(left[x]), int(left[y])
-            if i == j or ids[i] == ids[j]:
-                continue
-            key = (min(i, j), max(i, j))
-            if key in seen:
-                continue
-            seen.add(key)
-            out.append(key)
-            if len(out) == n:
-                break
-    return out
-
-
-def _sample_cross(sub: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Up to ``n`` distinct pairs whose images lie in different subgroups."""
-    m = len(sub)
-    counts = np.unique(sub, return_counts=True)[1]
-    possible = (m * m - int((counts**2).sum())) // 2
-    if possible <= n * 2:
-        allp = [(i, j) for i, j in combinations(range(m), 2) if sub[i] != sub[j]]
+        allp = [(i, j) for i, j in combinations(pool.tolist(), 2) if labels[i] != labels[j]]
         if len(allp) > n:
             pick = np.sort(rng.choice(len(allp), size=n, replace=False))
             allp = [allp[k] for k in pick]
@@ -376,11 +349,14 @@ def _sample_cross(sub: np.ndarray, n: int, rng: np.random.Generator) -> list[tup
     out: list[tuple[int, int]] = []
     while len(out) < n:
         for x, y in rng.integers(0, m, size=(2 * (n - len(out)) + 16, 2)):
-            i, j = int(min(x, y)), int(max(x, y))
-            if sub[i] == sub[j] or (i, j) in seen:
+            i, j = int(pool[x]), int(pool[y])
+            if labels[i] == labels[j]:  # also i == j
                 continue
-            seen.add((i, j))
-            out.append((i, j))
+            key = (min(i, j), max(i, j))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(key)
             if len(out) == n:
                 break
     return out

@@ -16,130 +16,36 @@ self-contained ``report.html``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..audit.store import json_safe, wal_connection
+from ..audit.store import json_safe
 from ..errors import BiasscopeError, CancelledError, ExplainerError
 from ..faces.parts import FACE_PARTS
 from ..images import load_image
 from .metrics import VerifyOptions, compute_verify_metrics, scores_frame
 from .models import EmbeddingModel, cosine_similarity, load_embedding_model
 from .pairs import PairSet, join_columns, load_pairs
+from .store import VerifyStore
 
 __all__ = [
-    "DB_NAME",
     "EXPLAIN_KINDS",
     "VerifyResult",
-    "VerifyStore",
     "explain_subgroups",
     "run_verify_audit",
     "why_metrics",
 ]
 
-DB_NAME = "verify.sqlite"
 #: which pairs ``explain`` picks: genuine pairs (why one person matches) or the top impostors (false matches)
 EXPLAIN_KINDS = ("genuine", "impostor")
-MSG_CHANGED = ("{out} holds a verification run of a different {what}; use a new --out folder "
-               "(or delete {db}) to audit this one")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS embeddings (
-    file TEXT PRIMARY KEY, stamp TEXT NOT NULL, status TEXT NOT NULL, error TEXT, dim INTEGER, vector BLOB);
-CREATE TABLE IF NOT EXISTS explanations (
-    key TEXT PRIMARY KEY, size INTEGER NOT NULL, record TEXT NOT NULL, heat_a BLOB NOT NULL, heat_b BLOB NOT NULL);
-"""
-
-
-class VerifyStore:
-    """The run's SQLite file: meta, one embedding (or error) per image, explained pairs."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / DB_NAME
-
-    @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        with wal_connection(self.path) as conn:
-            yield conn
-
-    def init(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.connect() as conn:
-            conn.executescript(_SCHEMA)
-
-    def get_meta(self, key: str) -> object:
-        with self.connect() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def set_meta(self, key: str, value: object) -> None:
-        with self.connect() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(json_safe(value))))
-
-    def check_or_set(self, key: str, value: str, what: str) -> None:
-        old = self.get_meta(key)
-        if old is None:
-            self.set_meta(key, value)
-        elif old != value:
-            raise BiasscopeError(MSG_CHANGED.format(out=self.run_dir, what=what, db=self.path))
-
-    def stamps(self) -> dict[str, str]:
-        """``{resolved image file: stamp}`` of every stored embedding (or error)."""
-        with self.connect() as conn:
-            return dict(conn.execute("SELECT file, stamp FROM embeddings").fetchall())
-
-    def write_embeddings(self, rows: Sequence[tuple[str, str, np.ndarray | None, str | None]]) -> None:
-        """One transaction: ``(file, stamp, vector or None, error or None)`` per image (replacing older ones)."""
-        with self.connect() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
-                [(f, st, "ok" if v is not None else "error", e, None if v is None else int(v.size),
-                  None if v is None else np.asarray(v, dtype="<f8").tobytes()) for f, st, v, e in rows],
-            )
-
-    def embeddings(self, files: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Stored vectors and errors of ``files``."""
-        want = set(files)
-        vecs: dict[str, np.ndarray] = {}
-        errors: dict[str, str] = {}
-        with self.connect() as conn:
-            for f, status, err, blob in conn.execute("SELECT file, status, error, vector FROM embeddings"):
-                if f not in want:
-                    continue
-                if status == "ok":
-                    vecs[f] = np.frombuffer(blob, dtype="<f8").copy()
-                else:
-                    errors[f] = err or "error"
-        return vecs, errors
-
-    def explanation(self, key: str) -> dict | None:
-        with self.connect() as conn:
-            row = conn.execute("SELECT size, record, heat_a, heat_b FROM explanations WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        size, rec, ha, hb = row
-        d = json.loads(rec)
-        d.update(heat_a=np.frombuffer(ha, dtype="<f4").reshape(size, size),
-                 heat_b=np.frombuffer(hb, dtype="<f4").reshape(size, size))
-        return d
-
-    def write_explanation(self, key: str, record: dict, heat_a: np.ndarray, heat_b: np.ndarray) -> None:
-        with self.connect() as conn:
-            conn.execute("INSERT OR REPLACE INTO explanations VALUES (?, ?, ?, ?, ?)",
-                         (key, int(heat_a.shape[0]), json.dumps(json_safe(record)),
-                          np.asarray(heat_a, dtype="<f4").tobytes(), np.asarray(heat_b, dtype="<f4").tobytes()))
 
 
 @dataclass
