@@ -20,7 +20,7 @@ from flask import Blueprint, Response
 
 from ..audit import METRICS_JSON, run_info
 from ..audit.report import comparison_charts, model_view
-from ..audit.results import metric_words
+from ..audit.words import metric_words
 from ..audit.store import DB_NAME
 from ..errors import BiasscopeError
 from ..formatting import template_environment
