@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import BiasscopeError
 from ..formatting import fmt_number
+from ..jobs import normal_status
 from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
 from .metrics import MetricsOptions, compute_model_metrics
 from .store import DB_NAME, RunStore, json_safe
@@ -62,7 +63,7 @@ def run_info(run_dir: str | Path) -> dict:
     return {
         "run_dir": str(Path(run_dir)),
         "name": Path(run_dir).name,
-        "status": meta.get("status", "unknown"),
+        "status": str(normal_status(meta["status"])) if meta.get("status") else "unknown",
         "created": meta.get("created"),
         "finished": meta.get("finished"),
         "config": meta.get("config", {}),
@@ -391,7 +392,8 @@ def finalize_run(
     df = mark_excluded(per_image_frame(run_dir), options.exclude_flags)
     models = [m["key"] for m in store.models()]
     result: dict = {
-        "run": {"run_dir": str(Path(run_dir)), "status": store.get_meta("status"), "config": cfg,
+        "run": {"run_dir": str(Path(run_dir)), "status": str(normal_status(store.get_meta("status"))),
+                "config": cfg,
                 "manifest": mmeta, "metrics_options": options.to_dict(), "models": models},
         "models": {},
     }
