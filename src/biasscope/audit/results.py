@@ -36,6 +36,7 @@ __all__ = [
     "load_metrics",
     "metric_words",
     "per_image_frame",
+    "per_image_table",
     "run_info",
     "where_explanations_fall",
 ]
@@ -100,10 +101,14 @@ def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFra
     store = _store(run_dir)
     images = {r["image_id"]: r for r in store.images()}
     meta = store.get_meta("manifest", {}) or {}
-    attr_cols = list(meta.get("attribute_columns", []))
+    return per_image_table([(rec, images.get(rec.image_id, {})) for rec in store.results(model)],
+                           list(meta.get("attribute_columns", [])))
+
+
+def per_image_table(pairs: list[tuple[ImageResult, dict]], attr_cols: list[str]) -> pd.DataFrame:
+    """The per-image table of (result, manifest row) pairs, e.g. one page of :meth:`RunStore.page`."""
     rows = []
-    for rec in store.results(model):
-        img = images.get(rec.image_id, {})
+    for rec, img in pairs:
         row: dict[str, Any] = {"model": rec.model, "image_id": rec.image_id, "path": img.get("path"),
                                "label": img.get("label")}
         for c in attr_cols:

@@ -100,7 +100,7 @@ def int_in(lo: int, hi: int) -> Any:
             raise PydanticUseDefault()
         return field_int(v, str(info.field_name), lo, hi, lo)
 
-    return Annotated[int, BeforeValidator(check), Field(ge=lo, le=hi)]
+    return Annotated[int, Field(ge=lo, le=hi), BeforeValidator(check)]
 
 
 def _alpha(v: Any, info: ValidationInfo) -> float | None:
@@ -116,7 +116,7 @@ def _alpha(v: Any, info: ValidationInfo) -> float | None:
 
 
 #: a number in [0, 1] (heatmap opacity); empty means none
-Float01 = Annotated[float | None, BeforeValidator(_alpha), Field(ge=0, le=1)]
+Float01 = Annotated[Annotated[float, Field(ge=0, le=1)] | None, BeforeValidator(_alpha)]
 
 
 def _names(v: Any, info: ValidationInfo) -> list[str]:
