@@ -115,11 +115,12 @@ def _components(node: Any) -> Any:
 def _bare_app() -> Flask:
     """An app with every blueprint and no state: the document of a server not running (e.g. for tests)."""
     app = Flask("biasscope-openapi")
+    from .audit_images import audit_image_api
     from .audits import audit_api, audit_pages
     from .routes import api, pages
     from .verify import verify_api
 
-    for bp in (api, pages, audit_api, audit_pages, verify_api):
+    for bp in (api, pages, audit_api, audit_image_api, audit_pages, verify_api):
         app.register_blueprint(bp)
     return app
 
