@@ -2,23 +2,26 @@
 validates requests with them, turns every refusal into the app's one error format and records the
 declaration for the OpenAPI generator (:mod:`biasscope.web.openapi`).
 
-Why an in-house layer and not spectree or flask-openapi3 (both evaluated, both on PyPI):
+Why an in-house layer and not spectree or flask-openapi3 (both on PyPI, both pydantic-based, evaluated
+against Flask 3 blueprints, offline use, our error shapes, strict JSON and multipart uploads):
 
-- flask-openapi3 replaces ``Flask`` and ``Blueprint`` with its own ``OpenAPI``/``APIBlueprint`` classes
-  and injects request models by parameter *name* (``body``, ``query``, ``form``), with its own
-  422 error body; its documentation pages are plugins that load Swagger/Redoc assets. Moving the app
-  onto its classes to keep our ``{"error": {code, message, status}}`` at 400 needs a custom
-  validation-error callback per app anyway, and JSON bodies would no longer pass through our strict
-  parser (depth limit, NaN/Infinity refused) before validation.
-- spectree keeps Flask's classes, but validates from ``request.get_json()`` (Flask's parser, not ours),
-  answers 422 with pydantic's error list unless each route gets a ``before``/``after`` hook, treats a
-  multipart form and a JSON body as different declarations, and its UI pages load assets from a CDN.
-- Our needs are small and specific: one body model that accepts either a JSON object or a multipart
-  form (with an ``image`` file part and ``params`` as JSON text), parsed by :mod:`.jsonio`
-  (depth <= 32, NaN/Infinity refused), the existing messages (``'top_k' must be between 1 and 1000,
-  got 0``) and statuses, and our own offline ``/docs`` page. A decorator that records the models and
-  a generator that walks ``app.url_map`` do exactly that in about 300 lines with no new dependency
-  beyond pydantic, and stay on Flask 3 blueprints as they are.
+- flask-openapi3 replaces ``Flask`` and ``Blueprint`` with its ``OpenAPI``/``APIBlueprint`` classes and
+  injects request models by parameter name, with ``body`` (JSON) and ``form`` as *separate*
+  declarations; its refusals are 422 with pydantic's error list unless an app-wide
+  ``validation_error_callback`` rewrites them, and it serves its own documentation UI (turned off with
+  ``doc_ui=False``, leaving the document generation).
+- spectree keeps Flask's classes but answers 422 with pydantic's list (``ctx, loc, msg, type``) unless
+  a ``before``/``after`` hook or status override is set, declares ``json`` and ``form`` bodies apart,
+  registers ``/apidoc/redoc`` and ``/apidoc/swagger`` pages whose scripts come from a CDN.
+- Our routes need one body model accepted either as a JSON object or as multipart form fields (the page
+  sends the file with repeated ``methods`` and ``params`` as JSON text; API clients send JSON), parsed
+  by :mod:`.jsonio` (depth <= 32, NaN/Infinity refused), today's messages (``'top_k' must be between 1
+  and 1000, got 0``) with their statuses and error codes (a ``BiasscopeError`` subclass decides both),
+  registry-derived components (``ExplainerParams``, ``MethodNames``) plugged into the document, and the
+  app's own offline ``/docs``. With either library we would write the error conversion and the
+  form/JSON merging anyway and add a dependency with its own release cycle; the rest (record the
+  models, validate, walk ``app.url_map``, ``models_json_schema``) is a few hundred lines here, on plain
+  Flask 3 blueprints.
 
 Field validators reuse :mod:`.jsonio`'s parsers, which raise :class:`~biasscope.errors.BiasscopeError`
 with the API's messages; pydantic lets such (non-``ValueError``) exceptions through unchanged, so
