@@ -186,6 +186,9 @@ def _build(app: Flask) -> dict[str, Any]:
                     s = dict(s)
                     desc = s.pop("description", None)
                     s.pop("title", None)
+                    alts = [x for x in s.get("anyOf", []) if x != {"type": "null"}]
+                    if len(alts) == 1:  # a query parameter is absent or text, never null
+                        s = {k: v for k, v in s.items() if k != "anyOf"} | alts[0]
                     op["parameters"].append({"name": name, "in": "query", "required": name in q.get("required", []),
                                              "schema": s} | ({"description": desc} if desc else {}))
             if spec.body is not None:
