@@ -411,6 +411,10 @@ def test_image_listing_pages_through_the_store_like_the_full_table(audit_app, tm
                 break
         assert got == want, (where, order)
     assert 0 < len(expected({"correct": "False"}, "manifest")) < 40  # the flag filter keeps some rows, not all
+    totals = {v: client.get(f"/api/audits/pages/images?where.correct={v}").get_json()["total"]
+              for v in ("True", "true", "1", "False", "0", "maybe")}
+    assert totals["True"] == totals["true"] == totals["1"] == 40 - totals["False"] == 40 - totals["0"]
+    assert totals["maybe"] == 0
     # one model's rows, and a row's values are the table's
     page = client.get("/api/audits/pages/images?model=biased&order=manifest&limit=500").get_json()
     sub = full[full["model"] == "biased"]
