@@ -13,7 +13,6 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,9 +20,9 @@ from flask import Flask, Response, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import BiasscopeError
+from .context import public_message, state
 from .jobs import JobManager
 from .jsonio import StrictJSONProvider
-from .paths import HUB_NAME, scrub_paths
 from .state import ImageStore, ModelRegistry
 
 __all__ = ["DEFAULTS", "WebState", "create_app", "is_loopback", "state"]
@@ -93,12 +92,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def state(app: Flask | None = None) -> WebState:
-    from flask import current_app
-
-    return (app or current_app).extensions["biasscope"]
-
-
 def _code(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().replace(" ", "_").replace("'", "").removesuffix("_error")
 
@@ -111,16 +104,6 @@ def error_response(code: str, message: str, status: int) -> Response:
         resp = Response(render_template("error.html", status=status, message=message), mimetype="text/html")
     resp.status_code = status
     return resp
-
-
-def public_message(text: str) -> str:
-    """A message as clients see it: no absolute server paths (data root, runs, weights cache, uploads)."""
-    from ..models.zoo import hub_checkpoint_dir
-
-    st = state()
-    if st.audits is not None:
-        text = st.audits.public(text)
-    return scrub_paths(text, [(hub_checkpoint_dir(), HUB_NAME), (Path(st.images.root), "uploads")])
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -156,10 +139,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["biasscope"] = st
 
+    from .openapi import docs_routes
     from .routes import api, pages
 
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(docs_routes)
     from .audits import install as install_audits
 
     st.audits = install_audits(app, cfg)

@@ -15,9 +15,11 @@ from ..explainers import get_explainer, is_signed, list_explainers
 from ..images import load_image
 from . import audit_schemas as a
 from .audit_manager import audits, files_allowed, image_file, served_run
-from .audits import _AUDIT_ERRORS, _accepted, _models, _png, _thumb
+from .audit_schemas import AUDIT_ERRORS
+from .context import state
 from .declare import declare
 from .drawing import draw_regions
+from .responses import accepted, png_response, thumbnail
 from .security import MSG_OUTSIDE, PathRefusedError, inside
 from .state import NotFoundError
 
@@ -28,7 +30,7 @@ audit_image_api = Blueprint("audit_image_api", __name__, url_prefix="/api")
 
 @audit_image_api.get("/audits/<run_id>/images/<int:image_id>")
 @declare("One image: manifest row, each model's record, overlay URLs", responses={200: a.AuditImage},
-         errors=_AUDIT_ERRORS)
+         errors=AUDIT_ERRORS)
 def audit_image(run_id: str, image_id: int):
     mgr, d = served_run(run_id)
     if RunStore(d).image_row(image_id) is None:
@@ -45,7 +47,7 @@ def audit_image(run_id: str, image_id: int):
         rec["overlays"] = {m: f"{base}/overlay.png?model={key}&method={m}" for m in methods
                            if rec.get("status") == "ok"}
         results[key] = rec
-    explainable = [k for k in results if k in _models().names]
+    explainable = [k for k in results if k in state().models.names]
     out = {"run_id": run_id, "image_id": image_id, "path": img["path"], "label": img["label"],
            "attributes": img["attributes"], "regions": img["regions"], "methods": methods, "results": results,
            "files_allowed": files_allowed(mgr, d), "image_url": f"{base}/image.png",
@@ -62,15 +64,15 @@ def _load_run_image(run_id: str, image_id: int) -> tuple[Path, dict, Image.Image
 
 @audit_image_api.get("/audits/<run_id>/images/<int:image_id>/image.png")
 @declare("The image (downscaled to max)", query=a.ImagePngQuery, responses={200: "image/png"},
-         errors=(400, *_AUDIT_ERRORS))
-def audit_image_png(run_id: str, image_id: int, query: a.ImagePngQuery):
+         errors=(400, *AUDIT_ERRORS))
+def audit_imagepng_response(run_id: str, image_id: int, query: a.ImagePngQuery):
     _, _, img = _load_run_image(run_id, image_id)
-    return _png(_thumb(img, query.max))
+    return png_response(thumbnail(img, query.max))
 
 
 @audit_image_api.get("/audits/<run_id>/images/<int:image_id>/overlay.png")
 @declare("A stored heatmap over the image", query=a.OverlayQuery, responses={200: "image/png"},
-         errors=(400, *_AUDIT_ERRORS))
+         errors=(400, *AUDIT_ERRORS))
 def audit_overlay(run_id: str, image_id: int, query: a.OverlayQuery):
     from ..audit.face_audit import heatmap_in_image
     from ..render import render_overlay
@@ -83,16 +85,16 @@ def audit_overlay(run_id: str, image_id: int, query: a.OverlayQuery):
     scored = RunStore(d).result(model, image_id)
     view = scored.view if scored else None
     full = img.size
-    img = _thumb(img, query.max)
+    img = thumbnail(img, query.max)
     signed = is_signed(method, (RunStore(d).get_meta("config", {}) or {}).get("method_params"))
     h = heatmap_in_image(heat, view, (img.height, img.width), full)
     kw = {} if query.alpha is None else {"alpha": query.alpha}
-    return _png(render_overlay(img, h, signed=signed, **kw))
+    return png_response(render_overlay(img, h, signed=signed, **kw))
 
 
 @audit_image_api.get("/audits/<run_id>/images/<int:image_id>/regions.png")
 @declare("The image with manifest regions outlined and face parts tinted", query=a.RegionsQuery,
-         responses={200: "image/png"}, errors=(400, *_AUDIT_ERRORS))
+         responses={200: "image/png"}, errors=(400, *AUDIT_ERRORS))
 def audit_regions(run_id: str, image_id: int, query: a.RegionsQuery):
     """The image with its manifest regions outlined and its face parts (if any) tinted."""
     d, row, img = _load_run_image(run_id, image_id)
@@ -106,16 +108,14 @@ def audit_regions(run_id: str, image_id: int, query: a.RegionsQuery):
             raise PathRefusedError(MSG_OUTSIDE.format(what="mask", path=text))
 
     out = draw_regions(img, row["regions"], man_root, face=faces[0] if faces else None, check_mask=check_mask)
-    return _png(_thumb(out, query.max))
+    return png_response(thumbnail(out, query.max))
 
 
 @audit_image_api.post("/audits/<run_id>/images/<int:image_id>/explain")
 @declare("Explain the image at full resolution as a background job (poll GET /api/jobs/{job_id})",
-         body=a.AuditExplainRequest, responses={202: a.Job}, errors=(400, *_AUDIT_ERRORS, 503))
+         body=a.AuditExplainRequest, responses={202: a.Job}, errors=(400, *AUDIT_ERRORS, 503))
 def audit_explain(run_id: str, image_id: int, body: a.AuditExplainRequest):
     """Explain one audited image at full resolution as a background explanation job (GET /api/jobs/{id})."""
-    from .app import state
-
     d, row, img = _load_run_image(run_id, image_id)
     st = state()
     key = st.models.check_name(body.model)
@@ -133,6 +133,6 @@ def audit_explain(run_id: str, image_id: int, body: a.AuditExplainRequest):
                                    for m in methods},
                           params=params, target=target_idx, faithfulness=body.faithfulness)
     st.jobs.submit(job, adapter)
-    return _accepted(job.to_dict(), f"/api/jobs/{job.id}")
+    return accepted(job.to_dict(), f"/api/jobs/{job.id}")
 
 

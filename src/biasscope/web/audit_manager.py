@@ -154,7 +154,7 @@ class AuditManager:
 # ---------------------------------------------------------------------------------------- helpers
 def audits() -> AuditManager:
     """The app's audit manager."""
-    from .app import state
+    from .context import state
 
     return state().audits
 

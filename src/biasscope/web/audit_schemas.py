@@ -17,6 +17,7 @@ from .declare import Body, Flag, Float01, Methods, Names, Params, Query, int_in
 from .schemas import Job, Out
 
 __all__ = [
+    "AUDIT_ERRORS",
     "MAX_PAGE",
     "AuditExplainRequest",
     "AuditImagesQuery",
@@ -27,6 +28,8 @@ __all__ = [
     "VerifyRequest",
 ]
 
+#: refusals every audit route may answer: outside the data root, not found, audits disabled or run busy
+AUDIT_ERRORS = (403, 404, 409)
 #: most per-image rows one GET /api/audits/{run_id}/images answers
 MAX_PAGE = 500
 MSG_RUN_NAME = "'name' may use letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"

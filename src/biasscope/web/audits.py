@@ -20,8 +20,7 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
-from flask import Blueprint, Response, jsonify, render_template, send_file
-from PIL import Image
+from flask import Blueprint, jsonify, render_template, send_file
 
 from .. import __version__
 from ..audit import METRICS_JSON, PER_IMAGE_CSV, REPORT_HTML, AuditConfig, load_manifest, per_image_table
@@ -30,6 +29,7 @@ from ..audit.store import DB_NAME, RunStore, json_safe
 from ..errors import BiasscopeError, ManifestError
 from ..jobs import TERMINAL, JobStatus
 from . import audit_schemas as a
+from .audit_images import audit_image_api
 from .audit_manager import (
     MSG_DISABLED,
     MSG_STOPPED,
@@ -43,11 +43,13 @@ from .audit_manager import (
     served_run,
 )
 from .audit_requests import RunBusyError, load_root_manifest, parse_audit_request
+from .audit_schemas import AUDIT_ERRORS
+from .context import state
 from .declare import declare
-from .jobs import fast_png
+from .responses import accepted
 from .schemas import DownloadQuery
 from .security import MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, inside, resolve_in_root
-from .state import ModelRegistry, NotFoundError
+from .state import NotFoundError
 
 __all__ = ["MSG_DISABLED", "MSG_STOPPED", "AuditManager", "AuditsDisabledError", "WebAudit", "audit_api",
            "audit_pages", "install"]
@@ -55,16 +57,11 @@ __all__ = ["MSG_DISABLED", "MSG_STOPPED", "AuditManager", "AuditsDisabledError",
 log = logging.getLogger("biasscope.web")
 
 FACE_FILE_RE = re.compile(r"^m\d+_[A-Za-z0-9_.-]+\.png$")
-_AUDIT_ERRORS = (403, 404, 409)
 _HTML_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
              "frame-ancestors 'none'")
 
 audit_api = Blueprint("audit_api", __name__, url_prefix="/api")
 audit_pages = Blueprint("audit_pages", __name__)
-
-
-def _png(img: Image.Image) -> Response:
-    return send_file(io.BytesIO(fast_png(img)), mimetype="image/png")
 
 
 def _frame_records(df: pd.DataFrame) -> list[dict]:
@@ -80,26 +77,6 @@ def _records_clean(rows: list[dict]) -> list[dict]:
             if isinstance(v, float) and not math.isfinite(v):
                 r[k] = None
     return rows
-
-
-def _models() -> ModelRegistry:
-    from .app import state
-
-    return state().models
-
-
-def _accepted(body: dict, location: str | None = None) -> Response:
-    resp = jsonify(body)
-    resp.status_code = 202
-    if location:
-        resp.headers["Location"] = location
-    return resp
-
-
-def _thumb(img: Image.Image, side: int) -> Image.Image:
-    if max(img.size) > side:
-        img.thumbnail((side, side), Image.Resampling.LANCZOS)
-    return img
 
 
 # ---------------------------------------------------------------------------------------- pages
@@ -154,7 +131,7 @@ def list_audits():
 
 @audit_api.get("/files")
 @declare("Folders and manifest CSVs in a folder of the data root", query=a.FilesQuery, responses={200: a.Files},
-         errors=(400, *_AUDIT_ERRORS))
+         errors=(400, *AUDIT_ERRORS))
 def list_files(query: a.FilesQuery):
     """Folders and CSV files in one folder of the data root (the manifest picker)."""
     mgr = audits()
@@ -184,7 +161,7 @@ def list_files(query: a.FilesQuery):
 
 @audit_api.post("/manifests/inspect")
 @declare("Validate a manifest and list its labels, attribute columns (with values) and regions",
-         body=a.ManifestRequest, responses={200: a.ManifestSummary}, errors=(400, *_AUDIT_ERRORS))
+         body=a.ManifestRequest, responses={200: a.ManifestSummary}, errors=(400, *AUDIT_ERRORS))
 def inspect_manifest(body: a.ManifestRequest):
     try:
         m = load_root_manifest(audits().root(), body.manifest, [])
@@ -205,18 +182,18 @@ def inspect_manifest(body: a.ManifestRequest):
 
 @audit_api.post("/audits")
 @declare("Start an audit on a manifest under the data root; follow GET /api/audits/{run_id}",
-         body=a.AuditRequestBody, responses={202: a.AuditStarted}, errors=(400, *_AUDIT_ERRORS, 503))
+         body=a.AuditRequestBody, responses={202: a.AuditStarted}, errors=(400, *AUDIT_ERRORS, 503))
 def create_audit(body: a.AuditRequestBody):
-    mgr, registry = audits(), _models()
+    mgr, registry = audits(), state().models
     req = parse_audit_request(body, mgr.root(), lambda name: mgr.run_dir(name, exists=False), registry)
     job = mgr.submit(req.name, req.run_dir, req.manifest, [registry_source(registry, n) for n in req.models],
                      req.config, batch_size=req.batch_size, metrics_options=req.metrics_options)
-    return _accepted({"id": job.run_id, "status": job.status, "job": job.to_dict(), "url": f"/audits/{job.run_id}"},
+    return accepted({"id": job.run_id, "status": job.status, "job": job.to_dict(), "url": f"/audits/{job.run_id}"},
                      f"/api/audits/{job.run_id}")
 
 
 @audit_api.get("/audits/<run_id>")
-@declare("Status and progress of a run", responses={200: a.AuditRun}, errors=_AUDIT_ERRORS)
+@declare("Status and progress of a run", responses={200: a.AuditRun}, errors=AUDIT_ERRORS)
 def get_audit(run_id: str):
     mgr = audits()
     job = mgr.live(run_id)
@@ -237,7 +214,7 @@ def get_audit(run_id: str):
 
 @audit_api.post("/audits/<run_id>/cancel")
 @declare("Cancel a running audit (after its current batch; resumable)", responses={200: a.AuditStarted},
-         errors=_AUDIT_ERRORS)
+         errors=AUDIT_ERRORS)
 def cancel_audit(run_id: str):
     mgr = audits()
     mgr.run_dir(run_id, exists=False)
@@ -247,7 +224,7 @@ def cancel_audit(run_id: str):
 
 @audit_api.post("/audits/<run_id>/resume")
 @declare("Resume a cancelled or interrupted audit where it stopped", body=a.ResumeRequest, body_required=False,
-         responses={202: a.AuditStarted}, errors=(400, *_AUDIT_ERRORS, 503))
+         responses={202: a.AuditStarted}, errors=(400, *AUDIT_ERRORS, 503))
 def resume_audit(run_id: str, body: a.ResumeRequest):
     mgr, d = served_run(run_id)
     if mgr.active(run_id):
@@ -261,19 +238,19 @@ def resume_audit(run_id: str, body: a.ResumeRequest):
         raise PathRefusedError(MSG_RUN_OUTSIDE.format(run_id=run_id))
     cfg = AuditConfig.from_dict(meta.get("config") or {})
     man = load_manifest(path.resolve(), groups=cfg.groups)
-    registry = _models()
+    registry = state().models
     names = list(meta.get("models_requested") or [])
     missing = [n for n in names if n not in registry.names]
     if missing:
         raise BiasscopeError(f"model(s) {', '.join(missing)} of this run are not available in this server")
     job = mgr.submit(run_id, d, man, [registry_source(registry, n) for n in names], cfg,
                      batch_size=body.batch_size, metrics_options=meta.get("metrics_options"))
-    return _accepted({"id": run_id, "status": job.status, "job": job.to_dict()})
+    return accepted({"id": run_id, "status": job.status, "job": job.to_dict()})
 
 
 @audit_api.get("/audits/<run_id>/metrics.json")
 @declare("The run's metrics.json", query=DownloadQuery, responses={200: "application/json"},
-         errors=(400, *_AUDIT_ERRORS))
+         errors=(400, *AUDIT_ERRORS))
 def audit_metrics(run_id: str, query: DownloadQuery):
     _, d = served_run(run_id)
     p = d / METRICS_JSON
@@ -284,7 +261,7 @@ def audit_metrics(run_id: str, query: DownloadQuery):
 
 
 @audit_api.get("/audits/<run_id>/per_image.csv")
-@declare("The per-image CSV", responses={200: "text/csv"}, errors=_AUDIT_ERRORS)
+@declare("The per-image CSV", responses={200: "text/csv"}, errors=AUDIT_ERRORS)
 def audit_csv(run_id: str):
     _, d = served_run(run_id)
     p = d / PER_IMAGE_CSV
@@ -295,7 +272,7 @@ def audit_csv(run_id: str):
 
 
 @audit_api.get("/audits/<run_id>/report.html")
-@declare("The self-contained report", responses={200: "text/html"}, errors=_AUDIT_ERRORS)
+@declare("The self-contained report", responses={200: "text/html"}, errors=AUDIT_ERRORS)
 def audit_report(run_id: str):
     _, d = served_run(run_id)
     p = d / REPORT_HTML
@@ -309,7 +286,7 @@ def audit_report(run_id: str):
 
 @audit_api.get("/audits/<run_id>/faces/<name>")
 @declare("An aligned group-heatmap sheet (face parts on); its file name is in metrics.json",
-         responses={200: "image/png"}, errors=_AUDIT_ERRORS)
+         responses={200: "image/png"}, errors=AUDIT_ERRORS)
 def audit_face_sheet(run_id: str, name: str):
     _, d = served_run(run_id)
     if not FACE_FILE_RE.match(name):
@@ -331,7 +308,7 @@ _IMAGES_DOC = (
 
 @audit_api.get("/audits/<run_id>/images")
 @declare("Per-image rows, one page at a time, filtered and ordered in the run's store", description=_IMAGES_DOC,
-         query=a.AuditImagesQuery, responses={200: a.ImagesPage}, errors=(400, *_AUDIT_ERRORS))
+         query=a.AuditImagesQuery, responses={200: a.ImagesPage}, errors=(400, *AUDIT_ERRORS))
 def audit_images(run_id: str, query: a.AuditImagesQuery):
     """Per-image rows; ``order=telling`` puts misclassified images with the lowest p(true) first."""
     _, d = served_run(run_id)
@@ -347,8 +324,6 @@ def install(app, config: dict) -> AuditManager:
     """Create the audit manager from the app's config and register the blueprints."""
     mgr = AuditManager(config.get("DATA_ROOT"), config.get("RUNS_DIR"), workers=int(config.get("AUDIT_WORKERS", 1)),
                        max_pending=int(config.get("MAX_PENDING_AUDITS", 4)))
-    from .audit_images import audit_image_api  # drill-down to one audited image
-
     app.register_blueprint(audit_api)
     app.register_blueprint(audit_image_api)
     app.register_blueprint(audit_pages)

@@ -17,17 +17,20 @@ import functools
 import re
 from typing import Any
 
-from flask import Flask, current_app, has_app_context
+from flask import Blueprint, Flask, current_app, has_app_context, jsonify, render_template
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..explainers import Explainer, Param, list_explainers
 from ..explainers.registry import ALIASES
-from .declare import COMPONENT, spec_of
+from .declare import COMPONENT, declare, spec_of
 from .schemas import Error
 
-__all__ = ["explainer_params_schemas", "openapi_document", "param_schema"]
+__all__ = ["docs_routes", "explainer_params_schemas", "openapi_document", "param_schema"]
+
+#: the document (/api/openapi.json) and its page (/docs)
+docs_routes = Blueprint("docs_routes", __name__)
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 _REF = "#/components/schemas/{model}"
@@ -120,7 +123,7 @@ def _bare_app() -> Flask:
     from .routes import api, pages
     from .verify import verify_api
 
-    for bp in (api, pages, audit_api, audit_image_api, audit_pages, verify_api):
+    for bp in (api, pages, docs_routes, audit_api, audit_image_api, audit_pages, verify_api):
         app.register_blueprint(bp)
     return app
 
@@ -141,6 +144,17 @@ def openapi_document(app: Flask | None = None) -> dict[str, Any]:
     if doc is None:
         doc = app.extensions["biasscope_openapi"] = _build(app)
     return copy.deepcopy(doc)
+
+
+@docs_routes.get("/api/openapi.json")
+@declare("This document", responses={200: "application/json"})
+def openapi_json():
+    return jsonify(openapi_document())
+
+
+@docs_routes.get("/docs")
+def docs_page():
+    return render_template("docs.html", doc=openapi_document(), version=__version__)
 
 
 def _operations(app: Flask) -> list[tuple[str, str, list[dict], Any]]:

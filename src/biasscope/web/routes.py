@@ -25,10 +25,9 @@ from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
 from . import schemas as s
-from .app import public_message, state
+from .context import public_message, state
 from .declare import declare
 from .jsonio import dumps_strict, field_int
-from .openapi import openapi_document
 from .samples import load_sample, sample_list
 from .state import ImageRecord, NotFoundError
 
@@ -144,11 +143,6 @@ def index():
     return render_template("index.html", version=__version__, choice=choice)
 
 
-@pages.get("/docs")
-def docs():
-    return render_template("docs.html", doc=openapi_document(), version=__version__)
-
-
 # ---------------------------------------------------------------------------------------- API
 _IMAGE_ERRORS = (400, 404, 409, 413)
 
@@ -157,12 +151,6 @@ _IMAGE_ERRORS = (400, 404, 409, 413)
 @declare("Liveness and loaded models", responses={200: s.Health})
 def health():
     return jsonify({"status": "ok", "version": __version__, "loaded_models": state().models.loaded()})
-
-
-@api.get("/openapi.json")
-@declare("This document", responses={200: "application/json"})
-def openapi():
-    return jsonify(openapi_document())
 
 
 @api.get("/models")
