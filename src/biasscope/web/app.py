@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import re
 import secrets
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,7 +19,7 @@ from flask import Flask, Response, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import BiasscopeError
-from .context import public_message, state
+from .context import WebState, public_message, state
 from .jobs import JobManager
 from .jsonio import StrictJSONProvider
 from .state import ImageStore, ModelRegistry
@@ -63,22 +62,6 @@ DEFAULTS: dict[str, Any] = {
 MSG_TOKEN = (
     "an access token is required: open the URL printed by `biasscope serve` or send 'Authorization: Bearer TOKEN'"
 )
-
-
-@dataclass
-class WebState:
-    """Everything the routes share: models, uploaded images and jobs."""
-
-    models: ModelRegistry
-    images: ImageStore
-    jobs: JobManager
-    audits: Any = None  # web.audits.AuditManager
-
-    def close(self) -> None:
-        self.jobs.shutdown()
-        self.images.close()
-        if self.audits is not None:
-            self.audits.shutdown()
 
 
 def is_loopback(host: str) -> bool:

@@ -3,21 +3,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from flask import Flask, current_app
 
+from .jobs import JobManager
 from .paths import HUB_NAME, scrub_paths
+from .state import ImageStore, ModelRegistry
 
-if TYPE_CHECKING:
-    from .app import WebState
+__all__ = ["WebState", "public_message", "state"]
 
-__all__ = ["public_message", "state"]
+
+@dataclass
+class WebState:
+    """Everything the routes share: models, uploaded images and jobs."""
+
+    models: ModelRegistry
+    images: ImageStore
+    jobs: JobManager
+    audits: Any = None  # web.audit_manager.AuditManager (it imports this module)
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        self.images.close()
+        if self.audits is not None:
+            self.audits.shutdown()
 
 
 def state(app: Flask | None = None) -> WebState:
-    """The app's :class:`~biasscope.web.app.WebState` (models, images, jobs, audits)."""
+    """The app's :class:`WebState` (models, images, jobs, audits)."""
     return (app or current_app).extensions["biasscope"]
 
 
