@@ -71,9 +71,9 @@ def audit_imagepng_response(run_id: str, image_id: int, query: a.ImagePngQuery):
 
 
 @audit_image_api.get("/audits/<run_id>/images/<int:image_id>/overlay.png")
-@declare("A stored heatmap over the image", query=a.OverlayQuery, responses={200: "image/png"},
+@declare("A stored heatmap over the image", query=a.StoredOverlayQuery, responses={200: "image/png"},
          errors=(400, *AUDIT_ERRORS))
-def audit_overlay(run_id: str, image_id: int, query: a.OverlayQuery):
+def audit_overlay(run_id: str, image_id: int, query: a.StoredOverlayQuery):
     from ..audit.face_audit import heatmap_in_image
     from ..render import render_overlay
 

@@ -23,8 +23,11 @@ __all__ = [
     "AuditImagesQuery",
     "AuditRequestBody",
     "FilesQuery",
+    "ImagePngQuery",
     "ManifestRequest",
+    "RegionsQuery",
     "ResumeRequest",
+    "StoredOverlayQuery",
     "VerifyRequest",
 ]
 
@@ -183,21 +186,18 @@ class AuditImagesQuery(Query):
         return {k[6:]: str(v) for k, v in (self.model_extra or {}).items() if k.startswith("where.")}
 
 
-def image_side(default: int) -> type[Query]:
-    """A query with ``max``, the longer side of the answered image (16 to 4096, ``default`` when absent)."""
-
-    class SideQuery(Query):
-        max: int_in(16, 4096) = Field(default, description="longer side in pixels")  # type: ignore[valid-type]
-
-    SideQuery.__name__ = SideQuery.__qualname__ = f"Side{default}Query"
-    return SideQuery
+Side = int_in(16, 4096)
 
 
-ImagePngQuery = image_side(768)
-RegionsQuery = image_side(512)
+class ImagePngQuery(Query):
+    max: Side = Field(768, description="longer side in pixels")  # type: ignore[valid-type]
 
 
-class OverlayQuery(image_side(512)):  # type: ignore[misc]
+class RegionsQuery(Query):
+    max: Side = Field(512, description="longer side in pixels")  # type: ignore[valid-type]
+
+
+class StoredOverlayQuery(RegionsQuery):
     model: str = Field("", description="the model whose stored heatmap is drawn")
     method: str = Field("", description="the method whose stored heatmap is drawn")
     alpha: Float01 = Field(None, description="heatmap opacity")
