@@ -22,6 +22,7 @@ import pytest
 from biasscope.errors import BiasscopeError
 from biasscope.explainers import Param, list_explainers
 from biasscope.explainers.registry import ALIASES
+from biasscope.web import declare as declare_module
 from biasscope.web.declare import spec_of
 from biasscope.web.openapi import openapi_document
 
@@ -183,6 +184,80 @@ def test_validation_refuses_bad_input_with_the_uniform_error(client, verb, path,
     doc_path = re.sub(r"/colour/|/nope(?=/|$)", lambda m: "/{name}/" if "colour" in m[0] else "/{job_id}", path)
     doc_path = doc_path.replace("/methods/gradcam/", "/methods/{method}/")
     assert str(status) in openapi_document()["paths"][doc_path][verb]["responses"], doc_path
+
+
+class _Reads:
+    """A validated request model that records which fields the handler reads."""
+
+    def __init__(self, model, log: set[str]) -> None:
+        self._model, self._log = model, log
+
+    def __getattr__(self, name: str):
+        self._log.add(name)
+        return getattr(self._model, name)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> set[str]:
+    """The fields every handler reads from its validated body from now on."""
+    log: set[str] = set()
+    original = declare_module.validate
+
+    def recording(model, data):
+        out = original(model, data)
+        return _Reads(out, log) if issubclass(model, declare_module.Body) else out
+
+    monkeypatch.setattr(declare_module, "validate", recording)
+    return log
+
+
+#: declared fields the model itself consumes (so no handler reads them): 'method' becomes 'methods'
+_CONSUMED_BY_MODEL = {"method"}
+
+
+def _check_reads(reads: set[str], doc: dict, path: str) -> None:
+    documented = set(_documented_schema(doc, path)["properties"]) - _CONSUMED_BY_MODEL
+    assert reads == documented, {"read, not declared": sorted(reads - documented),
+                                 "declared, never read": sorted(documented - reads)}
+
+
+@pytest.mark.parametrize("path", ["/api/images", "/api/predict", "/api/explain", "/api/jobs"])
+def test_every_declared_body_field_is_read_by_its_handler(client, reads, path) -> None:
+    stored = client.post("/api/images", data={"image": (io.BytesIO(png(two_colour((255, 0, 0), (0, 0, 255)))),
+                                                        "x.png")}, content_type="multipart/form-data").get_json()
+    reads.clear()
+    bodies: list[dict] = [{"image_id": stored["id"]}, {"sample": "no-such-sample"}]
+    if path != "/api/images":
+        bodies = [b | {"methods": ["gradcam"], "params": {"gradcam": {}}, "faithfulness": False} for b in bodies]
+        bodies += [bodies[0] | {"target": 1}, bodies[0] | {"concept": "warm = red, green"}]
+    for body in bodies:
+        r = client.post(path, json=body)
+        assert r.status_code in (200, 201, 202, 404), r.get_json()
+    _check_reads(reads, openapi_document(), path)
+
+
+def test_every_declared_field_of_audit_requests_is_read(audit_app, reads) -> None:  # noqa: F811
+    from .test_audits import BODY, wait_audit
+
+    client = audit_app.test_client()
+    doc = openapi_document()
+    assert client.post("/api/manifests/inspect", json={"manifest": BODY["manifest"]}).status_code == 200
+    _check_reads(reads, doc, "/api/manifests/inspect")
+    reads.clear()
+    r = client.post("/api/audits", json=BODY | {"name": "fields", "params": {"gradcam": {}}, "removal": "blur"})
+    assert r.status_code == 202, r.get_json()
+    _check_reads(reads, doc, "/api/audits")
+    assert wait_audit(client, "fields")["status"] == "done"
+    reads.clear()
+    r = client.post("/api/audits/fields/images/0/explain", json={"model": "biased", "methods": ["gradcam"]})
+    assert r.status_code == 202, r.get_json()
+    _check_reads(reads, doc, "/api/audits/{run_id}/images/{image_id}/explain")
+    reads.clear()
+    client.post("/api/audits/fields/resume", json={"batch_size": 8})  # done: nothing left, but it parses
+    _check_reads(reads, doc, "/api/audits/{run_id}/resume")
+    reads.clear()
+    client.post("/api/verify-audits", json={"manifest": "no/such.csv"})  # stops at the manifest
+    assert reads == {"manifest"}
 
 
 def test_strict_json_parsing_still_guards_declared_bodies(client) -> None:
