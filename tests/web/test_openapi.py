@@ -134,6 +134,9 @@ def test_method_choices_and_params_in_every_request_come_from_the_registry() -> 
                 if "methods" in props:
                     assert props["methods"]["$ref"] == "#/components/schemas/MethodNames", path
                     seen += 1
+                if kind == "multipart/form-data":
+                    assert props["image"] == {"type": "string", "format": "binary",
+                                              "description": "the image file"}, path
                 if "params" in props:
                     want = ({"$ref": "#/components/schemas/ExplainerParams"} if kind == "application/json"
                             else {"type": "string", "description": "JSON object, as in the JSON body"})
