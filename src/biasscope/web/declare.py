@@ -179,8 +179,9 @@ def validate(model: type[BaseModel], data: Any) -> Any:
 def declare(summary: str, *, description: str = "", body: type[Body] | None = None, form: bool = False,
             body_required: bool = True, query: type[Query] | None = None,
             responses: dict[int, Any] | None = None, errors: tuple[int, ...] = ()) -> Callable:
-    """Declare a view: ``body`` (from a JSON object, or form fields when ``form``) and ``query`` are
-    validated before the view runs and passed to it as keyword arguments ``body=`` and ``query=``;
+    """Declare a view: ``body`` (a JSON object or form fields, as :func:`~.jsonio.request_fields` reads them;
+    ``form`` documents the multipart form with its ``image`` file part too) and ``query`` are validated
+    before the view runs and passed to it as keyword arguments ``body=`` and ``query=``;
     ``responses`` maps statuses to a response model, a media type (``"image/png"``) or ``None``
     (no content); ``errors`` are the statuses of the uniform error the view may answer."""
     spec = RouteSpec(summary=summary, description=description, body=body, form=form, body_required=body_required,
