@@ -182,7 +182,7 @@ def inspect_manifest(body: a.ManifestRequest):
 
 @audit_api.post("/audits")
 @declare("Start an audit on a manifest under the data root; follow GET /api/audits/{run_id}",
-         body=a.AuditRequestBody, responses={202: a.AuditStarted}, errors=(400, *AUDIT_ERRORS, 503))
+         body=a.AuditRequestBody, responses={202: a.AuditStarted}, errors=(400, *AUDIT_ERRORS, 501, 503))
 def create_audit(body: a.AuditRequestBody):
     mgr, registry = audits(), state().models
     req = parse_audit_request(body, mgr.root(), lambda name: mgr.run_dir(name, exists=False), registry)

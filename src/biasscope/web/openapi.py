@@ -46,6 +46,8 @@ _ERRORS = {
     409: ("Model weights missing on this machine (the message says how to install them), audits disabled "
           "(no --data-root), or the run is busy"),
     413: "Upload too large (bytes or pixels), or a decompression bomb",
+    422: "No face detected in an image a face model (or face parts) needs one in",
+    501: "An optional face dependency is not installed (the message says what to install)",
     503: "Too many jobs pending; retry later",
 }
 _OK = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content"}
