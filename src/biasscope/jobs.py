@@ -8,8 +8,9 @@ its outcome into the job's final status and never lets an exception take a worke
 ``max_pending`` jobs are unfinished at once (more is :class:`BusyError`, 503), and finished jobs
 are forgotten after ``ttl_s`` seconds, beyond ``max_jobs`` of them or ``max_bytes`` of results.
 
-Run stores written before this vocabulary (and the audit runner) name a finished run
-``complete`` and a run that stopped early ``interrupted``; :func:`normal_status` maps those words.
+The audit runner writes these words into its run store too (a run that stopped early on an error
+or a server stop is ``error``, a cancelled one ``cancelled``; both are resumable). Run stores written
+before (``complete``, ``interrupted``) are read through :func:`normal_status`.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_audit_command_on_mobilenet(photos: Path, tmp_path: Path) -> None:
     assert (out / "report.html").is_file()
 
     res = runner.invoke(main, ["audits", str(tmp_path), "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)[0]["status"] == "complete"
+    assert res.exit_code == 0 and json.loads(res.output)[0]["status"] == "done"
     res = runner.invoke(main, ["audit-report", str(out), "--stereotypical", "espresso:a", "--n-boot", "100",
                                "--n-perm", "100"])
     assert res.exit_code == 0, res.output

@@ -122,7 +122,7 @@ def test_errors_exports_and_report(planted) -> None:
 def test_run_listing_detail_and_heatmaps(planted) -> None:
     run, _ = planted
     runs = list_runs(run.parent)
-    assert [r["name"] for r in runs] == ["run"] and runs[0]["status"] == "complete"
+    assert [r["name"] for r in runs] == ["run"] and runs[0]["status"] == "done"
     info = run_info(run)
     assert info["models"] == ["biased", "fair"] and info["progress"] == 1.0 and info["n_images"] == 81
     assert info["counts"]["biased"] == {"ok": 80, "error": 1}
@@ -190,7 +190,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(small, tmp_path: Path) -> 
     opts = {"n_boot": 200, "n_perm": 200}
     with pytest.raises(StopRunError):  # stops inside the first model
         run_audit(m, models, out, _cfg(), batch_size=4, progress=stop_at(9), finalize=False)
-    assert run_info(out)["status"] == "interrupted" and run_info(out)["counts"]["biased"]["ok"] == 12
+    assert run_info(out)["status"] == "error" and run_info(out)["counts"]["biased"]["ok"] == 12
     with pytest.raises(StopRunError):  # resumes, then stops inside the second model
         run_audit(m, models, out, _cfg(), batch_size=4, progress=stop_at(34), finalize=False)
     assert run_info(out)["counts"]["fair"] == {"ok": 12, "error": 0}  # batches of 4: stopped at 25 + 12

@@ -97,7 +97,7 @@ def test_refused_run_leaves_no_trace_and_the_corrected_command_runs(data: Path, 
     (bs,) = [m["bias_score"] for m in json.loads((out / "metrics.json").read_text())["models"].values()]
     assert bs["n_stereotypical"] == 6 and bs["n_atypical"] == 6
     listed = json.loads(CliRunner().invoke(main, ["audits", str(tmp_path), "--json"]).output)
-    assert [(r["name"], r["status"]) for r in listed] == [("run", "complete")]
+    assert [(r["name"], r["status"]) for r in listed] == [("run", "done")]
 
 
 def test_out_folder_that_existed_is_kept_and_an_existing_audit_is_not_touched(data: Path, tmp_path: Path,
@@ -208,7 +208,7 @@ def test_a_run_that_fails_before_its_first_image_is_stored_leaves_no_trace(data:
     with pytest.raises(RuntimeError, match="worker lost"):
         run_audit(m, [model], out, cfg, batch_size=4)
     store = RunStore(out)
-    assert store.get_meta("status") == "interrupted" and store.counts() == {"colour": {"ok": 4, "error": 0}}
+    assert store.get_meta("status") == "error" and store.counts() == {"colour": {"ok": 4, "error": 0}}
     calls.update(n=0, fail_at=-1)
     res = run_audit(m, [model], out, cfg, batch_size=4, finalize=False)
-    assert res.counts == {"colour": {"ok": 12, "error": 0}} and store.get_meta("status") == "complete"
+    assert res.counts == {"colour": {"ok": 12, "error": 0}} and store.get_meta("status") == "done"

@@ -326,13 +326,14 @@ def test_stored_run_states_are_reported_in_the_job_vocabulary(audit_app, data_ro
               AuditConfig(groups=["gender"], methods=[], concepts=CONCEPTS), finalize=False)
     client, store = audit_app.test_client(), RunStore(tmp_path / "runs" / "old")
     seen = {}
-    for stored in ("complete", "interrupted", "running", "cancelled"):
+    for stored in ("complete", "interrupted", "running", "cancelled", "done", "error"):
         store.set_meta("status", stored)
         info = client.get("/api/audits/old").get_json()
         listed = client.get("/api/audits").get_json()["runs"]
         assert [r["status"] for r in listed] == [info["status"]]
         seen[stored] = (info["status"], info["resumable"], info.get("error"))
     assert seen == {"complete": ("done", False, None), "interrupted": ("error", True, MSG_STOPPED),
+                    "done": ("done", False, None), "error": ("error", True, MSG_STOPPED),
                     "running": ("error", True, MSG_STOPPED), "cancelled": ("cancelled", True, None)}
     assert {s for s, _, _ in seen.values()} <= {str(s) for s in JobStatus}
 
@@ -370,3 +371,60 @@ def test_min_effect_and_faithfulness_from_the_form_are_stored_and_used(audit_app
 def test_invalid_min_effect_is_a_400(audit_app, bad):
     msg = error(audit_app.test_client().post("/api/audits", json=BODY | {"min_effect": bad}), 400)["message"]
     assert "min_effect" in msg
+
+
+def test_image_listing_pages_through_the_store_like_the_full_table(audit_app, tmp_path):
+    """GET /api/audits/{run}/images reads one page in SQLite; the oracle is the full per-image table filtered
+    and sorted in pandas (what the route did before): same total, same rows in the same order, page by page."""
+    from biasscope.audit import per_image_frame
+
+    client = audit_app.test_client()
+    body = BODY | {"name": "pages", "models": ["biased", "slow"], "methods": []}
+    assert client.post("/api/audits", json=body).status_code == 202
+    assert wait_audit(client, "pages")["status"] == "done"
+    full = per_image_frame(tmp_path / "runs" / "pages")
+    assert len(full) == 40
+
+    def expected(where: dict[str, str], order: str) -> list[tuple[str, int]]:
+        df = full
+        for col, value in where.items():
+            df = df[df[col].astype(str) == value]
+        if order == "telling":
+            df = df.assign(_wrong=~df["correct"].fillna(True).astype(bool), _p=df["p_true"].fillna(1.0))
+            df = df.sort_values(["_wrong", "_p"], ascending=[False, True], kind="stable")
+        return list(zip(df["model"], df["image_id"].astype(int)))
+
+    cases = [({}, "telling"), ({}, "manifest"), ({"gender": "female"}, "telling"),
+             ({"correct": "False"}, "manifest"), ({"gender": "female", "correct": "True"}, "telling"),
+             ({"label": "doctor", "model": "slow"}, "telling")]
+    for where, order in cases:
+        want = expected(where, order)
+        got, offset = [], 0
+        while True:
+            q = "&".join([f"order={order}", f"offset={offset}", "limit=7"]
+                         + [f"where.{k}={v}" for k, v in where.items()])
+            page = client.get(f"/api/audits/pages/images?{q}").get_json()
+            assert page["total"] == len(want) and page["offset"] == offset and page["limit"] == 7, page
+            got += [(r["model"], r["image_id"]) for r in page["rows"]]
+            offset += 7
+            if offset >= page["total"]:
+                break
+        assert got == want, (where, order)
+    assert 0 < len(expected({"correct": "False"}, "manifest")) < 40  # the flag filter keeps some rows, not all
+    totals = {v: client.get(f"/api/audits/pages/images?where.correct={v}").get_json()["total"]
+              for v in ("True", "true", "1", "False", "0", "maybe")}
+    assert totals["True"] == totals["true"] == totals["1"] == 40 - totals["False"] == 40 - totals["0"]
+    assert totals["maybe"] == 0
+    # one model's rows, and a row's values are the table's
+    page = client.get("/api/audits/pages/images?model=biased&order=manifest&limit=500").get_json()
+    sub = full[full["model"] == "biased"]
+    assert page["total"] == len(sub) == 20
+    for r, (_, row) in zip(page["rows"], sub.iterrows(), strict=True):
+        assert r["path"] == row["path"] and r["correct"] == row["correct"]
+        assert r["p_true"] == pytest.approx(row["p_true"])
+    # bounds and unknown columns: the uniform 400
+    for q, msg in [("limit=501", "'limit' must be between 1 and 500, got 501"),
+                   ("order=random", "'order' must be telling or manifest"),
+                   ("where.share:gradcam:tool=0.5", "no column 'share:gradcam:tool' to filter on")]:
+        r = client.get(f"/api/audits/pages/images?{q}")
+        assert r.status_code == 400 and msg in r.get_json()["error"]["message"], r.get_json()

@@ -25,6 +25,7 @@ from .results import (
     load_heatmap,
     load_metrics,
     per_image_frame,
+    per_image_table,
     run_info,
 )
 from .runner import AuditConfig, AuditProgress, ModelSource, RunResult, run_audit
@@ -65,6 +66,7 @@ __all__ = [
     "manifest_from_folder",
     "parse_concept",
     "per_image_frame",
+    "per_image_table",
     "run_audit",
     "run_info",
     "write_manifest",

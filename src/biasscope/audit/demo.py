@@ -123,13 +123,14 @@ def ensure_demo(data_root: str | Path, model: str = "mobilenet_v2", *, views: in
 
     Does nothing when a complete demo run is already there (unless ``force``). Returns the run folder.
     """
+    from ..jobs import JobStatus, normal_status
     from .manifest import load_manifest
     from .runner import AuditConfig, run_audit
     from .store import RUNS_SUBDIR, RunStore
 
     root = Path(data_root)
     run_dir = root / RUNS_SUBDIR / DEMO_RUN
-    if not force and RunStore(run_dir).get_meta("status") == "complete":
+    if not force and normal_status(RunStore(run_dir).get_meta("status")) == JobStatus.DONE:
         return run_dir
     csv_path = build_demo_manifest(root / "demo", views=views)
     man = load_manifest(csv_path, groups=["style"])

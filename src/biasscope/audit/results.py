@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import BiasscopeError
 from ..formatting import fmt_number
+from ..jobs import normal_status
 from .face_audit import face_columns, face_part_names, face_summary, mark_excluded
 from .metric_values import ImageError
 from .metrics import MetricsOptions, compute_model_metrics
@@ -38,6 +39,7 @@ __all__ = [
     "load_metrics",
     "metric_words",
     "per_image_frame",
+    "per_image_table",
     "run_info",
     "scope_words",
     "where_explanations_fall",
@@ -66,7 +68,7 @@ def run_info(run_dir: str | Path) -> dict:
     return {
         "run_dir": str(Path(run_dir)),
         "name": Path(run_dir).name,
-        "status": meta.get("status", "unknown"),
+        "status": str(normal_status(meta["status"])) if meta.get("status") else "unknown",
         "created": meta.get("created"),
         "finished": meta.get("finished"),
         "config": meta.get("config", {}),
@@ -103,10 +105,14 @@ def per_image_frame(run_dir: str | Path, model: str | None = None) -> pd.DataFra
     store = _store(run_dir)
     images = {r["image_id"]: r for r in store.images()}
     meta = store.get_meta("manifest", {}) or {}
-    attr_cols = list(meta.get("attribute_columns", []))
+    return per_image_table([(rec, images.get(rec.image_id, {})) for rec in store.results(model)],
+                           list(meta.get("attribute_columns", [])))
+
+
+def per_image_table(pairs: list[tuple[ImageResult, dict]], attr_cols: list[str]) -> pd.DataFrame:
+    """The per-image table of (result, manifest row) pairs, e.g. one page of :meth:`RunStore.page`."""
     rows = []
-    for rec in store.results(model):
-        img = images.get(rec.image_id, {})
+    for rec, img in pairs:
         row: dict[str, Any] = {"model": rec.model, "image_id": rec.image_id, "path": img.get("path"),
                                "label": img.get("label")}
         for c in attr_cols:
@@ -203,7 +209,8 @@ def finalize_run(
                                    with_faces=with_faces, model_index=i)
                for i, key in enumerate(models)}
     result = {
-        "run": {"run_dir": str(Path(run_dir)), "status": store.get_meta("status"), "config": cfg,
+        "run": {"run_dir": str(Path(run_dir)), "status": str(normal_status(store.get_meta("status"))),
+                "config": cfg,
                 "manifest": mmeta, "metrics_options": options.to_dict(), "models": models},
         "models": {key: mm.to_json() for key, mm in metrics.items()},
         "comparison": {key: ComparisonRow.of(mm, groups).to_json() for key, mm in metrics.items()},

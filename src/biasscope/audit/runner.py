@@ -22,6 +22,7 @@ import torch
 
 from ..engines import Engine, get_engine
 from ..errors import BiasscopeError, CancelledError
+from ..jobs import JobStatus
 from ..models.adapter import ModelAdapter
 from .batch import method_agreement
 from .concepts import LabelSpace
@@ -259,7 +260,7 @@ def run_audit(
     _prepare(store, manifest, cfg, overwrite)
     store.set_meta("engine", eng.describe())
     store.set_meta("models_requested", keys)
-    store.set_meta("status", "running")
+    store.set_meta("status", str(JobStatus.RUNNING))
     if metrics_options is not None:
         store.set_meta("metrics_options", _normal(dict(metrics_options)))
     t_start = time.perf_counter()
@@ -303,15 +304,15 @@ def run_audit(
             report(mi, n_err, "model-done")
             del adapter  # free the weights before loading the next model
     except CancelledError:
-        store.set_meta("status", "cancelled")
+        store.set_meta("status", str(JobStatus.CANCELLED))
         raise
     except BaseException:
         if fresh and not store.counts():
             _discard(store, new_dir)  # it never started: nothing to resume, nothing to list
         else:
-            store.set_meta("status", "interrupted")
+            store.set_meta("status", str(JobStatus.ERROR))  # stopped early: resumable
         raise
-    store.set_meta("status", "complete")
+    store.set_meta("status", str(JobStatus.DONE))
     store.set_meta("finished", datetime.now(UTC).isoformat(timespec="seconds"))
     result = RunResult(run_dir=Path(out_dir), models=keys, counts=store.counts())
     if finalize:

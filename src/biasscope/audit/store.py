@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,54 @@ class RunStore:
             rows = conn.execute(q, (*args, -1 if limit is None else int(limit), int(offset))).fetchall()
         return [ImageResult.from_json(json.loads(rec), model=key) for key, rec in rows]
 
+    def page(self, model: str | None = None, *, where: Mapping[str, str] | None = None, order: str = "manifest",
+             offset: int = 0, limit: int = 200) -> tuple[int, list[tuple[ImageResult, dict]]]:
+        """One page of (result, manifest row) pairs and how many match in all, read in SQLite.
+
+        ``where`` keeps rows whose column equals the text given (the per-image CSV's spelling: ``True``/``False``
+        for flags), over :meth:`filter_columns`; ``order`` is ``manifest`` (model position, image id) or
+        ``telling`` (misclassified first, then the lowest probability of the true label)."""
+        conds, args = [], []
+        if model is not None:
+            conds.append("r.model = ?")
+            args.append(model)
+        columns = self.filter_columns()
+        for col, value in (where or {}).items():
+            if col not in columns:
+                raise BiasscopeError(f"no column {col!r} to filter on; filter on one of: {', '.join(columns)}")
+            cond, more = _equals(*columns[col], col, value)
+            conds.append(cond)
+            args += more
+        where_sql = ("WHERE " + " AND ".join(conds)) if conds else ""
+        order_sql = "m.position, r.image_id"
+        if order == "telling":  # as pandas' stable sort on (wrong first, p_true ascending, missing = 1)
+            order_sql = ("CASE WHEN json_extract(r.record, '$.correct') = 0 THEN 0 ELSE 1 END, "
+                         "COALESCE(json_extract(r.record, '$.p_true'), 1.0), " + order_sql)
+        base = "FROM results r JOIN models m ON m.key = r.model JOIN images i ON i.image_id = r.image_id"
+        with self.connect() as conn:
+            total = int(conn.execute(f"SELECT COUNT(*) {base} {where_sql}", args).fetchone()[0])
+            rows = conn.execute(
+                f"SELECT r.model, r.record, i.image_id, i.line, i.path, i.file, i.label, i.attributes, i.regions "
+                f"{base} {where_sql} ORDER BY {order_sql} LIMIT ? OFFSET ?", (*args, int(limit), int(offset))
+            ).fetchall()
+        out = [(ImageResult.from_json(json.loads(r[1]), model=r[0]),
+                {"image_id": r[2], "line": r[3], "path": r[4], "file": r[5], "label": r[6],
+                 "attributes": json.loads(r[7]), "regions": json.loads(r[8])}) for r in rows]
+        return total, out
+
+    def filter_columns(self) -> dict[str, tuple[str, tuple]]:
+        """Columns :meth:`page` filters on, with their SQL: the manifest's (path, label, attribute columns),
+        model, image id, status and the prediction's scalar fields. Region shares, scores and face columns
+        are nested in the stored record and not filterable."""
+        cols: dict[str, tuple[str, tuple]] = {k: (v, ()) for k, v in (
+            ("model", "r.model"), ("image_id", "r.image_id"), ("path", "i.path"), ("label", "i.label"),
+            ("status", "r.status"))}
+        for c in (self.get_meta("manifest", {}) or {}).get("attribute_columns", []):
+            cols.setdefault(c, ("json_extract(i.attributes, ?)", ('$."' + c.replace('"', '\\"') + '"',)))
+        for key in _RECORD_SCALARS:
+            cols.setdefault(key, (f"json_extract(r.record, '$.{key}')", ()))
+        return cols
+
     def result(self, model: str, image_id: int) -> ImageResult | None:
         """One model's stored result on one image, or ``None``."""
         with self.connect() as conn:
@@ -223,6 +271,27 @@ class RunStore:
             return None
         h, w, data = row
         return np.frombuffer(data, dtype="<f2").reshape(h, w).astype(np.float32)
+
+
+#: scalar fields of a stored record that are per-image CSV columns of the same name
+_RECORD_SCALARS = ("error", "pred_class", "pred_prob", "pred_label", "correct", "correct_top1", "correct_topk",
+                   "p_true", "target_class", "width", "height")
+_FLAGS = {"correct", "correct_top1", "correct_topk"}
+_NUMBERS = {"image_id", "pred_class", "pred_prob", "p_true", "target_class", "width", "height"}
+
+
+def _equals(expr: str, params: tuple, col: str, value: str) -> tuple[str, list]:
+    """``expr = value`` (SQL and its arguments) as the per-image table compares text: flags as True/False
+    (or true/false, 1/0), numbers by value, anything else as text; a value of the wrong kind matches nothing."""
+    if col in _FLAGS:
+        flag = {"true": 1, "1": 1, "false": 0, "0": 0}.get(value.strip().lower())
+        return (f"{expr} = ?", [*params, flag]) if flag is not None else ("0", [])
+    if col in _NUMBERS:
+        try:
+            return f"{expr} = ?", [*params, float(value)]
+        except ValueError:
+            return "0", []
+    return f"CAST({expr} AS TEXT) = ?", [*params, value]
 
 
 def _where(model: str | None, image_id: int | None, status: str | None) -> tuple[str, tuple]:

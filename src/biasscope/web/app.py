@@ -12,8 +12,6 @@ import ipaddress
 import logging
 import re
 import secrets
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,9 +19,9 @@ from flask import Flask, Response, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import BiasscopeError
+from .context import WebState, public_message, state
 from .jobs import JobManager
 from .jsonio import StrictJSONProvider
-from .paths import HUB_NAME, scrub_paths
 from .state import ImageStore, ModelRegistry
 
 __all__ = ["DEFAULTS", "WebState", "create_app", "is_loopback", "state"]
@@ -66,22 +64,6 @@ MSG_TOKEN = (
 )
 
 
-@dataclass
-class WebState:
-    """Everything the routes share: models, uploaded images and jobs."""
-
-    models: ModelRegistry
-    images: ImageStore
-    jobs: JobManager
-    audits: Any = None  # web.audits.AuditManager
-
-    def close(self) -> None:
-        self.jobs.shutdown()
-        self.images.close()
-        if self.audits is not None:
-            self.audits.shutdown()
-
-
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and 'localhost'."""
     h = host.strip().strip("[]").lower()
@@ -91,12 +73,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
-
-
-def state(app: Flask | None = None) -> WebState:
-    from flask import current_app
-
-    return (app or current_app).extensions["biasscope"]
 
 
 def _code(name: str) -> str:
@@ -111,16 +87,6 @@ def error_response(code: str, message: str, status: int) -> Response:
         resp = Response(render_template("error.html", status=status, message=message), mimetype="text/html")
     resp.status_code = status
     return resp
-
-
-def public_message(text: str) -> str:
-    """A message as clients see it: no absolute server paths (data root, runs, weights cache, uploads)."""
-    from ..models.zoo import hub_checkpoint_dir
-
-    st = state()
-    if st.audits is not None:
-        text = st.audits.public(text)
-    return scrub_paths(text, [(hub_checkpoint_dir(), HUB_NAME), (Path(st.images.root), "uploads")])
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -156,10 +122,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["biasscope"] = st
 
+    from .openapi import docs_routes
     from .routes import api, pages
 
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(docs_routes)
     from .audits import install as install_audits
 
     st.audits = install_audits(app, cfg)

@@ -1,8 +1,10 @@
 """Routes: the page, the API docs and the JSON API the page itself uses.
 
 Routes only translate requests into core calls (``biasscope.api``, ``render``, the model and
-explainer registries) and validate inputs; every refusal is a :class:`BiasscopeError` that the
-app turns into the one JSON error format.
+explainer registries). Each API view is declared with its request and response models
+(:mod:`.schemas`, :func:`.declare.declare`): it receives the validated request, and the OpenAPI
+document is generated from the declarations. Every refusal is a :class:`BiasscopeError` that the app
+turns into the one JSON error format.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from ..errors import BiasscopeError
 from ..explainers import get_explainer, list_explainers
 from ..images import load_image
 from ..models import ModelAdapter
-from .app import public_message, state
-from .jsonio import dumps_strict, field_bool, field_int, method_names, method_params, request_fields
-from .openapi import openapi_document
+from . import schemas as s
+from .context import public_message, state
+from .declare import declare
+from .jsonio import dumps_strict, field_int
 from .samples import load_sample, sample_list
 from .state import ImageRecord, NotFoundError
 
@@ -43,12 +46,9 @@ MSG_NO_IMAGE = (
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _model_key(data: dict[str, Any]) -> str:
+def _model_key(name: str | None) -> str:
     st = state()
-    name = data.get("model") or st.models.default_choice().name
-    if not isinstance(name, str):
-        raise BiasscopeError(f"'model' must be a model name, got {name!r}")
-    return st.models.check_name(name)
+    return st.models.check_name(name or st.models.default_choice().name)
 
 
 def _model_info(key: str, adapter: ModelAdapter) -> dict:
@@ -59,7 +59,7 @@ def _model_info(key: str, adapter: ModelAdapter) -> dict:
     return info
 
 
-def _image(data: dict[str, Any]) -> tuple[ImageRecord, Image.Image]:
+def _image(body: s.ImageRequest) -> tuple[ImageRecord, Image.Image]:
     """The request's image: an upload, a sample or a stored image id."""
     st = state()
     cfg = current_app.config
@@ -73,64 +73,39 @@ def _image(data: dict[str, Any]) -> tuple[ImageRecord, Image.Image]:
         img = load_image(raw, max_pixels=int(cfg["MAX_PIXELS"]), max_bytes=max_bytes)
         name = (upload.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1] or "upload"
         return st.images.put(img, name)
-    if data.get("sample"):
-        name = str(data["sample"])
-        return st.images.put(load_sample(name), name)
-    if data.get("image_id"):
-        return st.images.load(str(data["image_id"]))
+    if body.sample:
+        return st.images.put(load_sample(body.sample), body.sample)
+    if body.image_id:
+        return st.images.load(body.image_id)
     raise BiasscopeError(MSG_NO_IMAGE)
 
 
-def _methods(data: dict[str, Any]) -> list[str]:
-    raw = data.get("methods", data.get("method"))
-    if raw is None or raw == "" or raw == []:
-        raise BiasscopeError("no explanation method given; choose from " + ", ".join(e.name for e in list_explainers()))
-    out = method_names(raw)
-    if not out:
-        raise BiasscopeError("no explanation method given")
-    return out
-
-
-def _params(data: dict[str, Any], methods: list[str], adapter: ModelAdapter) -> dict[str, dict[str, Any]]:
+def _params(given: dict[str, dict[str, Any]], methods: list[str], adapter: ModelAdapter) -> dict[str, dict[str, Any]]:
     """Validated, coerced parameters per method (also checks the method runs on this model)."""
-    raw = method_params(data.get("params"))
-    given: dict[str, dict[str, Any]] = {}
-    for key, values in raw.items():
+    named: dict[str, dict[str, Any]] = {}
+    for key, values in given.items():
         name = get_explainer(key).name
         if name not in methods:
             raise BiasscopeError(f"parameters given for {key!r}, which is not among the chosen methods")
-        given[name] = dict(values)
-    return {m: get_explainer(m)(adapter, **given.get(m, {})).config for m in methods}
+        named[name] = dict(values)
+    return {m: get_explainer(m)(adapter, **named.get(m, {})).config for m in methods}
 
 
-def _target(data: dict[str, Any], adapter: ModelAdapter) -> int | None:
-    t = data.get("target")
-    if t is None or t == "":
-        return None
-    if isinstance(t, bool) or not isinstance(t, int | str):
-        raise BiasscopeError(f"'target' must be a class index or class name, got {t!r}")
-    return adapter.class_index(t)
-
-
-def _prepare_job(data: dict[str, Any]):
+def _prepare_job(body: s.JobRequest):
     st = state()
-    key = _model_key(data)
-    methods = _methods(data)
+    key = _model_key(body.model)
     adapter = st.models.get(key)
-    params = _params(data, methods, adapter)
-    target = _target(data, adapter)
-    if data.get("concept"):  # "doctor = stethoscope, lab coat": the concept is the target (see ConceptAdapter)
+    params = _params(body.params, body.methods, adapter)
+    target = None if body.target is None else adapter.class_index(body.target)
+    if body.concept:  # "doctor = stethoscope, lab coat": the concept is the target (see ConceptAdapter)
         from ..audit.concepts import concept_adapter, parse_concept
 
-        if not isinstance(data["concept"], str) or data.get("target") not in (None, ""):
-            raise BiasscopeError("'concept' is one string 'NAME = class, class' and replaces 'target'")
-        name, concept_classes = parse_concept(data["concept"])
+        name, concept_classes = parse_concept(body.concept)
         adapter = concept_adapter(adapter, name, concept_classes)
         target = adapter.concept_index
-    faith = field_bool(data.get("faithfulness"), "faithfulness", True)
-    rec, img = _image(data)
+    rec, img = _image(body)
     adapter.check_image(img)  # e.g. no face for a face model: a 422 now, not a failed job
-    classes = {m: get_explainer(m) for m in methods}
+    classes = {m: get_explainer(m) for m in body.methods}
     job = st.jobs.new_job(
         model=key,
         adapter=adapter,
@@ -139,7 +114,7 @@ def _prepare_job(data: dict[str, Any]):
         methods={m: (c.label, c.signed_for(params[m])) for m, c in classes.items()},
         params=params,
         target=target,
-        faithfulness=faith,
+        faithfulness=body.faithfulness,
     )
     job.model_info = _model_info(key, adapter)
     return job, adapter, classes
@@ -168,23 +143,19 @@ def index():
     return render_template("index.html", version=__version__, choice=choice)
 
 
-@pages.get("/docs")
-def docs():
-    return render_template("docs.html", doc=openapi_document(), version=__version__)
-
-
 # ---------------------------------------------------------------------------------------- API
+_IMAGE_ERRORS = (400, 404, 409, 413, 422, 501)
+
+
 @api.get("/health")
+@declare("Liveness and loaded models", responses={200: s.Health})
 def health():
     return jsonify({"status": "ok", "version": __version__, "loaded_models": state().models.loaded()})
 
 
-@api.get("/openapi.json")
-def openapi():
-    return jsonify(openapi_document())
-
-
 @api.get("/models")
+@declare("Models: ready or missing (with the reason and fix), and the default in use and why",
+         responses={200: s.Models})
 def models():
     st = state()
     choice = st.models.default_choice()
@@ -204,32 +175,34 @@ def models():
 
 
 @api.post("/models/clip-classes")
-def clip_classes():
+@declare("A served CLIP model over the classes you give: returns a new model name for predict, explain and "
+         "audits. Only the class text embeddings are computed (the image tower is shared); the same base, "
+         "classes and prompts give the same name; the 8 most recently used class sets are kept",
+         body=s.ClipClassesRequest, responses={200: s.ClipModel}, errors=(400, 409))
+def clip_classes(body: s.ClipClassesRequest):
     """A served CLIP model over the classes the page typed: a new model name for predict and explain."""
-    data = request_fields()
-    base = data.get("base")
-    if not isinstance(base, str) or not base:
-        raise BiasscopeError("'base' must name a served CLIP model (GET /api/models), e.g. clip:ViT-B-32")
     st = state()
-    name = st.models.derive_clip(base, data.get("classes"), data.get("prompts"))
+    name = st.models.derive_clip(body.base, body.classes, body.prompts)
     adapter = st.models.get(name)
     return jsonify({"name": name, "base": st.models.status(name)["base"], "classes": adapter.class_names,
                     "model": _model_info(name, adapter)})
 
 
 @api.get("/models/<name>/classes")
-def model_classes(name: str):
+@declare("Class names of a model, optionally filtered by a substring", query=s.ClassesQuery,
+         responses={200: s.Classes}, errors=(400, 404, 409))
+def model_classes(name: str, query: s.ClassesQuery):
     adapter = state().models.get(name)
-    q = request.args.get("q", "").strip().lower()
-    limit = field_int(request.args.get("limit"), "limit", 1, 100_000, 100_000)
+    q = query.q.strip().lower()
     rows = [{"index": i, "label": c} for i, c in enumerate(adapter.class_names) if q in c.lower()]
-    return jsonify({"model": name, "count": len(rows), "classes": rows[:limit]})
+    return jsonify({"model": name, "count": len(rows), "classes": rows[: query.limit]})
 
 
 @api.get("/explainers")
-def explainers():
-    model = request.args.get("model")
-    adapter = state().models.get(model) if model else None
+@declare("Explanation methods with their declared parameters (forms are built from this)",
+         query=s.ExplainersQuery, responses={200: s.Explainers}, errors=(400, 409))
+def explainers(query: s.ExplainersQuery):
+    adapter = state().models.get(query.model) if query.model else None
     rows = []
     for cls in list_explainers():
         row = {
@@ -249,11 +222,13 @@ def explainers():
 
 
 @api.get("/samples")
+@declare("Sample photos", responses={200: s.Samples})
 def samples():
     return jsonify({"samples": sample_list()})
 
 
 @api.get("/samples/<name>.jpg")
+@declare("A sample photo's thumbnail", responses={200: "image/jpeg"}, errors=(404,))
 def sample_image(name: str):
     img = load_sample(name)
     thumb = img.copy()
@@ -266,12 +241,15 @@ def sample_image(name: str):
 
 
 @api.post("/images")
-def upload_image():
-    rec, _ = _image(request_fields())
+@declare("Upload an image (multipart 'image') or pick a sample; returns its id", body=s.ImageRequest, form=True,
+         responses={201: s.Image}, errors=(400, 404, 413))
+def upload_image(body: s.ImageRequest):
+    rec, _ = _image(body)
     return jsonify(rec.to_dict()), 201
 
 
 @api.get("/images/<image_id>.png")
+@declare("The stored (working) image", responses={200: "image/png"}, errors=(404,))
 def get_image(image_id: str):
     rec = state().images.record(image_id)
     try:
@@ -283,12 +261,13 @@ def get_image(image_id: str):
 
 
 @api.post("/predict")
-def predict_route():
-    data = request_fields()
-    key = _model_key(data)
+@declare("Top-k predictions for one image", body=s.PredictRequest, form=True, responses={200: s.Predicted},
+         errors=_IMAGE_ERRORS)
+def predict_route(body: s.PredictRequest):
+    key = _model_key(body.model)
     adapter = state().models.get(key)
-    top = field_int(data.get("top"), "top", 1, adapter.num_classes, int(current_app.config["TOP_K"]))
-    rec, img = _image(data)
+    top = field_int(body.top, "top", 1, adapter.num_classes, int(current_app.config["TOP_K"]))
+    rec, img = _image(body)
     t0 = time.perf_counter()
     preds = predict(adapter, img, top=top)[0]
     return jsonify(
@@ -330,80 +309,92 @@ def _accepted(job, extra: dict | None = None) -> Response:
     return resp
 
 
+_EXPLAIN_DOC = (
+    "The request is answered in the request thread (200, the finished job) only while its estimated cost is at "
+    "most the server's MAX_SYNC_COST (default 400) forward passes of the model: 1 for the prediction, plus each "
+    "method's cost (a backward pass counts two: Grad-CAM 3, Integrated Gradients 3 x steps + 1, SmoothGrad and "
+    "Gradient SHAP 3 x n_samples, Guided Grad-CAM 6), plus 42 per method with faithfulness. A dearer request, "
+    "or one with a slow method (LIME, Kernel SHAP, occlusion), is queued exactly like POST /api/jobs and "
+    "answered 202 with the job, a Location header and 'queued_because'; follow GET /api/jobs/{job_id}, cancel "
+    "with POST /api/jobs/{job_id}/cancel. E.g. IG at 1,000 steps is always a job.")
+
+
 @api.post("/explain")
-def explain_route():
+@declare("Explain now when the request is cheap; otherwise queue it as a job (202)", description=_EXPLAIN_DOC,
+         body=s.ExplainRequest, form=True, responses={200: s.Job, 202: s.QueuedJob}, errors=(*_IMAGE_ERRORS, 503))
+def explain_route(body: s.ExplainRequest):
     """Cheap requests are answered now (200); dear ones (a slow method, or an estimated cost above
     MAX_SYNC_COST) are queued as a job and answered 202 like POST /api/jobs, so no request thread
     is held for long."""
-    data = request_fields()
-    heatmaps = field_bool(data.get("heatmaps"), "heatmaps", False)
-    job, adapter, classes = _prepare_job(data)
+    job, adapter, classes = _prepare_job(body)
     reason = _queue_reason(job, adapter, classes)
     if reason is not None:
         state().jobs.submit(job, adapter)
         return _accepted(job, {"queued_because": f"{reason}: follow GET /api/jobs/{job.id}; cancel with "
                                                   f"POST /api/jobs/{job.id}/cancel"})
     state().jobs.run_inline(job, adapter)
-    return jsonify(job.to_dict(heatmaps=heatmaps))
+    return jsonify(job.to_dict(heatmaps=body.heatmaps))
 
 
 @api.post("/jobs")
-def create_job():
-    job, adapter, _ = _prepare_job(request_fields())
+@declare("Start a background explanation job; poll GET /api/jobs/{job_id}", body=s.JobRequest, form=True,
+         responses={202: s.Job}, errors=(*_IMAGE_ERRORS, 503))
+def create_job(body: s.JobRequest):
+    job, adapter, _ = _prepare_job(body)
     state().jobs.submit(job, adapter)
     return _accepted(job)
 
 
 @api.get("/jobs/<job_id>")
+@declare("Job status, progress per method and results so far", responses={200: s.Job}, errors=(404,))
 def get_job(job_id: str):
     return jsonify(state().jobs.get(job_id).to_dict())
 
 
 @api.post("/jobs/<job_id>/cancel")
+@declare("Cancel a job (queued: at once; running: at the method's next progress report)",
+         responses={200: s.Job}, errors=(404,))
 def cancel_job(job_id: str):
     return jsonify(state().jobs.cancel(job_id).to_dict())
 
 
 @api.delete("/jobs/<job_id>")
+@declare("Cancel a job and discard its results", responses={204: None}, errors=(404,))
 def delete_job(job_id: str):
     state().jobs.delete(job_id)
     return Response(status=204)
 
 
 @api.get("/jobs/<job_id>/result.json")
-def job_result(job_id: str):
+@declare("The full result as JSON, with heatmaps at model resolution", query=s.DownloadQuery,
+         responses={200: s.Job}, errors=(400, 404))
+def job_result(job_id: str, query: s.DownloadQuery):
     job = state().jobs.get(job_id)
     doc = {"biasscope_version": __version__} | job.to_dict(heatmaps=True)
     body = dumps_strict(doc, indent=1).encode()
-    download = field_bool(request.args.get("download"), "download", False)
-    return send_file(io.BytesIO(body), mimetype="application/json", as_attachment=download,
+    return send_file(io.BytesIO(body), mimetype="application/json", as_attachment=query.download,
                      download_name=f"biasscope-{job.id}.json")
 
 
 @api.get("/jobs/<job_id>/methods/<method>/heatmap.png")
-def job_heatmap(job_id: str, method: str):
+@declare("The colour-mapped heatmap (RGBA PNG, transparent where attribution is near zero)",
+         query=s.DownloadQuery, responses={200: "image/png"}, errors=(400, 404))
+def job_heatmap(job_id: str, method: str, query: s.DownloadQuery):
     _, m = _method_result(job_id, method)
-    download = field_bool(request.args.get("download"), "download", False)
-    return _png(m.heatmap_png or b"", f"{method}-heatmap.png", download)
+    return _png(m.heatmap_png or b"", f"{method}-heatmap.png", query.download)
 
 
 @api.get("/jobs/<job_id>/methods/<method>/overlay.png")
-def job_overlay(job_id: str, method: str):
+@declare("The heatmap blended over the image", query=s.OverlayQuery, responses={200: "image/png"},
+         errors=(400, 404))
+def job_overlay(job_id: str, method: str, query: s.OverlayQuery):
     job, m = _method_result(job_id, method)
-    download = field_bool(request.args.get("download"), "download", False)
-    alpha_raw = request.args.get("alpha")
-    alpha = None
-    if alpha_raw not in (None, ""):
-        try:
-            alpha = float(alpha_raw)
-        except ValueError:
-            raise BiasscopeError(f"'alpha' must be a number between 0 and 1, got {alpha_raw!r}") from None
-        if not 0.0 <= alpha <= 1.0:
-            raise BiasscopeError(f"'alpha' must be between 0 and 1, got {alpha}")
-    return _png(job.overlay_png(m.name, alpha), f"{method}-overlay.png", download)
+    return _png(job.overlay_png(m.name, query.alpha), f"{method}-overlay.png", query.download)
 
 
 @api.get("/jobs/<job_id>/methods/<method>/heatmap.npy")
+@declare("The raw heatmap at image resolution (NumPy .npy, float32)", responses={200: "application/octet-stream"},
+         errors=(404,))
 def job_heatmap_npy(job_id: str, method: str):
     _, m = _method_result(job_id, method)
     buf = io.BytesIO()

@@ -21,9 +21,11 @@ from flask import Blueprint, jsonify, send_file
 
 from ..errors import BiasscopeError
 from ..jobs import BackgroundJob, JobPool, JobStatus
+from . import audit_schemas as a
+from .audit_manager import audits
 from .audit_requests import RunBusyError
-from .audits import audits
-from .jsonio import field_int, field_list, request_fields
+from .audit_schemas import MSG_VERIFY_NAME
+from .declare import declare
 from .security import MSG_RUN_OUTSIDE, RUN_ID_RE, PathRefusedError, resolve_in_root
 from .state import NotFoundError
 
@@ -34,6 +36,7 @@ VERIFY_DIR = ".verify"
 MSG_VERIFY_STOPPED = ("the verification audit stopped before it finished; start it again with the same name to "
                       "resume it")
 verify_api = Blueprint("verify_api", __name__, url_prefix="/api")
+_ERRORS = (403, 404, 409)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -171,6 +174,8 @@ def _summary(d: Path) -> dict[str, Any]:
 
 
 @verify_api.get("/verify-audits")
+@declare("Face verification runs (dlib-face) in the runs directory", responses={200: a.VerifyRuns},
+         errors=_ERRORS)
 def list_verify_audits():
     root = _runs_dir()
     runs = []
@@ -192,22 +197,16 @@ def list_verify_audits():
 
 
 @verify_api.post("/verify-audits")
-def create_verify_audit():
-    data = request_fields()
-    manifest = resolve_in_root(audits().root(), data.get("manifest"), "manifest")
+@declare("Start (or resume, same name) a verification audit on a pairs or identity manifest",
+         body=a.VerifyRequest, responses={202: a.VerifyRun}, errors=(400, *_ERRORS, 503))
+def create_verify_audit(body: a.VerifyRequest):
+    manifest = resolve_in_root(audits().root(), body.manifest, "manifest")
     if not manifest.is_file():
-        raise NotFoundError(f"manifest {data.get('manifest')!r} not found under the data root")
-    groups = field_list(data.get("groups"), "groups")
-    try:
-        far = float(data.get("far", 1e-3))
-    except (TypeError, ValueError):
-        raise BiasscopeError("'far' must be a number between 0 and 1") from None
-    if not 0 < far < 1:
-        raise BiasscopeError(f"'far' must be between 0 and 1 (exclusive), got {far}")
-    explain = field_int(data.get("explain"), "explain", 0, 50, 0)
-    name = data.get("name") or datetime.now(UTC).strftime("verify-%Y%m%d-%H%M%S")
-    if not isinstance(name, str) or not RUN_ID_RE.match(name):
-        raise BiasscopeError("'name' may use letters, digits, '.', '_' and '-' (at most 100)")
+        raise NotFoundError(f"manifest {body.manifest!r} not found under the data root")
+    groups, far, explain = list(body.groups), body.far, body.explain
+    name = body.name or datetime.now(UTC).strftime("verify-%Y%m%d-%H%M%S")
+    if not RUN_ID_RE.match(name):
+        raise BiasscopeError(MSG_VERIFY_NAME)
     from ..verify import load_pairs
 
     load_pairs(manifest, groups=groups)  # a malformed manifest is a 400 now, not a failed job later
@@ -220,6 +219,7 @@ def create_verify_audit():
 
 
 @verify_api.get("/verify-audits/<verify_id>")
+@declare("A verification run: status, summary and metrics", responses={200: a.VerifyRun}, errors=_ERRORS)
 def get_verify_audit(verify_id: str):
     d = _served_run_dir(verify_id)
     out = _summary(d)
@@ -229,6 +229,7 @@ def get_verify_audit(verify_id: str):
 
 
 @verify_api.post("/verify-audits/<verify_id>/cancel")
+@declare("Cancel a running verification audit (resumable)", responses={200: a.VerifyRun}, errors=(400, *_ERRORS))
 def cancel_verify_audit(verify_id: str):
     d = _served_run_dir(verify_id)
     _manager().cancel(verify_id)
@@ -236,6 +237,7 @@ def cancel_verify_audit(verify_id: str):
 
 
 @verify_api.get("/verify-audits/<verify_id>/report.html")
+@declare("The self-contained verification report", responses={200: "text/html"}, errors=_ERRORS)
 def verify_report(verify_id: str):
     p = _served_run_dir(verify_id) / "report.html"
     if not p.is_file():
