@@ -39,15 +39,10 @@ MAX_LINES = 400
 
 #: cycles through deferred (function-level) imports that are allowed for now: {modules: reason}
 DEFERRED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"biasscope.web.app", "biasscope.web.audits", "biasscope.web.routes", "biasscope.web.verify"}):
-        "being reworked in h/web (API layer); remove this entry after merging it",
 }
 
 #: modules allowed over MAX_LINES: {module: reason}
 LONG_MODULES: dict[str, str] = {
-    "biasscope.web.openapi": "being split in h/web; remove this entry after merging it",
-    "biasscope.web.audits": "being split in h/web; remove this entry after merging it",
-    "biasscope.web.routes": "being split in h/web; remove this entry after merging it",
 }
 
 

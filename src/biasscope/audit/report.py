@@ -18,8 +18,8 @@ import pandas as pd
 from ..formatting import fmt_number, png_data_uri, render_template
 from .charts import COLORS, BarChart, bar_chart
 from .concepts import NONE_LABEL
-from .words import metric_words
 from .store import RunStore
+from .words import metric_words
 
 __all__ = ["comparison_charts", "model_view", "render_report", "write_report"]
 

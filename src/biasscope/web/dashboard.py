@@ -20,11 +20,11 @@ from flask import Blueprint, Response
 
 from ..audit import METRICS_JSON, run_info
 from ..audit.report import comparison_charts, model_view
-from ..audit.words import metric_words
 from ..audit.store import DB_NAME
+from ..audit.words import metric_words
 from ..errors import BiasscopeError
 from ..formatting import template_environment
-from .audits import _run, audits
+from .audit_manager import audits, served_run
 
 __all__ = ["RunNotFinishedError", "dashboard_pages", "render_results"]
 
@@ -63,7 +63,7 @@ def audit_results(run_id: str):
     d = mgr.run_dir(run_id, exists=live is None)
     if not (d / DB_NAME).is_file():  # queued in this server: nothing written yet
         raise RunNotFinishedError(f"audit {run_id!r} has not started yet: its results are shown when it finishes")
-    _run(run_id)  # refused (403) when the run audited files outside the data root
+    served_run(run_id)  # refused (403) when the run audited files outside the data root
     p = d / METRICS_JSON
     if not p.is_file():
         running = live is not None and live.active

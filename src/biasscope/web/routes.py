@@ -26,6 +26,7 @@ from ..images import load_image
 from ..models import ModelAdapter
 from . import schemas as s
 from .context import public_message, state
+from .cost import queue_reason
 from .declare import declare
 from .jsonio import dumps_strict, field_int
 from .samples import load_sample, sample_list
@@ -35,9 +36,6 @@ __all__ = ["api", "pages"]
 
 api = Blueprint("api", __name__, url_prefix="/api")
 pages = Blueprint("pages", __name__)
-
-#: deletion and insertion curves: 2 x (20 + 1) forward passes per map (evaluation.deletion_insertion)
-FAITHFULNESS_FORWARDS = 42
 
 MSG_NO_IMAGE = (
     "no image given: upload a file in the multipart field 'image', or give an 'image_id' "
@@ -280,28 +278,6 @@ def predict_route(body: s.PredictRequest):
     )
 
 
-def estimated_cost(job, adapter: ModelAdapter, classes: dict) -> float:
-    """A job's estimated work in forward passes of its model: the prediction, each method's own
-    estimate (:meth:`Explainer.cost`) and, with faithfulness, each map's deletion and insertion curves."""
-    total = 1.0
-    for name, cls in classes.items():
-        total += cls.cost(job.params[name], adapter.input_size)
-        if job.faithfulness:
-            total += FAITHFULNESS_FORWARDS
-    return total
-
-
-def _queue_reason(job, adapter: ModelAdapter, classes: dict) -> str | None:
-    """Why this request must run as a background job, or None when it is cheap enough to answer now."""
-    slow = [c.label for c in classes.values() if c.slow]
-    if slow:
-        return f"{', '.join(slow)} {'is' if len(slow) == 1 else 'are'} slow"
-    cost, bound = estimated_cost(job, adapter, classes), float(current_app.config["MAX_SYNC_COST"])
-    if cost > bound:
-        return f"the estimated cost ({cost:,.0f} forward passes) is above this server's bound of {bound:,.0f}"
-    return None
-
-
 def _accepted(job, extra: dict | None = None) -> Response:
     resp = jsonify(job.to_dict() | (extra or {}))
     resp.status_code = 202
@@ -327,7 +303,7 @@ def explain_route(body: s.ExplainRequest):
     MAX_SYNC_COST) are queued as a job and answered 202 like POST /api/jobs, so no request thread
     is held for long."""
     job, adapter, classes = _prepare_job(body)
-    reason = _queue_reason(job, adapter, classes)
+    reason = queue_reason(job, adapter, classes)
     if reason is not None:
         state().jobs.submit(job, adapter)
         return _accepted(job, {"queued_because": f"{reason}: follow GET /api/jobs/{job.id}; cancel with "
