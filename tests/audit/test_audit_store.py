@@ -112,3 +112,29 @@ def test_manifest_rows_by_id_and_count(store: RunStore) -> None:
     assert row == next(r for r in store.images() if r["image_id"] == 3)
     assert row["attributes"] == {"g": "1"} and row["line"] == 5
     assert store.image_row(7) is None
+
+
+def test_a_new_store_appears_with_its_tables(tmp_path, monkeypatch) -> None:
+    """The file is moved into place only once its tables exist: a reader polling a starting run (the
+    dashboard) sees either no store or a whole one, never an empty SQLite file."""
+    import os
+    import sqlite3
+
+    seen: list[list[str]] = []
+    real_replace = os.replace
+
+    def watching_replace(src, dst):
+        with sqlite3.connect(src) as conn:  # what a reader would find, just before the file appears
+            seen.append(sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("biasscope.audit.store.os.replace", watching_replace)
+    st = RunStore(tmp_path / "run")
+    assert st.get_meta("schema_version") is None  # no file yet: the default, no error
+    st.init()
+    assert seen == [["heatmaps", "images", "meta", "models", "results"]]
+    assert st.get_meta("schema_version") == 1 and st.all_meta() == {"schema_version": 1}
+    assert not [p.name for p in st.run_dir.iterdir() if ".tmp" in p.name]  # no temporary files left
+    st.set_meta("status", "running")
+    st.init()  # idempotent on an existing store: nothing is replaced or lost
+    assert len(seen) == 1 and st.get_meta("status") == "running"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,11 +85,25 @@ class RunStore:
             yield conn
 
     def init(self) -> None:
-        """Create the tables (idempotent)."""
+        """Create the tables (idempotent). A new store is built under a temporary name and moved into place,
+        so a reader (the dashboard polling a run that is starting) never sees the file without its tables."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            tmp = self.path.with_name(f".{DB_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                with wal_connection(tmp) as conn:
+                    self._create(conn)
+                os.replace(tmp, self.path)  # the connection is closed: its WAL was checkpointed and removed
+            finally:
+                for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                    leftover.unlink(missing_ok=True)
         with self.connect() as conn:
-            conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._create(conn)
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:
