@@ -10,7 +10,6 @@ reads like any hand-drawn region.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..audit.manifest import write_manifest
 from ..errors import BiasscopeError
 from ..images import load_image
 from .attribute import FaceAttributeModel, load_face_model
@@ -138,12 +138,7 @@ def annotate_folder(
     cols = list(rows[0]) if rows else ["path", "label"]
     if regions:
         cols += [f"region:{n}" for n in FACE_PARTS if f"region:{n}" not in cols]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, "") for c in cols})
+    write_manifest(rows, out, columns=cols)
     caution = "\n".join(ANNOTATION_CAUTION.format(attribute=fam.attribute, labels=", ".join(fam.labels))
                          for fam in fams)
     return AnnotationResult(path=out, rows=rows, errors=errors, caution=caution)

@@ -241,18 +241,26 @@ def _from_pairs(src: Path, header: list[str], body: list, groups: list[str], bas
                     clash = True
         if not clash:
             out.append(row)
-    if not out and not problems:
-        problems.append(MSG_NO_PAIRS)
-    if problems:
-        raise ManifestError(f"manifest {src} has {len(problems)} problem(s)", problems)
-    imgs = pd.DataFrame(images.rows)
-    for g in ("identity", *groups):
-        imgs[g] = [img_attr[i][g] for i in imgs["image_id"]]
+    imgs = _checked_images(src, problems, images, img_attr, groups, empty=not out)
     pairs = pd.DataFrame(out)
     notes = [] if has_ids else ["the pairs manifest has no identity_a/identity_b columns: intervals resample "
                                 "images, not identities, and are too narrow if people repeat"]
     return _finish(PairSet(images=imgs, pairs=pairs, groups=groups, root=base, source="pairs", fingerprint=fp,
                            identity_from_path=not has_ids, notes=notes))
+
+
+def _checked_images(src: Path, problems: list[str], images: _Images, attrs: dict[int, dict], groups: list[str], *,
+                    empty: bool) -> pd.DataFrame:
+    """Refuse the manifest with every problem found (or none usable: ``empty``); else its images table with
+    each image's identity and group columns."""
+    if empty and not problems:
+        problems.append(MSG_NO_PAIRS)
+    if problems:
+        raise ManifestError(f"manifest {src} has {len(problems)} problem(s)", problems)
+    imgs = pd.DataFrame(images.rows)
+    for g in ("identity", *groups):
+        imgs[g] = [attrs[i][g] for i in imgs["image_id"]]
+    return imgs
 
 
 def _from_identities(src: Path, header: list[str], body: list, groups: list[str], base: Path, fp: str, *,
@@ -289,13 +297,7 @@ def _from_identities(src: Path, header: list[str], body: list, groups: list[str]
         else:
             first[ident] = (line, vals)
         attrs[i] = {"identity": ident, **vals}
-    if not images.rows and not problems:
-        problems.append(MSG_NO_PAIRS)
-    if problems:
-        raise ManifestError(f"manifest {src} has {len(problems)} problem(s)", problems)
-    imgs = pd.DataFrame(images.rows)
-    for g in ("identity", *groups):
-        imgs[g] = [attrs[i][g] for i in imgs["image_id"]]
+    imgs = _checked_images(src, problems, images, attrs, groups, empty=not images.rows)
     rng = np.random.default_rng(seed)
     ids = imgs["identity"].to_numpy().astype(str)
     sub = (join_columns(imgs, groups).to_numpy() if groups

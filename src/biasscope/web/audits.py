@@ -248,14 +248,20 @@ def resume_audit(run_id: str, body: a.ResumeRequest):
     return accepted({"id": run_id, "status": job.status, "job": job.to_dict()})
 
 
+def _run_file(run_id: str, name: str, what: str) -> Path:
+    """A file of a served run, or 404 saying the run has no ``what``."""
+    _, d = served_run(run_id)
+    p = d / name
+    if not p.is_file():
+        raise NotFoundError(f"run {run_id!r} has no {what}")
+    return p
+
+
 @audit_api.get("/audits/<run_id>/metrics.json")
 @declare("The run's metrics.json", query=DownloadQuery, responses={200: "application/json"},
          errors=(400, *AUDIT_ERRORS))
 def audit_metrics(run_id: str, query: DownloadQuery):
-    _, d = served_run(run_id)
-    p = d / METRICS_JSON
-    if not p.is_file():
-        raise NotFoundError(f"run {run_id!r} has no metrics yet (they are written when the audit finishes)")
+    p = _run_file(run_id, METRICS_JSON, "metrics yet (they are written when the audit finishes)")
     return send_file(io.BytesIO(p.read_bytes()), mimetype="application/json", as_attachment=query.download,
                      download_name=f"{run_id}-metrics.json")
 
@@ -263,10 +269,7 @@ def audit_metrics(run_id: str, query: DownloadQuery):
 @audit_api.get("/audits/<run_id>/per_image.csv")
 @declare("The per-image CSV", responses={200: "text/csv"}, errors=AUDIT_ERRORS)
 def audit_csv(run_id: str):
-    _, d = served_run(run_id)
-    p = d / PER_IMAGE_CSV
-    if not p.is_file():
-        raise NotFoundError(f"run {run_id!r} has no per-image table yet")
+    p = _run_file(run_id, PER_IMAGE_CSV, "per-image table yet")
     return send_file(io.BytesIO(p.read_bytes()), mimetype="text/csv", as_attachment=True,
                      download_name=f"{run_id}-per_image.csv")
 
@@ -274,10 +277,7 @@ def audit_csv(run_id: str):
 @audit_api.get("/audits/<run_id>/report.html")
 @declare("The self-contained report", responses={200: "text/html"}, errors=AUDIT_ERRORS)
 def audit_report(run_id: str):
-    _, d = served_run(run_id)
-    p = d / REPORT_HTML
-    if not p.is_file():
-        raise NotFoundError(f"run {run_id!r} has no report yet")
+    p = _run_file(run_id, REPORT_HTML, "report yet")
     resp = send_file(io.BytesIO(p.read_bytes()), mimetype="text/html")
     # the report is self-contained (inline CSS, data: images) and needs no script
     resp.headers["Content-Security-Policy"] = _HTML_CSP
