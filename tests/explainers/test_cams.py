@@ -228,3 +228,64 @@ def test_guided_gradcam_equals_captum():
     ref_map = ref.sum(1).detach()
     assert ref_map.abs().max() > 0
     torch.testing.assert_close(ours, ref_map, rtol=1e-4, atol=1e-6 * float(ref_map.abs().max()))
+
+
+class _ReLU6AsReLU(torch.nn.ReLU):
+    """ReLU6 that Captum treats as a ReLU (its guided rule hooks ``nn.ReLU`` modules only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, 0.0, 6.0)
+
+
+def _captum_relu6_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    ref = copy.deepcopy(model)
+    for parent in ref.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ReLU6):
+                setattr(parent, name, _ReLU6AsReLU())
+    return ref
+
+
+def test_guided_backprop_through_relu6_equals_captum():
+    """ReLU6 passes gradient only where 0 < x < 6: a net scaled so that many activations pass 6 checks the
+    upper cut too (Captum's GuidedBackprop on the same net with ReLU6 as an nn.ReLU subclass)."""
+    from captum.attr import GuidedBackprop
+
+    from biasscope.explainers.guided_gradcam import guided_backprop
+    from tests.fixtures import SmallReLUNet
+
+    model = SmallReLUNet(seed=5)
+    for i in (1, 3, 5):
+        model.features[i] = torch.nn.ReLU6(inplace=(i == 3))
+    with torch.no_grad():
+        for conv in (model.features[0], model.features[2], model.features[4]):
+            conv.weight.mul_(4.0)
+    adapter = make_adapter(model, input_size=16, num_classes=4, target_layer="features.4")
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    acts = model.features[:2](x)
+    assert (acts >= 6).float().mean() > 0.05  # the upper cut is exercised
+    t = torch.tensor([0, 3, 1])
+    explainer = get_explainer("guided_gradcam")(adapter)
+    ours = guided_backprop(explainer, x, t)
+    ref = GuidedBackprop(_captum_relu6_copy(model)).attribute(x.clone().requires_grad_(True), target=t).detach()
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+@pytest.mark.slow
+def test_guided_gradcam_on_real_mobilenet_v2_equals_captum():
+    """The real MobileNetV2 (ReLU6 throughout) against Captum's GuidedGradCam on two real photos."""
+    from captum.attr import GuidedGradCam
+
+    adapter = mobilenet_v2_adapter()
+    x, t = real_image_batch(adapter)
+    ours = get_explainer("guided_gradcam")(adapter).attribute(x, t).maps
+    ref_model = _captum_relu6_copy(adapter.model).eval()
+    ref = GuidedGradCam(ref_model, ref_model.features[18]).attribute(
+        x.clone().requires_grad_(True), target=t, interpolate_mode="bilinear").sum(1).detach()
+    assert ref.abs().max() > 0
+    for i in range(x.shape[0]):  # per image: maps differ in scale
+        scale = float(ref[i].abs().max())
+        torch.testing.assert_close(ours[i], ref[i], rtol=1e-3, atol=1e-4 * scale)

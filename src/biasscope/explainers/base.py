@@ -310,9 +310,9 @@ class Explainer(ABC):
         if "hooks" in cls.requires and (not adapter.supports_hooks or adapter.target_layer is None):
             why = adapter.note or "the model has no convolutional layer to hook"
             raise MethodUnavailableError(f"{cls.label} is unavailable for {adapter.name}: {why}")
-        if "relu" in cls.requires and not any(isinstance(m, nn.ReLU) for m in adapter.model.modules()):
+        if "relu" in cls.requires and not any(isinstance(m, nn.ReLU | nn.ReLU6) for m in adapter.model.modules()):
             raise MethodUnavailableError(
-                f"{cls.label} needs ReLU activations (guided backpropagation); "
+                f"{cls.label} needs ReLU activations (nn.ReLU or nn.ReLU6 modules, for guided backpropagation); "
                 f"{adapter.name} uses other activations"
             )
 

@@ -1,8 +1,11 @@
 """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
 
-Guided backpropagation passes only positive gradients through ReLUs where the forward input was
-positive. We rewrite every ``nn.ReLU``'s backward with forward hooks (removed afterwards), so
-it applies to ReLU networks only (ResNet, VGG, MobileNetV2's ReLU6 is not an ``nn.ReLU``).
+Guided backpropagation passes only positive gradients through ReLUs, where the ReLU itself passes
+gradient. A forward hook on every ``nn.ReLU`` and ``nn.ReLU6`` (removed afterwards) zeroes the negative
+gradients arriving at its output; the module's own backward then applies its derivative (``x > 0``, and
+``x < 6`` for ReLU6). That is Springenberg et al.'s rule, and what Captum's ``GuidedBackprop`` computes for
+modules it recognises (``nn.ReLU``; tests/explainers/test_cams.py checks ReLU6 against it through an
+``nn.ReLU`` subclass). Networks with other activations (GELU, SiLU, Hardswish) are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from .base import Attribution, Explainer, hooked
 from .gradcam import GradCAM
 from .registry import register
 
-__all__ = ["GuidedGradCAM", "guided_backprop"]
+__all__ = ["GUIDED_ACTIVATIONS", "GuidedGradCAM", "guided_backprop"]
+
+#: the activations whose backward guided backpropagation rewrites
+GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
 
 class _GuidedReLUGrad(torch.autograd.Function):
@@ -36,7 +42,7 @@ class _GuidedReLUGrad(torch.autograd.Function):
 def guided_backprop(explainer: Explainer, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Guided-backprop gradients ``(N, 3, S, S)`` of the target logits with respect to ``x``."""
     adapter = explainer.adapter
-    relus = [m for m in adapter.model.modules() if isinstance(m, nn.ReLU)]
+    relus = [m for m in adapter.model.modules() if isinstance(m, GUIDED_ACTIVATIONS)]
 
     def hook(_m, _i, out):
         return _GuidedReLUGrad.apply(out)
