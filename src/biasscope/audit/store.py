@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import BiasscopeError
 from .values import ImageResult, json_safe
 
-__all__ = ["DB_NAME", "RUNS_SUBDIR", "RunStore", "json_safe", "wal_connection"]
+__all__ = ["DB_NAME", "RUNS_SUBDIR", "RunStore", "init_store", "json_safe", "wal_connection"]
 
 #: where a data root keeps its audit runs unless told otherwise (``biasscope serve --runs-dir``)
 RUNS_SUBDIR = ".biasscope-runs"
@@ -65,6 +65,28 @@ def wal_connection(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def init_store(path: Path, create: Callable[[sqlite3.Connection], None]) -> None:
+    """Run ``create`` (idempotent DDL) on the SQLite file ``path``. A new file is built under a temporary name
+    and moved into place, so a reader (a dashboard polling a run that is starting) sees either no store or one
+    with its tables, never an empty file. Shared by the audit and verification stores."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with wal_connection(tmp) as conn:
+                create(conn)
+            os.replace(tmp, path)  # the connection is closed: its WAL was checkpointed and removed
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
+    with wal_connection(path) as conn:
+        create(conn)
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
 class RunStore:
     """Access to one run's SQLite file. Every method opens its own short-lived connection."""
 
@@ -85,25 +107,9 @@ class RunStore:
             yield conn
 
     def init(self) -> None:
-        """Create the tables (idempotent). A new store is built under a temporary name and moved into place,
-        so a reader (the dashboard polling a run that is starting) never sees the file without its tables."""
+        """Create the tables (idempotent); a new store appears whole (:func:`init_store`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            tmp = self.path.with_name(f".{DB_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
-            try:
-                with wal_connection(tmp) as conn:
-                    self._create(conn)
-                os.replace(tmp, self.path)  # the connection is closed: its WAL was checkpointed and removed
-            finally:
-                for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-                    leftover.unlink(missing_ok=True)
-        with self.connect() as conn:
-            self._create(conn)
-
-    @staticmethod
-    def _create(conn: sqlite3.Connection) -> None:
-        conn.executescript(_SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        init_store(self.path, _create_tables)
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:

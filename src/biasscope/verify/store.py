@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audit.store import json_safe, wal_connection
+from ..audit.store import init_store, json_safe, wal_connection
 from ..errors import BiasscopeError
 
 __all__ = ["DB_NAME", "VerifyStore"]
@@ -46,9 +46,9 @@ class VerifyStore:
             yield conn
 
     def init(self) -> None:
+        """Create the tables (idempotent); a new store appears whole (:func:`~biasscope.audit.store.init_store`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.connect() as conn:
-            conn.executescript(_SCHEMA)
+        init_store(self.path, lambda conn: conn.executescript(_SCHEMA))
 
     def get_meta(self, key: str) -> object:
         with self.connect() as conn:
