@@ -32,6 +32,41 @@ def test_predict_json(photos):
     assert len(out["images"][0]["predictions"]) == 3
 
 
+@pytest.mark.parametrize("resnet_ready", [False, True])
+def test_predict_without_model_falls_back_to_mobilenet_when_resnet18_is_missing(photos, monkeypatch,
+                                                                                   resnet_ready: bool):
+    from dataclasses import replace
+
+    from biasscope.models import zoo
+
+    real = zoo.zoo_status
+    loaded: list[str] = []
+    monkeypatch.setattr(zoo, "zoo_status", lambda name: replace(real(name), ready=resnet_ready, fix="FIX")
+                        if name == "resnet18" else real(name))
+    monkeypatch.setattr("biasscope.models.load_model", lambda name, **kw: loaded.append(name) or _NoModel())
+    res = CliRunner().invoke(main, ["predict", str(photos / "coffee.jpg"), "--json"])
+    assert isinstance(res.exception, _LoadedError), res.output
+    if resnet_ready:
+        assert loaded == ["resnet18"] and "note:" not in res.stderr
+    else:
+        assert loaded == ["mobilenet_v2"]
+        assert "resnet18 weights are not on this machine, so mobilenet_v2" in res.stderr and "FIX" in res.stderr
+        assert "note:" not in res.stdout  # --json output stays JSON
+    # --weights means the default architecture with the user's state dict: no fallback
+    loaded.clear()
+    res = CliRunner().invoke(main, ["predict", str(photos / "coffee.jpg"), "--weights", str(photos / "coffee.jpg")])
+    assert loaded == ["resnet18"]
+
+
+class _LoadedError(Exception):
+    """Raised in place of loading a model: the test only checks which one was asked for."""
+
+
+class _NoModel:
+    def __getattr__(self, name):
+        raise _LoadedError(name)
+
+
 def test_predict_reports_bad_image_and_goes_on(photos):
     res = CliRunner().invoke(main, ["predict", str(photos / "broken.jpg"), str(photos / "coffee.jpg"),
                                     "--model", "mobilenet_v2", "--json"])

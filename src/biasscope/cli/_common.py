@@ -16,6 +16,10 @@ from ..errors import BiasscopeError
 __all__ = ["PER_MODEL_OPTIONS", "FiniteFloat", "adapter_from_options", "handle_errors", "model_options",
            "parse_method_params", "split_model_options"]
 
+#: the model of predict/explain without --model, and the one used when its weights are missing
+DEFAULT_MODEL = "resnet18"
+DEFAULT_FALLBACK = "mobilenet_v2"
+
 
 class FiniteFloat(click.FloatRange):
     """``click.FloatRange`` that also refuses nan and inf (a range check lets nan through)."""
@@ -46,8 +50,10 @@ def model_options(fn: Callable | None = None, *, several: bool = False) -> Calla
     each = " (once for every --model, or once per --model in the same order)" if several else ""
     opts = [
         click.option("--model", "models" if several else "model", multiple=several, required=several,
-                     default=None if several else "resnet18", show_default=not several,
-                     help=("model to audit (repeatable): " if several else "")
+                     default=None,
+                     help=("model to audit (repeatable): " if several else
+                           f"[default: {DEFAULT_MODEL}, or {DEFAULT_FALLBACK} when {DEFAULT_MODEL}'s weights are not "
+                           "on this machine] ")
                      + "torchvision model name (e.g. resnet18, mobilenet_v2:IMAGENET1K_V1, vit_b_16), timm:NAME, "
                      "hf:ID or a transformers folder, clip:ARCH (with --pretrained and --classes), a packaged face "
                      "model (gender, age), or a .onnx / TorchScript / biasscope checkpoint file"
@@ -121,12 +127,28 @@ def split_model_options(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def default_model(weights: str | None) -> str:
+    """The model used without ``--model``: resnet18, or MobileNetV2 (whose real weights ship in a package)
+    when resnet18's are not on this machine and no ``--weights`` are given; the switch is said on stderr."""
+    from ..models.zoo import zoo_status
+
+    if weights is not None:
+        return DEFAULT_MODEL
+    first = zoo_status(DEFAULT_MODEL)
+    if first.ready or not zoo_status(DEFAULT_FALLBACK).ready:
+        return DEFAULT_MODEL  # ready, or its error message says how to get it
+    click.echo(f"note: {DEFAULT_MODEL} weights are not on this machine, so {DEFAULT_FALLBACK} (real ImageNet "
+               f"weights) is used; pass --model to choose. To use {DEFAULT_MODEL}: {first.fix}", err=True)
+    return DEFAULT_FALLBACK
+
+
 def adapter_from_options(kw: dict[str, Any]):
-    """Pop the model options from ``kw`` and load the model."""
+    """Pop the model options from ``kw`` and load the model (:func:`default_model` without ``--model``)."""
     from ..models import load_model
 
+    model = kw.pop("model")
     return load_model(
-        kw.pop("model"),
+        model if model is not None else default_model(kw["weights"]),
         weights=kw.pop("weights"),
         labels=kw.pop("labels"),
         input_size=kw.pop("input_size"),
