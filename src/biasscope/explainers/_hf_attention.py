@@ -188,7 +188,8 @@ def recorded_hf_attention(models: list[nn.Module], store: list[torch.Tensor], ho
 
     def post(_m, _args, _kwargs, output):
         if mine() == owner:
-            store.extend(a.detach() for a in getattr(output, "attentions", None) or ())
+            # None where a layer's implementation returns no weights (an sdpa class chosen when the model was built)
+            store.extend(a.detach() for a in getattr(output, "attentions", None) or () if a is not None)
 
     layers = [la for m in models for la in attention_layers(m)]
     for module, index in layers:

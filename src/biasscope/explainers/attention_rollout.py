@@ -183,6 +183,11 @@ class AttentionRollout(Explainer):
             store: list[torch.Tensor] = []
             with torch.no_grad(), adapter.hooks(), recorded_attention(adapter.model, store):
                 adapter.logits(x[i : i + bs].to(adapter.device))
+            if not store:
+                raise MethodUnavailableError(
+                    f"{self.label}: {adapter.name} returned no attention weights in its forward pass (a transformers "
+                    "model built with sdpa attention classes: load it with attn_implementation='eager')"
+                )
             _check_global(store, min(bs, x.shape[0] - i), f"{self.label} on {adapter.name}")
             r = rollout(store, self.config["head_fusion"], self.config["discard_ratio"])
             tokens = r.shape[-1]
