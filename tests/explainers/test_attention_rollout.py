@@ -341,3 +341,23 @@ def test_hf_models_without_global_attention_and_class_token_are_refused(tmp_path
         in reason
     with pytest.raises(MethodUnavailableError, match="without a class token"):
         cls(adapter)
+
+
+def test_hf_model_returning_no_weights_and_windowed_attention_are_refused_clearly(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from biasscope.explainers._hf_attention import attention_layers
+    from biasscope.explainers.attention_rollout import _check_global
+    from biasscope.models.timm_hf import HFLogits
+
+    with pytest.raises(MethodUnavailableError, match="global self-attention"):  # Swin: a batch per window
+        _check_global([torch.rand(8, 1, 16, 16), torch.rand(2, 2, 16, 16)], 2, "rollout")
+    torch.manual_seed(0)  # data2vec-vision built with sdpa classes returns None for output_attentions
+    model = transformers.Data2VecVisionForImageClassification(transformers.Data2VecVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=3)).eval()
+    if attention_layers(model) or model.config._attn_implementation != "sdpa":
+        pytest.skip("this transformers builds data2vec-vision's attention per call")
+    adapter = make_adapter(HFLogits(model), input_size=32, num_classes=3, name="d2v")
+    with pytest.raises(MethodUnavailableError, match="returned no attention weights"):
+        get_explainer("attention_rollout")(adapter).attribute(_x(1), torch.tensor([0]))
+    assert model.config._attn_implementation == "sdpa" and leftover_hooks(model) == []

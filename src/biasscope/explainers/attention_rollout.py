@@ -9,9 +9,9 @@ same map for every target.
 
 Attention is read with hooks: ``nn.MultiheadAttention`` (torchvision ViT, open_clip) is asked for
 per-head weights; timm's ``Attention`` runs its unfused path for the pass and its ``attn_drop``
-input is recorded; a Hugging Face transformers classifier (ViT, DeiT, BEiT, DINOv2, CLIP) is called
-with ``output_attentions=True`` under eager attention (see :mod:`._hf_attention`). All are restored
-and the hooks removed afterwards, also after errors.
+input is recorded; in a Hugging Face transformers classifier (ViT, DeiT, BEiT, DINOv2, CLIP) the
+modules transformers itself records for ``output_attentions`` are hooked, under eager attention (see
+:mod:`._hf_attention`). All are restored and the hooks removed afterwards, also after errors.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _is_timm_attention(m: nn.Module) -> bool:
 
 
 def _hf_source(model: nn.Module) -> list[nn.Module]:
-    """The transformers models whose attention is read through ``output_attentions`` (empty for other
-    models, and for a transformers wrapper of a timm model, whose timm attention modules are hooked)."""
+    """The transformers models whose attention :mod:`._hf_attention` reads (empty for other models,
+    and for a transformers wrapper of a timm model, whose timm attention modules are hooked)."""
     hf = hf_models(model)
     return [] if any(_is_timm_attention(m) for m in model.modules()) else hf
 
@@ -47,8 +47,8 @@ def _hf_source(model: nn.Module) -> list[nn.Module]:
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The global self-attention modules of ``model`` in forward order (empty if it has none).
 
-    For a transformers model these are the models themselves (their attention comes from
-    ``output_attentions``); an ``nn.MultiheadAttention`` inside one (SigLIP's pooling head) is not a
+    For a transformers model these are the models themselves (:mod:`._hf_attention` finds their
+    attention layers); an ``nn.MultiheadAttention`` inside one (SigLIP's pooling head) is not a
     self-attention layer.
     """
     hf = _hf_source(model)
@@ -183,7 +183,7 @@ class AttentionRollout(Explainer):
             store: list[torch.Tensor] = []
             with torch.no_grad(), adapter.hooks(), recorded_attention(adapter.model, store):
                 adapter.logits(x[i : i + bs].to(adapter.device))
-            if not store:
+            if not store and _hf_source(adapter.model):
                 raise MethodUnavailableError(
                     f"{self.label}: {adapter.name} returned no attention weights in its forward pass (a transformers "
                     "model built with sdpa attention classes: load it with attn_implementation='eager')"
