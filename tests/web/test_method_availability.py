@@ -40,6 +40,27 @@ def test_explainers_api_says_what_each_model_can_run(make_app):
     assert r.status_code >= 400 and "needs a vision transformer" in r.get_json()["error"]["message"]
 
 
+def test_explainers_api_for_transformers_models(make_app, tmp_path):
+    """A Hugging Face ViT (loaded from a saved folder by biasscope's own loader) can run attention rollout;
+    a Swin (windowed attention, no class token) is refused with that reason, in the list and when asked."""
+    pytest.importorskip("transformers")
+    from biasscope.models import load_model
+    from tests.explainers.test_attention_rollout import hf_folder
+
+    vit, swin = hf_folder(tmp_path / "vit"), hf_folder(tmp_path / "swin", "swin")
+    client = make_app(EXTRA_MODELS={"hfvit": lambda: load_model(str(vit), backend="torch"),
+                                    "hfswin": lambda: load_model(str(swin), backend="torch")}).test_client()
+    vit_rows, swin_rows = _rows(client, "hfvit"), _rows(client, "hfswin")
+    assert vit_rows["attention_rollout"]["available"] and vit_rows["gradcam"]["available"]
+    assert not swin_rows["attention_rollout"]["available"]
+    reason = swin_rows["attention_rollout"]["reason"]
+    assert "needs a vision transformer" in reason and "transformers swin model without a class token" in reason
+    r = client.post("/api/explain", json={"model": "hfswin", "sample": "coffee", "methods": ["attention_rollout"]})
+    assert r.status_code >= 400 and "without a class token" in r.get_json()["error"]["message"]
+    r = client.post("/api/explain", json={"model": "hfvit", "sample": "coffee", "methods": ["attention_rollout"]})
+    assert r.status_code == 200 and r.get_json()["methods"]["attention_rollout"]["status"] == "done", r.get_json()
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_page_greys_out_unavailable_methods(make_app):

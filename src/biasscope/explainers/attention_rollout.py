@@ -9,7 +9,9 @@ same map for every target.
 
 Attention is read with hooks: ``nn.MultiheadAttention`` (torchvision ViT, open_clip) is asked for
 per-head weights; timm's ``Attention`` runs its unfused path for the pass and its ``attn_drop``
-input is recorded. Both are restored and the hooks removed afterwards, also after errors.
+input is recorded; in a Hugging Face transformers classifier (ViT, DeiT, BEiT, DINOv2, CLIP) the
+modules transformers itself records for ``output_attentions`` are hooked, under eager attention (see
+:mod:`._hf_attention`). All are restored and the hooks removed afterwards, also after errors.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from ..errors import ExplainerError, MethodUnavailableError
 from ..models.adapter import ModelAdapter
 from ._cam import token_grid_side
+from ._hf_attention import class_token_names, hf_models, model_type, recorded_hf_attention
 from .base import Attribution, Explainer, Param, hooked
 from .registry import register
 
@@ -34,9 +37,26 @@ def _is_timm_attention(m: nn.Module) -> bool:
     return hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Dropout) and hasattr(m, "qkv")
 
 
+def _hf_source(model: nn.Module) -> list[nn.Module]:
+    """The transformers models whose attention :mod:`._hf_attention` reads (empty for other models,
+    and for a transformers wrapper of a timm model, whose timm attention modules are hooked)."""
+    hf = hf_models(model)
+    return [] if any(_is_timm_attention(m) for m in model.modules()) else hf
+
+
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The global self-attention modules of ``model`` in forward order (empty if it has none)."""
-    return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention) or _is_timm_attention(m)]
+    """The global self-attention modules of ``model`` in forward order (empty if it has none).
+
+    For a transformers model these are the models themselves (:mod:`._hf_attention` finds their
+    attention layers); an ``nn.MultiheadAttention`` inside one (SigLIP's pooling head) is not a
+    self-attention layer.
+    """
+    hf = _hf_source(model)
+    if hf:
+        return hf
+    inside = {id(s) for m in hf_models(model) for s in m.modules()}
+    return [m for m in model.modules()
+            if _is_timm_attention(m) or (isinstance(m, nn.MultiheadAttention) and id(m) not in inside)]
 
 
 @contextlib.contextmanager
@@ -45,7 +65,12 @@ def recorded_attention(model: nn.Module, store: list[torch.Tensor]) -> Iterator[
     owner = threading.get_ident()
     mine = threading.get_ident
     restore: list[nn.Module] = []
+    hf = _hf_source(model)
     with hooked([]) as handles:
+        if hf:
+            with recorded_hf_attention(hf, store, handles):
+                yield
+            return
         try:
             for m in attention_modules(model):
                 if isinstance(m, nn.MultiheadAttention):
@@ -82,6 +107,17 @@ def recorded_attention(model: nn.Module, store: list[torch.Tensor]) -> Iterator[
         finally:
             for m in restore:
                 m.fused_attn = True
+
+
+def _check_global(store: list[torch.Tensor], n: int, what: str) -> None:
+    """Refuse attention that is not one global ``(n, heads, T, T)`` map per layer with the same ``T``
+    (windowed attention has a window per row, spatial-reduction attention fewer keys than queries)."""
+    shapes = {tuple(a.shape[-2:]) for a in store}
+    if any(a.ndim != 4 or a.shape[0] != n for a in store) or len(shapes) > 1 or any(q != k for q, k in shapes):
+        raise MethodUnavailableError(
+            f"{what} needs global self-attention over the same tokens in every layer; the recorded attention "
+            f"has shapes {sorted({tuple(a.shape) for a in store})}"
+        )
 
 
 def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
@@ -130,6 +166,14 @@ class AttentionRollout(Explainer):
                 f"{cls.label} needs a vision transformer with global self-attention and a class token "
                 f"(ViT, DeiT, CLIP); {adapter.name} has none"
             )
+        hf = _hf_source(adapter.model)
+        if hf and not any(class_token_names(m) for m in hf):
+            raise MethodUnavailableError(
+                f"{cls.label} needs a vision transformer with global self-attention and a class token "
+                f"(ViT, DeiT, BEiT, DINOv2, CLIP); {adapter.name} is a transformers "
+                f"{', '.join(sorted({model_type(m) for m in hf}))} model without a class token (windowed "
+                "attention like Swin's, pooled tokens like SigLIP's, or no attention at all)"
+            )
 
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         adapter = self.adapter
@@ -139,6 +183,12 @@ class AttentionRollout(Explainer):
             store: list[torch.Tensor] = []
             with torch.no_grad(), adapter.hooks(), recorded_attention(adapter.model, store):
                 adapter.logits(x[i : i + bs].to(adapter.device))
+            if not store and _hf_source(adapter.model):
+                raise MethodUnavailableError(
+                    f"{self.label}: {adapter.name} returned no attention weights in its forward pass (a transformers "
+                    "model built with sdpa attention classes: load it with attn_implementation='eager')"
+                )
+            _check_global(store, min(bs, x.shape[0] - i), f"{self.label} on {adapter.name}")
             r = rollout(store, self.config["head_fusion"], self.config["discard_ratio"])
             tokens = r.shape[-1]
             g = token_grid_side(tokens, x.shape[-1])
