@@ -268,7 +268,8 @@ def test_hf_logits_unchanged_while_recording(tmp_path):
             recording = adapter.logits(x)
         after = adapter.logits(x)
     np.testing.assert_allclose(recording.numpy(), plain.numpy(), rtol=0, atol=f32_tol(plain, factor=64))
-    torch.testing.assert_close(after, plain, rtol=0, atol=0)
+    # the same path again: equal up to kernels' alignment-dependent round-off (MKL without CNR)
+    torch.testing.assert_close(after, plain, rtol=0, atol=f32_tol(plain, factor=64))
 
 
 def test_hf_state_restored_after_an_error_mid_forward_and_other_threads_left_alone(tmp_path):
@@ -299,7 +300,7 @@ def test_hf_state_restored_after_an_error_mid_forward_and_other_threads_left_alo
     handle = first_layer.register_forward_hook(mid_forward)
     try:
         again = cls(adapter).attribute(x, t).maps  # the other thread's layers are not recorded
-        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        torch.testing.assert_close(again, first, rtol=0, atol=f32_tol(first, factor=64))
         np.testing.assert_allclose(seen["logits"].numpy(), plain.numpy(), rtol=0, atol=f32_tol(plain, factor=64))
         seen.clear()
         seen["explode"] = True
@@ -309,7 +310,7 @@ def test_hf_state_restored_after_an_error_mid_forward_and_other_threads_left_alo
         handle.remove()
     assert seen["impl"] == "eager"  # switched for the pass
     assert hf.config._attn_implementation == "sdpa" and leftover_hooks(adapter.model) == []
-    torch.testing.assert_close(cls(adapter).attribute(x, t).maps, first, rtol=0, atol=0)
+    torch.testing.assert_close(cls(adapter).attribute(x, t).maps, first, rtol=0, atol=f32_tol(first, factor=64))
 
 
 def test_hf_without_recordable_attention_modules_uses_output_attentions(tmp_path, monkeypatch):
