@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -165,6 +166,36 @@ def live_server(app: Flask, threads: int = 8) -> Iterator[str]:
     server = make_server(app, "127.0.0.1", 0, threads=threads)
     with serving(server):
         yield f"http://127.0.0.1:{server.effective_port}"
+
+
+#: Debian's chromium (never `playwright install`, which downloads a browser); `make browser` installs it
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+
+
+@contextlib.contextmanager
+def browser_page(app: Flask, *, viewport: dict | None = None, timeout_ms: int = 60_000) -> Iterator[tuple]:
+    """``(base_url, page, problems)``: a headless Chromium page (Playwright) on a live server of ``app``.
+    ``problems`` collects console errors, page errors and requests that leave the server (the app must
+    work offline). Skips the test when Debian's chromium is not installed."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with live_server(app) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport=viewport) if viewport else browser.new_page()
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("request", lambda r: r.url.startswith(base) or r.url.startswith("data:")
+                    or problems.append(f"off-site request: {r.url}"))
+            page.set_default_timeout(timeout_ms)
+            yield base, page, problems
+        finally:
+            browser.close()
 
 
 def wait_job(client, job_id: str, timeout: float = 60.0, until=None) -> dict:

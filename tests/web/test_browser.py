@@ -4,7 +4,6 @@ watch the progress finish, check predictions and rendered overlays, explain anot
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -14,19 +13,13 @@ from PIL import Image
 from biasscope.explainers import EXPLAINERS
 from biasscope.formatting import fmt_number, fmt_rate
 
-from .conftest import live_server
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
+from .conftest import browser_page
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (make browser)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from skimage import data
 
     # the real configuration: resnet18 by default, MobileNetV2 as the fallback (shared, already loaded)
@@ -38,15 +31,7 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
     # LIME is the issue's slow method; Integrated Gradients stands in where LIME is not registered
     slow_method = "lime" if "lime" in EXPLAINERS else "integrated_gradients"
 
-    with live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1360, "height": 1000})
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("request", lambda r: r.url.startswith(base) or r.url.startswith("data:")
-                or problems.append(f"off-site request: {r.url}"))
-        page.set_default_timeout(60_000)
+    with browser_page(app, viewport={"width": 1360, "height": 1000}, timeout_ms=60_000) as (base, page, problems):
 
         page.goto(base + "/")
         page.wait_for_selector("body[data-ready='1']")
@@ -153,7 +138,6 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
         expect(page.locator("#error")).to_contain_text("not a readable image")
         problems = [p for p in problems if "400 (BAD REQUEST)" not in p]  # the refused upload itself
         page.screenshot(path=str(tmp_path / "biasscope-error.png"), full_page=True)
-        browser.close()
     assert problems == []
     assert (tmp_path / "biasscope-explained.png").stat().st_size > 50_000
 
@@ -163,9 +147,7 @@ def test_page_end_to_end(make_app, mobilenet, tmp_path: Path):
 @pytest.mark.slow
 def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
     """Start an audit on a tiny synthetic manifest from the page, follow it, read the dashboard."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (make browser)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from tests.audit.synth import make_adapter, write_dataset
 
@@ -174,15 +156,7 @@ def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
     write_dataset(root / "synth", n_per_cell=5, seed=2)
     app = make_app(DATA_ROOT=str(root), DEFAULT_MODEL="biased",
                    EXTRA_MODELS={"biased": lambda: make_adapter(2.0, "biased")})
-    with live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("request", lambda r: r.url.startswith(base) or r.url.startswith("data:")
-                or problems.append(f"off-site request: {r.url}"))
-        page.set_default_timeout(60_000)
+    with browser_page(app, viewport={"width": 1300, "height": 1000}, timeout_ms=60_000) as (base, page, problems):
         page.goto(base + "/audits")
         page.wait_for_selector("body[data-ready='1']")
         expect(page.locator("#no-runs")).to_be_visible()
@@ -246,6 +220,5 @@ def test_audit_from_the_page(make_app, tmp_path: Path, monkeypatch):
         page.click("#drill-explain")
         page.wait_for_selector("#drill-job figure img")
         page.screenshot(path=str(tmp_path / "biasscope-audit-drill.png"), full_page=True)
-        browser.close()
     assert problems == []
     print(tmp_path)

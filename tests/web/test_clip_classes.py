@@ -119,21 +119,12 @@ def test_invalid_class_lists_are_a_400(client, body, says):
 def test_page_lets_the_user_type_clip_classes(make_app, clip_extra):
     """Choosing the CLIP model shows a classes field filled with its classes; typing others and pressing the
     button makes the page predict over exactly those classes; a non-CLIP model hides the field."""
-    import os
+    from playwright.sync_api import expect
 
-    chromium = "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        pytest.skip("Debian chromium is not installed (make browser)")
-    from playwright.sync_api import expect, sync_playwright
-
-    from .conftest import live_server
-    from .test_browser import ARGS
+    from .conftest import browser_page
 
     app = make_app(DEFAULT_MODEL=SPEC, EXTRA_MODELS=clip_extra)
-    with live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
-        page = browser.new_page()
-        page.set_default_timeout(120_000)
+    with browser_page(app, timeout_ms=120_000) as (base, page, _problems):
         page.goto(base + "/")
         page.wait_for_selector("body[data-ready='1']")
         expect(page.locator("#clip-classes")).to_be_visible()
@@ -150,7 +141,6 @@ def test_page_lets_the_user_type_clip_classes(make_app, clip_extra):
         assert all(c in text for c in ("surgeon", "pilot", "chef")) and "doctor" not in text
         page.select_option("#model-select", "colour")
         expect(page.locator("#clip-classes")).to_be_hidden()
-        browser.close()
 
 
 def test_pickled_clip_module_drops_its_text_tower():

@@ -3,14 +3,12 @@ with that reason (attention rollout needs a ViT, CAMs need layer hooks, guided b
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.explainers.test_attention_rollout import tiny_vit
 from tests.fixtures import make_adapter
 
-from .conftest import live_server
+from .conftest import browser_page
 
 
 def _vit_adapter():
@@ -64,18 +62,10 @@ def test_explainers_api_for_transformers_models(make_app, tmp_path):
 @pytest.mark.browser
 @pytest.mark.slow
 def test_page_greys_out_unavailable_methods(make_app):
-    chromium = "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        pytest.skip("Debian chromium is not installed (make browser)")
-    from playwright.sync_api import expect, sync_playwright
-
-    from .test_browser import ARGS
+    from playwright.sync_api import expect
 
     app = make_app(EXTRA_MODELS={"tinyvit": _vit_adapter})
-    with live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
-        page = browser.new_page()
-        page.set_default_timeout(30_000)
+    with browser_page(app, timeout_ms=30_000) as (base, page, _problems):
         page.goto(base + "/")
         page.wait_for_selector("body[data-ready='1']")
         rollout = page.locator('.method[data-method="attention_rollout"]')
@@ -93,7 +83,6 @@ def test_page_greys_out_unavailable_methods(make_app):
         expect(rollout.locator(".method-check")).to_be_enabled()
         expect(rollout.locator(".method-reason")).to_have_count(0)
         expect(page.locator('.method[data-method="guided_gradcam"] .method-check')).to_be_disabled()
-        browser.close()
 
 
 @pytest.mark.slow

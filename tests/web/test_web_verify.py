@@ -98,23 +98,12 @@ def test_a_foreign_verification_run_is_listed_but_not_served(make_app, face_root
 
 def test_verification_audit_from_the_audits_page(make_app, face_root, tmp_path):
     """Start a verification audit from the page's section, follow it to 'done', open its report."""
-    import os
+    from playwright.sync_api import expect
 
-    from .conftest import live_server
-    from .test_browser import ARGS, CHROMIUM
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (make browser)")
-    from playwright.sync_api import expect, sync_playwright
+    from .conftest import browser_page
 
     app = make_app(DATA_ROOT=str(face_root), RUNS_DIR=str(tmp_path / "runs"))
-    with live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.set_default_timeout(120_000)
+    with browser_page(app, viewport={"width": 1300, "height": 1000}, timeout_ms=120_000) as (base, page, problems):
         page.goto(base + "/audits")
         expect(page.locator("#verify-none")).to_be_visible()
         page.fill("#verify-manifest", "faces/identities.csv")
@@ -133,7 +122,6 @@ def test_verification_audit_from_the_audits_page(make_app, face_root, tmp_path):
             row.get_by_role("link", name="report").click()
         report = pop.value
         expect(report.locator("h2")).to_have_text("Face verification")
-        browser.close()
     assert problems == []
 
 
