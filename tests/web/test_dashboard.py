@@ -13,6 +13,7 @@ import csv
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -149,16 +150,22 @@ def test_fragment_has_the_reports_charts_and_tables(dash_app, hostile_root) -> N
     assert str(escape(LABEL)) in frag and str(escape(GROUP)) in frag
 
 
-def test_fragment_status_codes(dash_app, make_app, tmp_path) -> None:
+def test_fragment_status_codes(dash_app, make_app, hostile_root, tmp_path) -> None:
     c = dash_app.test_client()
     unknown = c.get("/audits/no-such-run/results")
     assert unknown.status_code == 404 and "no audit run" in unknown.get_data(as_text=True)
     bad = c.get("/audits/..%2Fetc/results")
     assert bad.status_code == 404
-    stopped = c.get("/audits/unfinished/results")
+    # a run with no scored image yet, stopped: nothing to show
+    empty = hostile_root / "runs" / "empty"
+    shutil.copytree(hostile_root / "runs" / "unfinished", empty)
+    with sqlite3.connect(empty / "audit.sqlite") as conn:
+        conn.execute("DELETE FROM results")
+        conn.execute("UPDATE meta SET value = '\"cancelled\"' WHERE key = 'status'")
+    stopped = c.get("/audits/empty/results")
     assert stopped.status_code == 409
     msg = stopped.get_data(as_text=True)
-    assert "has not finished" in msg and "100% of its images scored" in msg and "resume it" in msg
+    assert "has not finished" in msg and "0% of its images scored" in msg and "before scoring any image" in msg
     assert 'id="error-message"' in msg  # where the page's script reads the message
     # while an audit runs in this server
     start = {"manifest": "synth/manifest.csv", "models": ["slow"], "groups": ["gender"], "methods": [],
@@ -232,3 +239,43 @@ def test_face_sections_are_shared_sheets_linked_on_the_page_and_inlined_in_the_r
     assert figure.format(" class='face-sheet'", f"/api/audits/run/faces/{sheet.name}") in frag
     assert figure.format(" style='width:auto;max-width:100%'", png_data_uri(sheet)) in report
     assert "style=" not in frag
+
+
+@pytest.mark.parametrize("keep", [None, 10])
+def test_a_stopped_run_shows_its_results_so_far_and_writes_nothing(dash_app, hostile_root, tmp_path, monkeypatch,
+                                                                   keep: int | None) -> None:
+    """A run that stopped (``keep`` results left, status cancelled) or that scored everything but never wrote
+    its files: the fragment shows the metrics over what is stored, under a banner saying so, equal to what
+    finalize_run writes for the same store; the run folder is left as it was; a second view is not recomputed."""
+    from biasscope.audit import finalize_run, run_info
+    from biasscope.web import dashboard
+
+    name = f"stopped-{keep}"
+    run = hostile_root / "runs" / name
+    shutil.copytree(hostile_root / "runs" / "unfinished", run)
+    if keep is not None:
+        with sqlite3.connect(run / "audit.sqlite") as conn:
+            conn.execute("DELETE FROM results WHERE image_id >= ?", (keep,))
+            conn.execute("UPDATE meta SET value = '\"cancelled\"' WHERE key = 'status'")
+    before = sorted(p.name for p in run.iterdir())
+    calls: list[Path] = []
+    real = dashboard.run_results
+    monkeypatch.setattr(dashboard, "run_results", lambda d, **kw: calls.append(d) or real(d, **kw))
+    c = dash_app.test_client()
+    resp = c.get(f"/audits/{name}/results")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    frag = resp.get_data(as_text=True)
+    if keep is None:
+        assert "Computed from the run&#39;s store" in frag and "audit-report" in frag
+    else:
+        assert "Results so far" in frag and f"with {keep} of " in frag and "status cancelled" in frag
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+    # the same numbers finalize_run writes for this store (on a copy)
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    written = finalize_run(twin)
+    assert written["models"]["biased"]["n_images"] == (keep if keep is not None else run_info(run)["n_images"])
+    got = _svgs(frag)  # the report of a one-model run also draws the model comparison; the page does not
+    want = [v for v in _svgs((twin / "report.html").read_text(encoding="utf-8")) if 'aria-label="biased: ' not in v]
+    assert got == want and len(got) >= 4
+    assert c.get(f"/audits/{name}/results").get_data(as_text=True) == frag and len(calls) == 1

@@ -41,6 +41,7 @@ __all__ = [
     "per_image_frame",
     "per_image_table",
     "run_info",
+    "run_results",
     "scope_words",
     "where_explanations_fall",
 ]
@@ -193,6 +194,25 @@ def finalize_run(
     elif isinstance(options, dict):
         options = MetricsOptions(**options)
     store.set_meta("metrics_options", options.to_dict())
+    result, df = run_results(run_dir, options)
+    out = Path(run_dir)
+    (out / METRICS_JSON).write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
+    df.to_csv(out / PER_IMAGE_CSV, index=False)
+    if report:
+        from .report import write_report
+
+        write_report(run_dir, result, df)
+    return result
+
+
+def run_results(run_dir: str | Path, options: MetricsOptions | None = None, *,
+                faces: bool = True) -> tuple[dict, pd.DataFrame]:
+    """The metrics.json content and the per-image table of a run as it is now, over the images scored so far;
+    writes nothing to the run folder except, with ``faces`` on a face-parts run, its aligned heatmap sheets.
+    ``options`` default to the run's stored ones."""
+    store = _store(run_dir)
+    if options is None:
+        options = MetricsOptions(**(store.get_meta("metrics_options") or {}))
     cfg = store.get_meta("config", {}) or {}
     mmeta = store.get_meta("manifest", {}) or {}
     groups = list(cfg.get("groups", []))
@@ -202,6 +222,7 @@ def finalize_run(
     with_faces = bool(cfg.get("face_parts"))
     if with_faces:
         regions += [r for r in face_part_names() if r not in regions]
+    with_faces = with_faces and faces
     df = mark_excluded(per_image_frame(run_dir), options.exclude_flags)
     models = [m["key"] for m in store.models()]
     metrics = {key: _model_metrics(run_dir, key, df[df["model"] == key] if not df.empty else df, options,
@@ -215,15 +236,7 @@ def finalize_run(
         "models": {key: mm.to_json() for key, mm in metrics.items()},
         "comparison": {key: ComparisonRow.of(mm, groups).to_json() for key, mm in metrics.items()},
     }
-    result = json_safe(result)
-    out = Path(run_dir)
-    (out / METRICS_JSON).write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
-    df.to_csv(out / PER_IMAGE_CSV, index=False)
-    if report:
-        from .report import write_report
-
-        write_report(run_dir, result, df)
-    return result
+    return json_safe(result), df
 
 
 def _model_metrics(run_dir: str | Path, key: str, sub: pd.DataFrame, options: MetricsOptions, *, groups: list[str],

@@ -129,7 +129,7 @@ async function start() {
 }
 
 /* ------------------------------------------------------------------ dashboard */
-const D = { run: null, poll: null, rendered: false };
+const D = { run: null, poll: null, rendered: false, partial: false };
 
 async function tellingImages(runId, model) {
   const data = await api(`/api/audits/${encodeURIComponent(runId)}/images?model=${encodeURIComponent(model)}&order=telling&limit=12`);
@@ -147,12 +147,13 @@ async function tellingImages(runId, model) {
   return grid;
 }
 
-async function renderDashboard(runId) {
+async function renderDashboard(runId, partial = false) {
   // the result sections as the report draws them; only the telling images and drill-down are built here
   const html = await api(`/audits/${encodeURIComponent(runId)}/results`, { text: true });
   const dash = $("#dashboard");
   dash.innerHTML = html;  // server-rendered and autoescaped (audit/templates/_sections.html)
   D.rendered = true;
+  D.partial = partial;
   for (const box of dash.querySelectorAll(".telling[data-model]")) box.replaceWith(await tellingImages(runId, box.dataset.model));
 }
 
@@ -174,6 +175,15 @@ async function refreshRun(runId) {
     (isNum(p.eta_s) && active ? `· about ${Math.ceil(p.eta_s)} s left` : "") + (r.error ? ` · ${r.error}` : "");
   $("#cancel-btn").classList.toggle("hidden", !active);
   $("#resume-btn").classList.toggle("hidden", active || !r.resumable);
+  const scored = Object.values(r.counts || {}).reduce((n, c) => n + (c.ok || 0), 0);
+  if (active && D.partial) {  // resumed: the results so far are out of date until it finishes
+    $("#dashboard").textContent = "";
+    D.rendered = D.partial = false;
+  }
+  if (!active && !r.has_metrics && scored > 0 && !D.rendered) {
+    // a run that stopped early: its results so far, under the server's banner (no files to download yet)
+    await renderDashboard(runId, true);
+  }
   if (r.has_metrics && !active) {
     const base = `/api/audits/${encodeURIComponent(runId)}`;
     $("#report-link").href = `${base}/report.html`;
@@ -181,7 +191,7 @@ async function refreshRun(runId) {
     $("#metrics-link").href = `${base}/metrics.json?download=1`;
     $("#csv-link").href = `${base}/per_image.csv`;
     $("#downloads").classList.remove("hidden");
-    if (!D.rendered) await renderDashboard(runId);
+    if (!D.rendered || D.partial) await renderDashboard(runId);
   }
   clearTimeout(D.poll);
   if (active) D.poll = setTimeout(() => refreshRun(runId).catch((e) => showError(e.message)), 700);
